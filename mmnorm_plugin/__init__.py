@@ -1,0 +1,21 @@
+"""mmnorm_plugin: small-batch normalization layers and XBNBlock backbones for MMDetection 3.x.
+
+Importing the package registers everything (configs do it with
+``custom_imports = dict(imports=['mmnorm_plugin'], allow_failed_imports=False)``):
+
+* norm layers ``CBN``, ``MABN``, ``BGN``, ``BKN`` and the conv layer ``CenConv2d`` in mmengine's
+  root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
+  from any default scope (mmdet, mmseg, mmpretrain or none);
+* backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
+* the exact set of classes that mmengine's Runner checkpoints pickle, as safe globals for
+  ``torch.load(weights_only=True)`` (see :mod:`mmnorm_plugin.utils.checkpoint`).
+"""
+from .version import __version__
+from . import norms  # noqa: F401  (registers the norm and conv layers)
+from . import models  # noqa: F401  (registers the backbones)
+from .utils.checkpoint import allow_mmengine_checkpoints
+from .utils.norm_cfg import validate_norm_cfgs
+
+allow_mmengine_checkpoints()
+
+__all__ = ['__version__', 'allow_mmengine_checkpoints', 'validate_norm_cfgs']

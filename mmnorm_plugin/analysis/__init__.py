@@ -1,0 +1,1 @@
+"""Analysis functions (used by tools/analysis/)."""

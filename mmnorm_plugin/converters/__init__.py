@@ -1,0 +1,1 @@
+"""Checkpoint converters (used by tools/model_converters/)."""

@@ -1,0 +1,1 @@
+"""Backbones, registered in mmdet.registry.MODELS."""

@@ -1,0 +1,112 @@
+"""Per-layer fwd+bwd time and memory of a norm, as ratios against a baseline in one run.
+
+Targets in the issues ("<= 2x BN per layer") are checked by ``tools/benchmarks/*.py``, which are
+thin CLIs over :func:`compare_norms`; nothing here is asserted in the test-suite, because CPU
+timings on a shared 2-core machine are not reproducible enough to gate on.
+
+What is measured, for each input shape and each candidate norm factory ``make(C)``:
+
+* **time**: median wall time of ``forward + backward`` of ``Conv3x3 -> norm`` minus the median
+  of ``Conv3x3`` alone, i.e. the norm's own cost inside a realistic graph (norms that look up
+  their producing conv need it to be there). Candidates and baseline run interleaved, so load
+  on the machine hits them alike.
+* **memory**: bytes the norm keeps alive for backward (tensors saved by autograd during its
+  forward, deduplicated by storage, its input included, its parameters not) plus its
+  persistent buffers (running statistics, history). On CPU there is no allocator
+  peak counter, and these two are what grows with the method.
+"""
+import statistics
+import time
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import torch
+from torch import nn
+
+__all__ = ['NormFactory', 'compare_norms', 'format_rows', 'buffer_bytes']
+
+NormFactory = Callable[[int], nn.Module]
+
+
+def buffer_bytes(module: nn.Module) -> int:
+    return sum(b.numel() * b.element_size() for b in module.buffers())
+
+
+def _saved_bytes(norm: nn.Module, x: torch.Tensor) -> int:
+    exclude = {p.untyped_storage().data_ptr() for p in norm.parameters()}
+    seen = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in exclude:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        norm(x)
+    return sum(seen.values())
+
+
+def _step(module: nn.Module, x: torch.Tensor) -> None:
+    module(x).sum().backward()
+
+
+def compare_norms(candidates: Dict[str, NormFactory],
+                  shapes: Sequence[Tuple[int, int, int, int]],
+                  baseline: str = 'BN',
+                  warmup: int = 3,
+                  iters: int = 10,
+                  seed: int = 0) -> List[dict]:
+    """Measure every candidate at every NCHW shape; ratios are against ``baseline``.
+
+    ``warmup`` iterations also fill iteration-based state (history buffers, burn-in) before
+    timing; pass a larger value for methods whose steady state starts later.
+    """
+    if baseline not in candidates:
+        raise KeyError(f'baseline {baseline!r} is not among the candidates {list(candidates)}')
+    rows = []
+    for shape in shapes:
+        n, c, h, w = shape
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(shape, generator=g)
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        blocks = {'conv': conv}
+        norms = {}
+        for name, make in candidates.items():
+            norms[name] = make(c).train()
+            blocks[name] = nn.Sequential(conv, norms[name])
+        for block in blocks.values():
+            for _ in range(warmup):
+                _step(block, x)
+        times = {name: [] for name in blocks}
+        for _ in range(iters):
+            for name, block in blocks.items():
+                t0 = time.perf_counter()
+                _step(block, x)
+                times[name].append(time.perf_counter() - t0)
+        conv.zero_grad(set_to_none=True)
+        median = {k: statistics.median(v) for k, v in times.items()}
+        y_from_conv = conv(x)
+        for name in candidates:
+            norm_time = max(median[name] - median['conv'], 1e-9)
+            base_time = max(median[baseline] - median['conv'], 1e-9)
+            # the producing conv must be in the graph for conv-aware norms
+            saved = _saved_bytes(norms[name], y_from_conv)
+            saved_base = _saved_bytes(norms[baseline], y_from_conv)
+            state = buffer_bytes(norms[name])
+            state_base = buffer_bytes(norms[baseline])
+            rows.append(dict(
+                shape=shape, name=name,
+                ms=1e3 * norm_time, time_ratio=norm_time / base_time,
+                saved_mb=saved / 2**20, state_mb=state / 2**20,
+                mem_ratio=(saved + state) / max(saved_base + state_base, 1)))
+    return rows
+
+
+def format_rows(rows: List[dict]) -> str:
+    header = (f'{"shape (N,C,H,W)":<22}{"norm":<22}{"ms/iter":>9}{"x time":>8}'
+              f'{"saved MB":>10}{"state MB":>10}{"x mem":>8}')
+    lines = [header, '-' * len(header)]
+    for r in rows:
+        lines.append(f'{str(r["shape"]):<22}{r["name"]:<22}{r["ms"]:>9.2f}{r["time_ratio"]:>8.2f}'
+                     f'{r["saved_mb"]:>10.2f}{r["state_mb"]:>10.2f}{r["mem_ratio"]:>8.2f}')
+    return '\n'.join(lines)
