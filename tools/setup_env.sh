@@ -13,6 +13,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-python3}
 wheels=${MMNORM_WHEELS:-$here/../shared/wheels}
+export PIP_ROOT_USER_ACTION=ignore
 pip_install() { "$PY" -m pip install --disable-pip-version-check -q "$@"; }
 
 stamp=$(date +%s)

@@ -1,1 +1,272 @@
-"""Placeholder: implemented by its issue."""
+"""Moving Average Batch Normalization (MABN).
+
+Yan, Wan, Zhang, Zhang, Wei, Sun, "Towards Stabilizing Batch Statistics in Backward
+Propagation of Batch Normalization", ICLR 2020, arXiv 2001.06838. Official code:
+``megvii-model/MABN`` (``MABN.py``, the layer the authors recommend; the detection layer has
+the same logic).
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from mmengine.registry import MODELS
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .functional import (channel_moments, check_input_4d, normalize_with_stats,
+                         update_running_stats, warn_once)
+
+__all__ = ['MABN']
+
+_DIMS = (0, 2, 3)
+
+
+class _MABNFunction(torch.autograd.Function):
+    """y = gamma * r * x / sqrt(chi2 + eps) + beta with MABN's hand-written backward.
+
+    ``chi2`` (the forward statistic, SMA or current) and ``r`` are per-channel constants of
+    the backward, as in the paper: the dependence of chi2 on x is accounted for only through
+    Psi, which is itself replaced by its moving average. ``x`` is saved instead of
+    ``z = x / sqrt(chi2 + eps)`` so that the forward writes a single full-size tensor; every
+    quantity of the backward is rewritten in terms of x and per-channel factors.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                chi2: Tensor, r: Tensor, psi_history: Tensor, slot: int, use_sma: bool,
+                eps: float) -> Tensor:
+        inv_std = (chi2 + eps).rsqrt()
+        gamma_r = r if weight is None else weight * r
+        ctx.save_for_backward(x, weight, inv_std, r)
+        # The ring buffer is written in backward, in place, so it is held as an attribute
+        # (save_for_backward would reject the in-place update through its version check).
+        ctx.psi_history = psi_history
+        ctx.slot = slot
+        ctx.use_sma = use_sma
+        ctx.psi_written = False
+        return normalize_with_stats(x, None, chi2, gamma_r, bias, eps)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, weight, inv_std, r = ctx.saved_tensors
+        history = ctx.psi_history
+        gamma_r = r if weight is None else weight * r
+        m_count = x.numel() // x.shape[1]
+        # sum(g * x) serves both Psi and dL/dgamma; reductions in float32 at least
+        sum_gx = torch.sum(grad_out * x, dim=_DIMS, dtype=torch.promote_types(x.dtype,
+                                                                              torch.float32))
+        # Psi_t = mean(g_hat * z) with g_hat = gamma * r * dL/dy and z = x * inv_std
+        psi = (gamma_r * inv_std * sum_gx / m_count).to(history.dtype)
+        if ctx.use_sma:
+            # The window with this iteration's slot holding this backward's Psi: identical
+            # to "write, then average", but a second backward through the same graph
+            # (retain_graph) does not write the state twice.
+            psi_bar = (history.sum(0) - history[ctx.slot] + psi) / history.shape[0]
+        else:
+            psi_bar = psi
+        if not ctx.psi_written:
+            with torch.no_grad():
+                history[ctx.slot].copy_(psi)
+            ctx.psi_written = True
+
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            # dL/dx = (g_hat - z * Psi_bar) / sqrt(chi2 + eps), no mean-of-gradient term
+            a = (gamma_r * inv_std).to(x.dtype).view(1, -1, 1, 1)
+            b = (inv_std * inv_std * psi_bar).to(x.dtype).view(1, -1, 1, 1)
+            grad_x = torch.addcmul(grad_out * a, x, b, value=-1)
+        if weight is not None and ctx.needs_input_grad[1]:
+            grad_weight = (r * inv_std * sum_gx).to(weight.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_bias = grad_out.sum(dim=_DIMS)
+        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+@MODELS.register_module()
+class MABN(_BatchNorm):
+    r"""Moving Average Batch Normalization, for NCHW inputs.
+
+    No centering: weight centralization of the producing conv (:class:`CenConv2d`) keeps
+    E[x] close to 0, and without a mean the mean-of-gradient statistic of BN's backward
+    disappears too. The remaining batch statistics, forward and backward, are replaced by
+    simple moving averages (SMA) over the last :math:`m` iterations. Per channel, at training
+    iteration :math:`t` (counted from 1 in ``num_batches_tracked``):
+
+    .. math::
+        \chi^2_t = \mathrm{mean}_{N,H,W}(x^2), \qquad
+        \bar\chi^2 = \begin{cases} \chi^2_t & t \le m \text{ or } t < T_w \\
+                     \frac1m \sum_{i=0}^{m-1} \chi^2_{t-i} & \text{otherwise}\end{cases}
+
+        z = \frac{x}{\sqrt{\bar\chi^2 + \epsilon}}, \qquad
+        r = \mathrm{clip}_{[1/r_{max},\, r_{max}]}
+            \frac{\sqrt{\bar\chi^2 + \epsilon}}{\sqrt{R + \epsilon}}
+            \ (r = 1 \text{ while } t \le \max(T_r, T_w)), \qquad
+        y = \gamma\, r z + \beta
+
+        R \leftarrow (1 - \text{momentum})\, R + \text{momentum}\, \bar\chi^2
+
+    Backward (hand-written; :math:`r`, :math:`\bar\chi^2` and past entries are constants):
+
+    .. math::
+        \hat g = \gamma r \frac{\partial L}{\partial y}, \qquad
+        \Psi_t = \mathrm{mean}_{N,H,W}(\hat g z), \qquad
+        \frac{\partial L}{\partial x} = \frac{\hat g - z\,\bar\Psi}{\sqrt{\bar\chi^2+\epsilon}}
+
+    with :math:`\bar\Psi` the SMA of :math:`\Psi` over the same window and under the same
+    condition as :math:`\bar\chi^2`. Without SMA (:math:`\bar\Psi = \Psi_t`,
+    :math:`\bar\chi^2 = \chi^2_t`) this is exactly the gradient of the forward with
+    :math:`r` held constant. Inference is a per-channel affine,
+    :math:`y = \gamma x / \sqrt{R + \epsilon} + \beta`, i.e. BN's eval formula with
+    ``running_mean = 0``: the layer folds into the preceding conv like BN.
+
+    The module is a ``_BatchNorm`` with BN's names (``weight``, ``bias``, ``running_mean``
+    (always 0), ``running_var`` (= R), ``num_batches_tracked`` (= t)) and ``_abbr_ = 'bn'``, so
+    mmdet's ``norm_eval``, mmengine's ``norm_decay_mult`` and conv-BN folding treat it as BN
+    and ResNet keys stay ``bn1``... The two ring buffers ``chi2_history`` and ``psi_history``
+    (``buffer_size x C``) complete the state; everything is in registered buffers, so a
+    resumed run continues exactly.
+
+    Args:
+        num_features (int): C of the NCHW input.
+        buffer_size (int): SMA window m in iterations. Default 16: the official detection
+            setting, batch 2 per GPU emulating batch 32 (``real_B / B``).
+        momentum (float, optional): weight of the new value in the EMA of R, in PyTorch's
+            convention. Default 0.02, which is the official code's keep factor 0.98. ``None``
+            gives a cumulative average, as in ``nn.BatchNorm2d``.
+        warmup_iters (int): iterations during which the current-batch chi2 and Psi are used
+            instead of the SMA (the weights move fast early on, so old statistics are stale).
+            Default 100 (official).
+        renorm_hold_iters (int): r is fixed to 1 for ``t <= max(renorm_hold_iters,
+            warmup_iters)``, until R is a meaningful EMA. Default 1000 (hard-coded in the
+            official layer; the ImageNet variant uses 100).
+        r_max (float): r is clipped to ``[1 / r_max, r_max]`` afterwards. Default 5 (official).
+        eps (float): added to the statistic inside the square root. Default 1e-5.
+        affine (bool): learnable per-channel gamma and beta. Default True.
+        track_running_stats (bool): must be True; R is part of the method, not an option.
+
+    Notes:
+        * Weight centralization of the producing conv is part of the method (without it
+          E[x] != 0 and the second moment overstates the variance). The official maintainer
+          reports a small drop without it. Pretrained backbones need weight-centralized
+          weights: see :mod:`mmnorm_plugin.converters.mabn`.
+        * Psi is produced in backward, at the slot decided in forward. A training-mode
+          forward with no backward through this layer leaves that slot holding the Psi of
+          m iterations earlier; a second backward through the same graph does not write it
+          again. Activation checkpointing (``with_cp=True``) re-runs the forward and would
+          count the iteration twice (as it updates ``nn.BatchNorm2d`` stats twice).
+        * The method is per GPU by design. mmengine's ``sync_bn='torch'`` converts every
+          ``_BatchNorm`` into ``nn.SyncBatchNorm``, which would silently replace MABN: do not
+          set it. DDP must keep ``broadcast_buffers=False`` (mmengine's default), otherwise
+          rank 0's ring buffers overwrite the other ranks' at every forward.
+        * Loading a plain BN state dict: a non-zero ``running_mean`` cannot be represented
+          (MABN never centers) and is reset to 0 with a warning, and a non-zero iteration
+          counter without the ring buffers is reset to 0 so warm-up starts over. Convert BN
+          checkpoints with ``tools/model_converters/resnet_to_mabn.py`` instead.
+        * Empty inputs (0 RoIs) pass through with the inference formula and leave the state
+          untouched.
+    """
+
+    _abbr_ = 'bn'
+
+    def __init__(self,
+                 num_features: int,
+                 buffer_size: int = 16,
+                 momentum: Optional[float] = 0.02,
+                 warmup_iters: int = 100,
+                 renorm_hold_iters: int = 1000,
+                 r_max: float = 5.0,
+                 eps: float = 1e-5,
+                 affine: bool = True,
+                 track_running_stats: bool = True,
+                 device=None,
+                 dtype=None):
+        if not track_running_stats:
+            raise ValueError('MABN needs track_running_stats=True: the EMA statistic R '
+                             '(running_var) is used in training (renorm) and inference')
+        if not isinstance(buffer_size, int) or buffer_size < 1:
+            raise ValueError(f'MABN buffer_size must be a positive int, got {buffer_size!r}')
+        if momentum is not None and not 0.0 < momentum <= 1.0:
+            raise ValueError(f'MABN momentum is the weight of the new value (PyTorch '
+                             f'convention) and must be in (0, 1], got {momentum}; the '
+                             f'official keep factor 0.98 is momentum=0.02')
+        if momentum is not None and momentum >= 0.5:
+            warn_once('mabn-momentum',
+                      f'MABN momentum={momentum} is the weight of the NEW value (PyTorch '
+                      f'convention): R then forgets within a few iterations. The official '
+                      f'keep factor 0.98 is momentum=0.02.')
+        if warmup_iters < 0 or renorm_hold_iters < 0:
+            raise ValueError('MABN warmup_iters and renorm_hold_iters must be >= 0')
+        if r_max < 1.0:
+            raise ValueError(f'MABN r_max must be >= 1, got {r_max}')
+        self.buffer_size = buffer_size
+        self.warmup_iters = int(warmup_iters)
+        self.renorm_hold_iters = int(renorm_hold_iters)
+        self.r_max = float(r_max)
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         device=device, dtype=dtype)
+        factory = dict(device=device, dtype=dtype)
+        self.register_buffer('chi2_history', torch.zeros(buffer_size, num_features, **factory))
+        self.register_buffer('psi_history', torch.zeros(buffer_size, num_features, **factory))
+
+    def reset_running_stats(self) -> None:
+        super().reset_running_stats()
+        # called by _BatchNorm.__init__ before the ring buffers exist
+        if hasattr(self, 'chi2_history'):
+            self.chi2_history.zero_()
+            self.psi_history.zero_()
+
+    def _check_input_dim(self, x: Tensor) -> None:
+        check_input_4d(self, x)
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_features}, buffer_size={self.buffer_size}, '
+                f'momentum={self.momentum}, warmup_iters={self.warmup_iters}, '
+                f'renorm_hold_iters={self.renorm_hold_iters}, r_max={self.r_max}, '
+                f'eps={self.eps}, affine={self.affine}')
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        if not self.training or x.numel() == 0:
+            # running_mean is 0: this is exactly gamma * x / sqrt(R + eps) + beta
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
+                                self.bias, False, 0.0, self.eps)
+
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            t = int(self.num_batches_tracked.item())
+            slot = t % self.buffer_size
+            _, chi2_t = channel_moments(x)
+            self.chi2_history[slot].copy_(chi2_t)
+            use_sma = t > self.buffer_size and t >= self.warmup_iters
+            chi2 = self.chi2_history.mean(0) if use_sma else chi2_t.to(
+                self.chi2_history.dtype)
+            if t <= max(self.renorm_hold_iters, self.warmup_iters):
+                r = torch.ones_like(chi2)
+            else:
+                r = ((chi2 + self.eps) / (self.running_var + self.eps)).sqrt().clamp_(
+                    1.0 / self.r_max, self.r_max)
+            # r above uses R before this iteration's update, as in the official layer
+            update_running_stats(self.running_var, chi2, self.momentum,
+                                 self.num_batches_tracked)
+        return _MABNFunction.apply(x, self.weight, self.bias, chi2, r, self.psi_history,
+                                   slot, use_sma, self.eps)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        has_history = prefix + 'chi2_history' in state_dict
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+        with torch.no_grad():
+            if self.running_mean.any():
+                warn_once('mabn-running-mean',
+                          'MABN: loaded a non-zero running_mean (a BatchNorm checkpoint?); '
+                          'MABN does not center, so it is reset to 0. Convert BN checkpoints '
+                          'with tools/model_converters/resnet_to_mabn.py, which folds the '
+                          'mean into the bias.')
+                self.running_mean.zero_()
+            if not has_history and self.num_batches_tracked.item() > 0:
+                warn_once('mabn-no-history',
+                          'MABN: the checkpoint has an iteration count but no MABN ring '
+                          'buffers (chi2_history/psi_history); the count is reset to 0 so '
+                          'that warm-up starts over instead of averaging empty buffers.')
+                self.num_batches_tracked.zero_()

@@ -1,0 +1,384 @@
+"""CBN: numerical properties of the layer itself (no detector)."""
+import copy
+import io
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from mmnorm_plugin.norms.cbn import CBN
+
+
+def _pair(cin=3, c=4, k=3, groups=1, bias=False, buffer_num=3, dtype=torch.float64, **kw):
+    conv = nn.Conv2d(cin, c, k, padding=k // 2, groups=groups, bias=bias).to(dtype)
+    norm = CBN(c, buffer_num=buffer_num, **kw).to(dtype)
+    return conv, norm
+
+
+def _used_stats(x, y):
+    """Mean and variance a no-affine, eps=0 CBN used: y = (x - mean) / sqrt(var) per channel."""
+    dims = (0, 2, 3)
+    std = x.std(dim=dims) / y.std(dim=dims)
+    mean = x.mean(dim=dims) - std * y.mean(dim=dims)
+    return mean, std**2
+
+
+def _pooled(xs):
+    cat = torch.cat(xs)
+    return cat.mean(dim=(0, 2, 3)), cat.var(dim=(0, 2, 3), unbiased=False)
+
+
+def test_buffer_num_zero_is_batchnorm():
+    bn = nn.BatchNorm2d(5).double()
+    cbn = CBN(5, buffer_num=0).double()
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    cbn.load_state_dict(bn.state_dict())
+    for it in range(3):
+        x = (torch.randn(2, 5, 4, 3, dtype=torch.float64) * 3 + 2).requires_grad_()
+        g = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+        y_ref = bn(x)
+        grads_ref = torch.autograd.grad(y_ref, (x, bn.weight, bn.bias), g)
+        y = cbn(x)
+        grads = torch.autograd.grad(y, (x, cbn.weight, cbn.bias), g)
+        torch.testing.assert_close(y, y_ref)
+        for a, b in zip(grads, grads_ref):
+            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(cbn.running_mean, bn.running_mean)
+    torch.testing.assert_close(cbn.running_var, bn.running_var)
+    assert cbn.num_batches_tracked == bn.num_batches_tracked == 3
+    bn.eval(), cbn.eval()
+    x = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    torch.testing.assert_close(cbn(x), bn(x))
+
+
+def test_burnin_is_batchnorm_then_window():
+    conv, cbn = _pair(buffer_num=2, burnin_iters=2, affine=False, eps=0.0)
+    bn = nn.BatchNorm2d(4, affine=False, eps=1e-30).double()  # torch refuses eps=0
+    xs = []
+    for it in range(3):
+        x = conv(torch.randn(2, 3, 5, 5, dtype=torch.float64))
+        y = cbn(x)
+        xs.append(x.detach())
+        if it < 2:
+            torch.testing.assert_close(y, bn(x))
+            assert cbn.hist_len == 0 and not cbn.window_active
+    # the window starts at call burnin_iters + 1 with an empty history, as in the official code
+    assert cbn.window_active and cbn.hist_len == 1
+    x = conv(torch.randn(2, 3, 5, 5, dtype=torch.float64))
+    mean, var = _used_stats(x.detach(), cbn(x).detach())
+    ref_mean, ref_var = _pooled([xs[-1], x.detach()])
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(var, ref_var)
+
+
+@pytest.mark.parametrize('frozen', ['none', 'weight', 'no_grad_input'])
+@pytest.mark.parametrize('groups', [1, 2])
+def test_unchanged_weights_give_pooled_window_statistics(frozen, groups):
+    conv, cbn = _pair(cin=4, c=6, groups=groups, bias=True, buffer_num=3, affine=False, eps=0.0)
+    if frozen == 'weight':
+        conv.requires_grad_(False)
+    xs = []
+    for it in range(6):
+        z = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+        if frozen == 'weight':
+            z.requires_grad_()  # conv output has a grad_fn, but its weight is constant
+        if frozen == 'no_grad_input':
+            with torch.no_grad():
+                x = conv(z)
+        else:
+            x = conv(z)
+        y = cbn(x)
+        xs.append(x.detach())
+    window = xs[-4:]  # current + buffer_num past iterations
+    mean, var = _used_stats(xs[-1], y.detach())
+    ref_mean, ref_var = _pooled(window)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(var, ref_var)
+    # compensation only costs memory where a trainable conv weight exists
+    assert (cbn.hist_sqmean_grad.numel() > 0) == (frozen == 'none')
+
+
+def _compensation_errors(step, rho):
+    """|stats used - true stats| when the conv weight moved by ``step`` since the past batch."""
+    torch.manual_seed(1)
+    conv, cbn = _pair(cin=3, c=4, buffer_num=1, affine=False, eps=0.0, rho=rho)
+    direction = torch.randn_like(conv.weight)
+    z_old = torch.randn(2, 3, 6, 6, dtype=torch.float64) + 0.5
+    z_new = torch.randn(2, 3, 6, 6, dtype=torch.float64) + 0.5
+    cbn(conv(z_old))
+    with torch.no_grad():
+        conv.weight.add_(step * direction)
+    x_new = conv(z_new)
+    mean, var = _used_stats(x_new.detach(), cbn(x_new).detach())
+    with torch.no_grad():
+        true_mean, true_var = _pooled([conv(z_old), x_new.detach()])
+    return (mean - true_mean).abs().max().item(), (var - true_var).abs().max().item()
+
+
+def test_compensation_beats_naive_average_with_second_order_error():
+    # steps of 5% and 0.5% of the weights' scale (~0.19); SGD steps are usually smaller.
+    # (At ~50% the second-order term dominates and the naive variance can be closer.)
+    for step, factor in ((1e-2, 0.5), (1e-3, 0.1)):
+        mean_err, var_err = _compensation_errors(step, rho=1.0)
+        naive_mean_err, naive_var_err = _compensation_errors(step, rho=0.0)
+        assert mean_err < 1e-12  # μ is linear in W: the Taylor step is exact
+        assert naive_mean_err > 0.1 * step
+        assert var_err < factor * naive_var_err
+    # halving the step divides the error by ~4 (second order), the naive one by ~2
+    ratio = _compensation_errors(0.02, 1.0)[1] / _compensation_errors(0.01, 1.0)[1]
+    naive_ratio = _compensation_errors(0.02, 0.0)[1] / _compensation_errors(0.01, 0.0)[1]
+    assert 3.5 < ratio < 4.5
+    assert 1.5 < naive_ratio < 2.5
+
+
+@pytest.mark.parametrize('geometry', [
+    dict(stride=1, padding=1, dilation=1, groups=1),
+    dict(stride=2, padding=0, dilation=2, groups=2),
+    dict(stride=1, padding=1, dilation=1, groups=6),  # depthwise
+])
+def test_statistic_derivatives_match_autograd(geometry):
+    """The cheap ∂μ/∂W, ∂ν/∂W equal the official two autograd.grad calls, row by row."""
+    conv = nn.Conv2d(6, 6, 3, bias=True, **geometry).double()
+    cbn = CBN(6, buffer_num=1).double()
+    z = torch.randn(2, 6, 9, 8, dtype=torch.float64)
+    x = conv(z)
+    weight, (d_mean, d_sq) = cbn._conv_terms(x)
+    ref_mean = torch.autograd.grad(x.mean(dim=(0, 2, 3)).sum(), conv.weight, retain_graph=True)[0]
+    ref_sq = torch.autograd.grad((x * x).mean(dim=(0, 2, 3)).sum(), conv.weight)[0]
+    g = geometry['groups']
+    torch.testing.assert_close(d_sq, ref_sq.reshape(6, -1))
+    torch.testing.assert_close(d_mean.repeat_interleave(6 // g, dim=0), ref_mean.reshape(6, -1))
+    torch.testing.assert_close(weight, conv.weight.detach().reshape(6, -1))
+
+
+def test_gradcheck_through_window():
+    conv, cbn = _pair(cin=2, c=3, buffer_num=2, bias=True, eps_outside_sqrt=False)
+    with torch.no_grad():
+        cbn.weight.uniform_(0.5, 1.5)
+        cbn.bias.uniform_(-1, 1)
+    for _ in range(3):  # fill the window, weights moving between iterations
+        cbn(conv(torch.randn(2, 2, 4, 4, dtype=torch.float64)))
+        with torch.no_grad():
+            conv.weight.add_(0.05 * torch.randn_like(conv.weight))
+
+    def f(z):  # a fresh copy per call: the layer's forward is stateful
+        return copy.deepcopy(cbn)(conv(z))
+
+    z = torch.randn(2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (z, ))
+
+
+def test_eps_outside_sqrt_option():
+    cbn = CBN(3, buffer_num=0, eps=0.1, eps_outside_sqrt=True, affine=False).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    mean, var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=False)
+    ref = (x - mean.view(1, -1, 1, 1)) / (var.sqrt().view(1, -1, 1, 1) + 0.1)
+    torch.testing.assert_close(cbn(x), ref)
+    cbn.eval()
+    ref = (x - cbn.running_mean.view(1, -1, 1, 1)) / (
+        cbn.running_var.sqrt().view(1, -1, 1, 1) + 0.1)
+    torch.testing.assert_close(cbn(x), ref)
+
+
+def _train(conv, cbn, opt, zs):
+    out = None
+    for z in zs:
+        out = cbn(conv(z))
+        (out * out.detach().flip(0)).sum().backward()
+        opt.step()
+        opt.zero_grad()
+    return out
+
+
+def _model():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4, buffer_num=2, burnin_iters=1)
+    opt = torch.optim.SGD(list(conv.parameters()) + list(cbn.parameters()), lr=0.05,
+                          momentum=0.9)
+    return conv, cbn, opt
+
+
+def test_resume_reproduces_next_iteration_exactly():
+    zs = [torch.randn(2, 3, 6, 6) for _ in range(6)]
+    conv, cbn, opt = _model()
+    _train(conv, cbn, opt, zs[:5])
+    buf = io.BytesIO()
+    torch.save(dict(conv=conv.state_dict(), cbn=cbn.state_dict(), opt=opt.state_dict()), buf)
+    expected = _train(conv, cbn, opt, zs[5:])
+
+    conv2, cbn2, opt2 = _model()
+    buf.seek(0)
+    ckpt = torch.load(buf)
+    conv2.load_state_dict(ckpt['conv'])
+    cbn2.load_state_dict(ckpt['cbn'])  # strict: lazily sized buffers are resized on load
+    opt2.load_state_dict(ckpt['opt'])
+    got = _train(conv2, cbn2, opt2, zs[5:])
+    assert torch.equal(got, expected)
+    for (name, a), (_, b) in zip(cbn.state_dict().items(), cbn2.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_ddp_style_state_dict_round_trip_and_buffer_identity():
+    from mmengine.runner.checkpoint import _load_checkpoint_to_model
+
+    class Wrapper(nn.Module):  # what DDP / MMDistributedDataParallel do to keys
+
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    conv, cbn, opt = _model()
+    model = nn.Sequential(conv, cbn)
+    ids = [id(b) for b in model.buffers()]
+    _train(conv, cbn, opt, [torch.randn(2, 3, 6, 6) for _ in range(4)])
+    # lazy allocation resizes in place: DDP keeps references to these buffer objects
+    assert [id(b) for b in model.buffers()] == ids
+    assert cbn.hist_sqmean_grad.shape == (2, 4, 27)
+    state = Wrapper(model).state_dict()
+    assert all(k.startswith('module.') for k in state)
+
+    fresh = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), CBN(4, buffer_num=2, burnin_iters=1))
+    fresh_ids = [id(b) for b in fresh.buffers()]
+    _load_checkpoint_to_model(fresh, dict(state_dict=state), strict=True)
+    assert [id(b) for b in fresh.buffers()] == fresh_ids
+    for (name, a), b in zip(model.state_dict().items(), fresh.state_dict().values()):
+        assert torch.equal(a, b), name
+    # .to() moves the whole history, counters keep their integer dtype
+    fresh.to(torch.float64)
+    assert fresh[1].hist_sqmean_grad.dtype == torch.float64
+    assert fresh[1].num_iters.dtype == torch.long and fresh[1].num_iters == 4
+
+
+def test_batchnorm_checkpoint_loads_without_missing_keys():
+    bn = nn.BatchNorm2d(4)
+    with torch.no_grad():
+        bn.running_mean.uniform_()
+        bn.running_var.uniform_(1, 2)
+    cbn = CBN(4)
+    conv = nn.Conv2d(3, 4, 3)
+    for _ in range(3):  # some history that a BN checkpoint must reset
+        cbn(conv(torch.randn(2, 3, 5, 5)))
+    result = cbn.load_state_dict(bn.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    assert cbn.hist_len == 0 and cbn.num_iters == 0 and cbn.hist_sqmean_grad.numel() == 0
+    bn.eval(), cbn.eval()
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(cbn(x), bn(x))
+    # a CBN checkpoint missing only part of the history is an error, not a silent reset
+    partial = {k: v for k, v in CBN(4).state_dict().items() if k != 'hist_mean'}
+    with pytest.raises(RuntimeError, match='hist_mean'):
+        CBN(4).load_state_dict(partial)
+
+
+def test_autocast_bf16_on_cpu():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1)
+    cbn = CBN(8, buffer_num=2)
+    ref_conv, ref_cbn = copy.deepcopy(conv), copy.deepcopy(cbn)
+    zs = [torch.randn(2, 3, 8, 8) for _ in range(4)]
+    for z in zs:
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = cbn(conv(z))
+        y.float().sum().backward()
+        y_ref = ref_cbn(ref_conv(z))
+    assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
+    assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
+    assert cbn.hist_sqmean_grad.dtype == torch.float32 and cbn.hist_sqmean_grad.abs().sum() > 0
+    torch.testing.assert_close(y.float(), y_ref, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(cbn.running_var, ref_cbn.running_var, atol=0.02, rtol=0.02)
+
+
+def test_empty_input():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4, buffer_num=2)
+    for _ in range(2):
+        cbn(conv(torch.randn(2, 3, 5, 5)))
+    state = copy.deepcopy(cbn.state_dict())
+    y = cbn(conv(torch.randn(0, 3, 7, 7)))
+    assert y.shape == (0, 4, 7, 7)
+    y.sum().backward()
+    for key, value in cbn.state_dict().items():
+        if key != 'num_iters':
+            assert torch.equal(value, state[key]), key
+    assert cbn.num_iters == state['num_iters'] + 1  # burn-in counts iterations
+    cbn.eval()
+    assert cbn(torch.randn(0, 4, 7, 7)).shape == (0, 4, 7, 7)
+
+
+def test_eval_and_norm_eval_leave_state_untouched():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4)
+    cbn(conv(torch.randn(2, 3, 5, 5)))
+    state = copy.deepcopy(cbn.state_dict())
+    cbn.eval()
+    cbn(conv(torch.randn(2, 3, 5, 5)))
+    for key, value in cbn.state_dict().items():
+        assert torch.equal(value, state[key]), key
+
+
+def test_bad_input_and_arguments():
+    cbn = CBN(4)
+    with pytest.raises(ValueError, match='4-D'):
+        cbn(torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match='channels'):
+        cbn(torch.randn(2, 3, 5, 5))
+    with pytest.raises(ValueError, match='more than 1 value'):
+        cbn(torch.randn(1, 4, 1, 1))
+    with pytest.raises(ValueError, match='buffer_num'):
+        CBN(4, buffer_num=-1)
+    with pytest.raises(ValueError, match='burnin_iters'):
+        CBN(4, burnin_iters=1.5)
+
+
+def test_non_conv_producer_warns_once_and_uses_plain_average():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4, buffer_num=2, affine=False, eps=0.0).double()
+    conv.double()
+    pool = nn.AvgPool2d(2)
+    xs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        for _ in range(3):
+            x = pool(conv(torch.randn(2, 3, 6, 6, dtype=torch.float64)))
+            y = cbn(x)
+            xs.append(x.detach())
+    messages = [str(w.message) for w in caught if 'not by a Conv2d' in str(w.message)]
+    assert len(messages) == 1 and 'AvgPool2D' in messages[0]
+    mean, var = _used_stats(xs[-1], y.detach())
+    ref_mean, ref_var = _pooled(xs)
+    torch.testing.assert_close(mean, ref_mean)
+    torch.testing.assert_close(var, ref_var)
+
+
+def test_conv_shape_change_restarts_window():
+    cbn = CBN(4, buffer_num=2)
+    for cin in (3, 3, 5):
+        conv = nn.Conv2d(cin, 4, 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            cbn(conv(torch.randn(2, cin, 5, 5)))
+    assert cbn.hist_len == 1 and cbn.hist_sqmean_grad.shape == (2, 4, 45)
+
+
+def test_matches_official_style_implementation():
+    """Same numbers as the benchmark's restatement of the official algorithm (lists of
+    weight copies, two autograd.grad calls), with the official eps form, weights moving."""
+    import importlib.util
+    import os.path as osp
+    path = osp.join(osp.dirname(__file__), '..', '..', 'tools', 'benchmarks', 'bench_cbn.py')
+    spec = importlib.util.spec_from_file_location('bench_cbn', path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    official = bench.OfficialStyleCBN(4, buffer_num=2, eps=1e-3).double()
+    ours = CBN(4, buffer_num=2, eps=1e-3, eps_outside_sqrt=True).double()
+    for _ in range(5):
+        x = conv(torch.randn(2, 3, 6, 6, dtype=torch.float64))
+        torch.testing.assert_close(ours(x), official(x))
+        with torch.no_grad():
+            conv.weight.add_(0.02 * torch.randn_like(conv.weight))

@@ -1,0 +1,26 @@
+"""Generate the embedded tiny COCO-format dataset (see mmnorm_plugin.utils.tiny_coco)."""
+import argparse
+
+from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument('--out-dir', default='data/tiny_coco')
+    parser.add_argument('--num-train', type=int, default=240)
+    parser.add_argument('--num-val', type=int, default=60)
+    parser.add_argument('--image-size', type=int, default=160)
+    parser.add_argument('--seed', type=int, default=0)
+    return parser.parse_args()
+
+
+def main():
+    args = parse_args()
+    paths = make_tiny_coco(args.out_dir, args.num_train, args.num_val, args.image_size,
+                           seed=args.seed)
+    print(f'tiny COCO written: {paths["train"]} ({args.num_train} images), '
+          f'{paths["val"]} ({args.num_val} images)')
+
+
+if __name__ == '__main__':
+    main()

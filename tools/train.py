@@ -1,0 +1,15 @@
+"""Train a detector: the CLI of mmdet 3.3's tools/train.py, with mmnorm_plugin loaded.
+
+    python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
+        [--resume [CHECKPOINT]] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+"""
+import os.path as osp
+import sys
+
+# runnable from a checkout without `pip install -e .`
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from mmnorm_plugin.apis import run_mmdet_tool  # noqa: E402
+
+if __name__ == '__main__':
+    run_mmdet_tool('train')
