@@ -7,12 +7,14 @@ Importing the package registers everything (configs do it with
   root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
+* runner hooks (``CBNBurnInHook``) in mmengine's root ``HOOKS``;
 * the exact set of classes that mmengine's Runner checkpoints pickle, as safe globals for
   ``torch.load(weights_only=True)`` (see :mod:`mmnorm_plugin.utils.checkpoint`).
 """
 from .version import __version__
 from . import norms  # noqa: F401  (registers the norm and conv layers)
 from . import models  # noqa: F401  (registers the backbones)
+from . import engine  # noqa: F401  (registers the runner hooks, e.g. CBNBurnInHook)
 from .utils.checkpoint import allow_mmengine_checkpoints
 from .utils.norm_cfg import validate_norm_cfgs
 
