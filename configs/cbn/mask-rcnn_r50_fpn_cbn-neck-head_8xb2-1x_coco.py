@@ -5,9 +5,6 @@
 # (the released configs' `burnin=8`, meant as epochs: see README.md), set by CBNBurnInHook
 # from the dataloader length. 8 GPUs x 2 images, lr 0.02 (0.02 per 16 images), 1x.
 _base_ = '../_base_/mask-rcnn_r50_fpn_1x_coco.py'
-# the hook lives in mmnorm_plugin.engine
-custom_imports = dict(imports=['mmnorm_plugin', 'mmnorm_plugin.engine'],
-                      allow_failed_imports=False)
 norm_cfg = dict(type='CBN', requires_grad=True, buffer_num=3)
 model = dict(
     neck=dict(norm_cfg=norm_cfg),

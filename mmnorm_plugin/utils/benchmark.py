@@ -6,10 +6,10 @@ timings on a shared 2-core machine are not reproducible enough to gate on.
 
 What is measured, for each input shape and each candidate norm factory ``make(C)``:
 
-* **time**: median wall time of ``forward + backward`` of ``Conv3x3 -> norm`` minus the median
-  of ``Conv3x3`` alone, i.e. the norm's own cost inside a realistic graph (norms that look up
-  their producing conv need it to be there). Candidates and baseline run interleaved, so load
-  on the machine hits them alike.
+* **time**: median wall time of the norm's forward and its backward down to its input, on the
+  output of a ``Conv3x3`` (norms that look up their producing conv need it in the graph; the
+  conv itself runs untimed and its backward is excluded with ``backward(inputs=...)``).
+  Candidates and baseline run interleaved, so load on the machine hits them alike.
 * **memory**: bytes the norm keeps alive for backward (tensors saved by autograd during its
   forward, deduplicated by storage, its input included, its parameters not) plus its
   persistent buffers (running statistics, history). On CPU there is no allocator
@@ -46,8 +46,13 @@ def _saved_bytes(norm: nn.Module, x: torch.Tensor) -> int:
     return sum(seen.values())
 
 
-def _step(module: nn.Module, x: torch.Tensor) -> None:
-    module(x).sum().backward()
+def _timed_step(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> float:
+    y = conv(x)
+    inputs = [y, *(p for p in norm.parameters() if p.requires_grad)]
+    t0 = time.perf_counter()
+    out = norm(y)
+    out.backward(torch.ones_like(out), inputs=inputs)
+    return time.perf_counter() - t0
 
 
 def compare_norms(candidates: Dict[str, NormFactory],
@@ -63,32 +68,26 @@ def compare_norms(candidates: Dict[str, NormFactory],
     """
     if baseline not in candidates:
         raise KeyError(f'baseline {baseline!r} is not among the candidates {list(candidates)}')
+    if iters < 3:
+        raise ValueError(f'iters={iters}: a median of fewer than 3 timings is noise')
     rows = []
     for shape in shapes:
         n, c, h, w = shape
         g = torch.Generator().manual_seed(seed)
         x = torch.randn(shape, generator=g)
         conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        blocks = {'conv': conv}
-        norms = {}
-        for name, make in candidates.items():
-            norms[name] = make(c).train()
-            blocks[name] = nn.Sequential(conv, norms[name])
-        for block in blocks.values():
+        norms = {name: make(c).train() for name, make in candidates.items()}
+        for norm in norms.values():
             for _ in range(warmup):
-                _step(block, x)
-        times = {name: [] for name in blocks}
+                _timed_step(conv, norm, x)
+        times = {name: [] for name in norms}
         for _ in range(iters):
-            for name, block in blocks.items():
-                t0 = time.perf_counter()
-                _step(block, x)
-                times[name].append(time.perf_counter() - t0)
-        conv.zero_grad(set_to_none=True)
+            for name, norm in norms.items():
+                times[name].append(_timed_step(conv, norm, x))
         median = {k: statistics.median(v) for k, v in times.items()}
         y_from_conv = conv(x)
         for name in candidates:
-            norm_time = max(median[name] - median['conv'], 1e-9)
-            base_time = max(median[baseline] - median['conv'], 1e-9)
+            norm_time, base_time = median[name], median[baseline]
             # the producing conv must be in the graph for conv-aware norms
             saved = _saved_bytes(norms[name], y_from_conv)
             saved_base = _saved_bytes(norms[baseline], y_from_conv)
