@@ -18,8 +18,12 @@ from mmnorm_plugin.apis.mmdet_tools import MMDET_TOOLS
 from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-FASTER = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py')
+# the main job (CBN demo) and a Mask R-CNN for segm metrics
+FASTER = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')
 MASK = osp.join(ROOT, 'configs', 'demo', 'mask-rcnn_r18-w16_fpn_bn_tiny-coco.py')
+# CBN's cross-iteration window from the first iteration on, so checkpoints carry history
+NO_BURNIN = [f'model.{part}.norm_cfg.burnin_iters=0'
+             for part in ('backbone', 'neck', 'roi_head.bbox_head')]
 
 pytestmark = pytest.mark.slow
 
@@ -75,16 +79,22 @@ def test_train_then_test_reports_finite_coco_metrics(workdir, config, keys):
 def test_resume_continues_from_the_checkpoint(workdir):
     train_dir = workdir / 'resume'
     _run([osp.join(ROOT, 'tools', 'train.py'), FASTER, '--work-dir', str(train_dir),
-          *_short(2)], cwd=workdir)
+          *_short(2), *NO_BURNIN], cwd=workdir)
     first = torch.load(train_dir / 'iter_2.pth', map_location='cpu')
+    # the CBN history is part of the checkpoint (2 past iterations in every layer)
+    hist_len = {k: int(v) for k, v in first['state_dict'].items() if k.endswith('hist_len')}
+    assert hist_len and set(hist_len.values()) == {2}, hist_len
     proc = _run([osp.join(ROOT, 'tools', 'train.py'), FASTER, '--work-dir', str(train_dir),
-                 '--resume', *_short(4)], cwd=workdir)
+                 '--resume', *_short(4), *NO_BURNIN], cwd=workdir)
     log = proc.stdout + proc.stderr
     assert 'resumed' in log.lower()
     # training went on from iteration 3 instead of starting over
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
     resumed = torch.load(train_dir / 'iter_4.pth', map_location='cpu')
     assert first['meta']['iter'] == 2 and resumed['meta']['iter'] == 4
+    # the window kept filling from the restored history: 2 + 2 iterations, capped at 3
+    assert {int(v) for k, v in resumed['state_dict'].items() if k.endswith('hist_len')} == {3}
+    assert {int(v) for k, v in resumed['state_dict'].items() if k.endswith('num_iters')} == {4}
     assert resumed['optimizer']['state'], 'optimizer momentum was not carried over'
 
 
