@@ -99,6 +99,18 @@ def test_training_matches_group_statistics(groups):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
+def test_float32_statistics_survive_a_large_mean():
+    """Pooling per-sample group statistics must not compute var as E[x²] - E[x]² in float32."""
+    layer = BGN(8, num_groups=2)
+    x64 = torch.randn(2, 8, 6, 6, dtype=torch.float64) + 1000.0
+    y = layer(x64.float())
+    y_ref, _, var = _reference(x64, 2, layer.weight.double(), layer.bias.double(), 1e-5)
+    torch.testing.assert_close(y.double(), y_ref, rtol=0, atol=2e-3)
+    m = x64.numel() // 2
+    torch.testing.assert_close(layer.running_var.double(),
+                               0.9 + 0.1 * var * m / (m - 1), rtol=1e-4, atol=0)
+
+
 def test_gradcheck_training_mode():
     layer = _random_affine(BGN(4, num_groups=2, track_running_stats=False).double())
     x = torch.randn(2, 4, 3, 2, dtype=torch.float64, requires_grad=True)

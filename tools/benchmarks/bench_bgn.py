@@ -2,8 +2,8 @@
 
 A thin CLI over :func:`mmnorm_plugin.utils.benchmark.compare_norms`. Default shapes are those
 BGN meets in the BGN configs: FPN levels P2/P3 of an 800x1216 image pair (N=2, C=256) and the
-4conv1fc box head on 512 RoIs (N=512, C=256, 7x7). Times are the norm's own cost (conv+norm
-minus conv), medians of interleaved runs; run with OMP_NUM_THREADS=1 on a shared machine.
+4conv1fc box head on 512 RoIs (N=512, C=256, 7x7). Times are the norm's own fwd+bwd cost on a
+conv's output, medians of interleaved runs; run with OMP_NUM_THREADS=1 on a shared machine.
 
     OMP_NUM_THREADS=1 python tools/benchmarks/bench_bgn.py
     OMP_NUM_THREADS=1 python tools/benchmarks/bench_bgn.py --groups 1 32 --shapes 2,256,100,152
