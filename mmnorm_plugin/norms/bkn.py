@@ -122,8 +122,8 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (_leaf_through_casts, check_input_4d, find_producing_conv,
-                         normalize_with_stats, update_running_stats, warn_once)
+from .functional import (check_input_4d, find_producing_conv, normalize_with_stats,
+                         update_running_stats, warn_once)
 
 __all__ = ['BatchKalmanNorm2d', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
@@ -256,15 +256,6 @@ def _state_of(node, depth: int = 0) -> Optional[GaussianState]:
     return state
 
 
-def _conv_bias(x: Tensor):
-    """(has_bias, bias leaf or None) of the conv whose ConvolutionBackward0 is ``x.grad_fn``."""
-    fn = x.grad_fn
-    sizes = fn._saved_bias_sym_sizes_opt
-    if sizes is None or len(sizes) == 0 or sizes[0] == 0:
-        return False, None
-    return True, _leaf_through_casts(fn.next_functions[2][0])
-
-
 @MODELS.register_module('BKN')
 class BatchKalmanNorm2d(_BatchNorm):
     """Batch Kalman Normalization for NCHW conv outputs; ``norm_cfg=dict(type='BKN')``.
@@ -338,8 +329,8 @@ class BatchKalmanNorm2d(_BatchNorm):
         weight = origin.weight
         if state is None or state.mean.numel() != weight.shape[1] * origin.groups:
             return None
-        has_bias, bias = _conv_bias(x)
-        if has_bias and bias is None:
+        bias = origin.bias
+        if origin.has_bias and bias is None:
             warn_once('bkn-frozen-bias', 'BKN: the producing conv has a bias that autograd '
                       'cannot reach (frozen); these layers run as plain BN.')
             return None

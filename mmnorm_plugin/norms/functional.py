@@ -1,8 +1,8 @@
 """The small functional core shared by every norm in this package.
 
 Everything here is stateless: modules own their buffers and call these helpers, so the
-mechanics that several methods share (reading per-channel moments, applying a normalization
-with statistics that carry gradients, EMA updates of running statistics in PyTorch's
+mechanics that several methods share (applying a normalization with statistics that carry
+gradients, EMA updates of running statistics in PyTorch's
 convention, finding the convolution that produced an activation) exist exactly once.
 """
 import warnings
@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    'ConvOrigin', 'find_producing_conv', 'channel_moments', 'normalize_with_stats',
-    'update_running_stats', 'check_input_4d', 'warn_once'
+    'ConvOrigin', 'find_producing_conv', 'normalize_with_stats', 'update_running_stats',
+    'check_input_4d', 'warn_once'
 ]
 
 
@@ -27,19 +27,6 @@ def check_input_4d(layer: nn.Module, x: Tensor) -> None:
     if num_features is not None and x.shape[1] != num_features:
         raise ValueError(f'{type(layer).__name__}({num_features}) got an input with '
                          f'{x.shape[1]} channels (shape {tuple(x.shape)})')
-
-
-def channel_moments(x: Tensor, dims: Tuple[int, ...] = (0, 2, 3)) -> Tuple[Tensor, Tensor]:
-    """Per-channel mean E[x] and second moment E[x^2] over ``dims``, in float32 at least.
-
-    Low-precision inputs (autocast bf16/fp16) are upcast first: the statistics of a small
-    batch are exactly the quantities these methods care about, and bf16 sums lose them.
-    """
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    mean = x.mean(dim=dims)
-    sq_mean = (x * x).mean(dim=dims)
-    return mean, sq_mean
 
 
 def normalize_with_stats(x: Tensor, mean: Optional[Tensor], var: Tensor,
@@ -89,11 +76,16 @@ class ConvOrigin:
             re-parameterisation such as weight centralization), detached.
         parameter: the trainable leaf ``nn.Parameter`` behind ``weight`` when it can be
             reached through casts only; None when the weight is frozen or derived.
+        has_bias: whether the conv adds a bias.
+        bias: the trainable leaf behind the bias (through casts), None when there is no bias
+            or autograd cannot reach it (frozen).
         input: the conv's input, detached (None when autograd did not save it).
         stride, padding, dilation, groups: the conv's geometry.
     """
     weight: Tensor
     parameter: Optional[Tensor]
+    has_bias: bool
+    bias: Optional[Tensor]
     input: Optional[Tensor]
     stride: Tuple[int, ...]
     padding: Tuple[int, ...]
@@ -137,9 +129,13 @@ def find_producing_conv(x: Tensor) -> Optional[ConvOrigin]:
     if weight.dim() != 4:
         return None
     saved_input = fn._saved_input
+    bias_sizes = fn._saved_bias_sym_sizes_opt
+    has_bias = bias_sizes is not None and len(bias_sizes) > 0 and bias_sizes[0] != 0
     return ConvOrigin(
         weight=weight.detach(),
         parameter=parameter,
+        has_bias=has_bias,
+        bias=_leaf_through_casts(fn.next_functions[2][0]) if has_bias else None,
         input=None if saved_input is None else saved_input.detach(),
         stride=tuple(fn._saved_stride),
         padding=tuple(fn._saved_padding),

@@ -22,11 +22,8 @@ _DIMS = (0, 2, 3)
 
 
 def _second_moment(x: Tensor) -> Tensor:
-    """Per-channel E[x^2] in float32 at least, in one pass without a temporary.
-
-    ``functional.channel_moments`` would also compute E[x], which MABN never uses; on the
-    FPN shapes that extra pass is a third of the forward.
-    """
+    """Per-channel E[x^2] in float32 at least, in one pass without a temporary (MABN never
+    needs E[x]; on FPN shapes an extra pass for it is a third of the forward)."""
     dtype = torch.promote_types(x.dtype, torch.float32)
     norm = torch.linalg.vector_norm(x, dim=_DIMS, dtype=dtype)
     return norm.square_() / (x.numel() // x.shape[1])
