@@ -15,6 +15,7 @@ What is measured, for each input shape and each candidate norm factory ``make(C)
   persistent buffers (running statistics, history). On CPU there is no allocator
   peak counter, and these two are what grows with the method.
 """
+import argparse
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -22,9 +23,22 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-__all__ = ['NormFactory', 'compare_norms', 'format_rows', 'buffer_bytes']
+__all__ = ['NormFactory', 'DETECTION_SHAPES', 'parse_shape', 'compare_norms', 'format_rows',
+           'buffer_bytes']
 
 NormFactory = Callable[[int], nn.Module]
+
+#: Where a norm sits in an R50-FPN detector at 2 images of 800x1216 per GPU: FPN levels P2 and
+#: P3 (N=2, C=256) and the 4conv1fc box head on 512 RoIs (N=512, C=256, 7x7).
+DETECTION_SHAPES = ((2, 256, 200, 304), (2, 256, 100, 152), (512, 256, 7, 7))
+
+
+def parse_shape(text: str) -> Tuple[int, int, int, int]:
+    """``'N,C,H,W'`` -> tuple, for argparse ``type=``."""
+    shape = tuple(int(v) for v in text.split(','))
+    if len(shape) != 4:
+        raise argparse.ArgumentTypeError(f'expected N,C,H,W, got {text!r}')
+    return shape
 
 
 def buffer_bytes(module: nn.Module) -> int:

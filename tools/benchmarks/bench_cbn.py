@@ -26,12 +26,10 @@ from torch import Tensor, nn
 
 from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.functional import find_producing_conv
-from mmnorm_plugin.utils.benchmark import buffer_bytes, compare_norms, format_rows
+from mmnorm_plugin.utils.benchmark import (DETECTION_SHAPES, buffer_bytes, compare_norms,
+                                           format_rows)
 
-SHAPES = {
-    'fpn': [(2, 256, 200, 304), (2, 256, 100, 152)],
-    'roi': [(512, 256, 7, 7)],
-}
+SHAPES = {'fpn': list(DETECTION_SHAPES[:2]), 'roi': [DETECTION_SHAPES[2]]}
 
 
 class OfficialStyleCBN(nn.Module):

@@ -22,17 +22,10 @@ from torch import nn
 
 from mmnorm_plugin.models.layers import CenConv2d
 from mmnorm_plugin.norms.mabn import MABN
-from mmnorm_plugin.utils.benchmark import compare_norms, format_rows
+from mmnorm_plugin.utils.benchmark import (DETECTION_SHAPES, compare_norms, format_rows,
+                                           parse_shape)
 
-DEFAULT_SHAPES = ['2,256,200,304', '2,256,100,152', '512,256,7,7']
 TARGET = 1.5
-
-
-def _shape(text):
-    shape = tuple(int(v) for v in text.split(','))
-    if len(shape) != 4:
-        raise argparse.ArgumentTypeError(f'expected N,C,H,W, got {text!r}')
-    return shape
 
 
 def steady_mabn(c):
@@ -52,8 +45,8 @@ def cenconv_mabn(c):
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--shapes', type=_shape, nargs='+',
-                        default=[_shape(s) for s in DEFAULT_SHAPES], help='N,C,H,W ...')
+    parser.add_argument('--shapes', type=parse_shape, nargs='+',
+                        default=list(DETECTION_SHAPES), help='N,C,H,W ...')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--iters', type=int, default=5)
     return parser.parse_args(argv)
