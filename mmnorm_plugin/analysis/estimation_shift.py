@@ -24,6 +24,7 @@ The raw magnitudes follow the paper's description; the scale-free versions are o
 that layers of different scale can be compared on one plot (the paper's exact normalization was
 not verified here).
 """
+import contextlib
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterable, List, Optional
@@ -70,7 +71,7 @@ class MomentCollector:
         self._sumsq: Dict[str, torch.Tensor] = {}
         self._count: Dict[str, int] = {}
         self._order: List[str] = []
-        self._handles = []
+        self._hooks = contextlib.ExitStack()
 
     def _hook(self, name):
 
@@ -91,14 +92,12 @@ class MomentCollector:
         return hook
 
     def __enter__(self):
-        self._handles = [m.register_forward_pre_hook(self._hook(n))
-                         for n, m in self.layers.items()]
+        for name, layer in self.layers.items():
+            self._hooks.callback(layer.register_forward_pre_hook(self._hook(name)).remove)
         return self
 
     def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
+        self._hooks.close()
 
     def records(self) -> List[ShiftRecord]:
         """One :class:`ShiftRecord` per layer that saw data, in forward order."""
