@@ -618,6 +618,25 @@ class CBN(_BatchNorm):
         self.hist_ptr.fill_(self._hist_ptr)
         self.hist_len.fill_(self._hist_len)
 
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.
+
+        Training needs the autograd graph (to find the producing conv) and a custom autograd
+        function, neither of which TorchScript has; so scripting a training-mode CBN raises.
+        """
+        if self.training:
+            raise RuntimeError('CBN can only be scripted in eval mode (call .eval() first): '
+                               'its training step reads the autograd graph.')
+        bn = torch.nn.BatchNorm2d(self.num_features, self.eps, self.momentum, self.affine,
+                                  self.track_running_stats, device=self.running_mean.device
+                                  if self.running_mean is not None else None,
+                                  dtype=self.hist_mean.dtype)
+        state = {k: v for k, v in self.state_dict().items() if k not in _HISTORY_BUFFERS}
+        if self.eps_outside_sqrt and self.running_var is not None:
+            state['running_var'] = self._effective_var(self.running_var)[0]
+        bn.load_state_dict(state)
+        return bn.eval()
+
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, buffer_num={self.buffer_num}, '
                 f'burnin_iters={self.burnin_iters}, rho={self.rho}, '

@@ -578,3 +578,15 @@ def test_counters_are_mirrored_no_host_sync_in_training():
                 cbn(conv(torch.randn(2, 3, 6, 6))).square().sum().backward()
             assert counter.count == 0
         assert cbn.window_active and cbn.hist_len == 2
+
+
+@pytest.mark.parametrize('eps_outside_sqrt', [False, True])
+def test_eval_mode_scripts_as_batchnorm(eps_outside_sqrt):
+    conv, cbn = _trained()
+    cbn.eps_outside_sqrt = eps_outside_sqrt
+    model = nn.Sequential(conv, cbn).eval()
+    scripted = torch.jit.script(model)
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(scripted(x), model(x))
+    with pytest.raises(RuntimeError, match='eval mode'):
+        torch.jit.script(nn.Sequential(conv, cbn).train())
