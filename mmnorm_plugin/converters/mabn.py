@@ -1,4 +1,9 @@
-"""Turn a BatchNorm ResNet checkpoint into one for a CenConv2d + MABN ResNet.
+"""Checkpoints for a CenConv2d + MABN ResNet: from the official MABN code, or from a BN ResNet.
+
+:func:`convert_official_mabn` renames a checkpoint of ``megvii-model/MABN`` (the authors'
+weight-centralized ImageNet ResNet-50 ``R50-wc.pth`` or a trained detector) to mmdet's keys; it
+is exact (see its docstring). :func:`convert_resnet_to_mabn`, described below, approximates such
+a checkpoint from an ordinary BN ResNet.
 
 MABN (arXiv 2001.06838) is fine-tuned from an ImageNet model trained with weight
 centralization *and* MABN ("R50-wc.pth" in ``megvii-model/MABN``); a standard BN model is not
@@ -125,7 +130,7 @@ def _official_backbone(state: Mapping) -> Tuple['OrderedDict[str, Tensor]', str,
             name = key[len('backbone.body.'):] if key.startswith('backbone.body.') else key
             if name.startswith('stem.'):
                 body[name[len('stem.'):]] = value
-            elif name.startswith('layer') and not key.startswith(('rpn.', 'roi_heads.')):
+            elif name.startswith('layer'):
                 body[name] = value
             else:
                 dropped.append(key)
