@@ -17,8 +17,9 @@ __all__ = ['CBN']
 
 # Buffers that only CBN has; a plain BN checkpoint has none of them (see _load_from_state_dict).
 _HISTORY_BUFFERS = ('num_iters', 'hist_len', 'hist_ptr', 'hist_mean', 'hist_var',
-                    'hist_mean_proj', 'hist_var_proj', 'hist_mean_grad', 'hist_var_grad')
-# Their shape depends on the producing conv's weight, unknown until the first forward.
+                    'hist_mean_proj', 'hist_var_proj')
+# Derivative history: its shape depends on the producing conv's weight, unknown until the first
+# forward. Saved in the state dict once it exists, but not registered as buffers (see CBN).
 _LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
 # Per-iteration statistics, shape (buffer_num, C).
 _STAT_BUFFERS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
@@ -165,17 +166,22 @@ class CBN(_BatchNorm):
     fail the validity test and their derivatives are stored as zeros, so the next clean
     batch is normalized as if the bad one never happened.
 
-    **State.** Everything lives in registered buffers (iteration counter, ring buffer of the
-    last ``buffer_num`` iterations), so ``.to()``, DDP's initial broadcast and checkpoints carry
-    it and a run resumed at iteration ``t`` reproduces iteration ``t+1``. The counters are
-    mirrored in Python attributes (re-read on ``load_state_dict``), so a training step never
-    reads a tensor back to the host. The two weight-shaped history buffers are allocated, in
-    place, at the first training forward (the conv is unknown at construction); loading a
-    checkpoint resizes them. A plain BN checkpoint (ImageNet backbones) has no CBN buffers: it
-    loads without missing keys and starts an empty history; a CBN checkpoint with another
-    ``buffer_num`` keeps its running statistics and restarts the window (with a warning
-    naming both sizes). A load that fails leaves the layer untouched. Parameter/buffer names
-    and the ``bn`` abbreviation are BN's, so mmdet's ``norm_eval``, zero-init, mmengine's
+    **State.** Counters and the per-iteration statistics of the window live in registered
+    buffers; ``.to()``, checkpoints and a resume carry them, and a run resumed at iteration
+    ``t`` reproduces iteration ``t+1``. The counters are mirrored in Python attributes
+    (re-read on ``load_state_dict``), so a training step never reads a tensor back to the
+    host. The two weight-shaped derivative histories (``hist_mean_grad``, ``hist_var_grad``)
+    can only be sized at the first training forward, when the producing conv is seen. They
+    are plain tensor attributes that ``_apply`` moves (``.to()``, ``.cuda()``) and
+    ``state_dict`` saves once they exist, deliberately *not* registered buffers: a buffer
+    whose shape changes after construction breaks every wrapper that copies buffers before
+    the first step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by
+    order or alias them at construction), and DDP would broadcast rank 0's per-rank history.
+    A plain BN checkpoint (ImageNet backbones) has no CBN state: it loads without missing keys
+    and starts an empty window; a CBN checkpoint with another ``buffer_num`` keeps its running
+    statistics and iteration count and restarts the window (with a warning naming both
+    sizes). A load that fails leaves the layer untouched. Parameter/buffer names and the
+    ``bn`` abbreviation are BN's, so mmdet's ``norm_eval``, zero-init, mmengine's
     ``norm_decay_mult`` and BN checkpoints work.
 
     Args:
@@ -212,9 +218,8 @@ class CBN(_BatchNorm):
           would update the state twice; do not combine them.
         * mmengine's ``sync_bn='torch'`` converts every ``_BatchNorm`` (CBN included) into
           ``nn.SyncBatchNorm``, which silently replaces the method: do not set it.
-        * DDP with ``broadcast_buffers=True`` overwrites the history from rank 0 behind the
-          layer's back; mmengine's default is ``False``, which CBN needs (histories are
-          per rank).
+        * Histories are per rank (per GPU). DDP with ``broadcast_buffers=True`` overwrites the
+          window statistics from rank 0 each step; mmengine's default is ``False``.
         * The burn-in is two-stage only (the official default ``two_stage=True``).
     """
     _abbr_ = 'bn'
@@ -258,8 +263,8 @@ class CBN(_BatchNorm):
         self.register_buffer('hist_var_proj', torch.zeros(k, c, **kw))
         # (G, k, C_in/G·kh·kw) and (C, k, C_in/G·kh·kw), sized at the first training forward;
         # iteration-minor so that the per-channel sums over the window are batched matmuls
-        self.register_buffer('hist_mean_grad', torch.zeros(0, **kw))
-        self.register_buffer('hist_var_grad', torch.zeros(0, **kw))
+        self.hist_mean_grad = torch.zeros(0, **kw)
+        self.hist_var_grad = torch.zeros(0, **kw)
         self._sync_counters()
 
     # ----------------------------------------------------------------------------- state
@@ -273,7 +278,26 @@ class CBN(_BatchNorm):
         """Forget the cross-iteration window and restart the burn-in counter."""
         for name in _HISTORY_BUFFERS:
             getattr(self, name).zero_()
+        self._drop_derivatives()
         self._sync_counters()
+
+    def _drop_derivatives(self) -> None:
+        for name in _LAZY_BUFFERS:
+            setattr(self, name, self.hist_mean.new_zeros(0))
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .double(): the derivative history moves with the buffers
+        super()._apply(fn, recurse)
+        for name in _LAZY_BUFFERS:
+            setattr(self, name, fn(getattr(self, name)))
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.hist_var_grad.numel():
+            for name in _LAZY_BUFFERS:
+                tensor = getattr(self, name)
+                destination[prefix + name] = tensor if keep_vars else tensor.detach()
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
@@ -282,7 +306,7 @@ class CBN(_BatchNorm):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        keys = {name: prefix + name for name in _HISTORY_BUFFERS}
+        keys = {name: prefix + name for name in _HISTORY_BUFFERS + _LAZY_BUFFERS}
         if any(prefix + name in state_dict for name in _V1_BUFFERS):
             # The first layout stored E[x²] and iteration-major derivatives: keep BN's state
             # and the iteration count, restart the window (its next step is an exact BN step).
@@ -291,8 +315,8 @@ class CBN(_BatchNorm):
                       'cross-iteration window restarts.')
             state_dict = {k: v for k, v in state_dict.items()
                           if not (k.startswith(prefix) and k[len(prefix):] in
-                                  _V1_BUFFERS + _HISTORY_BUFFERS[1:])}
-        present = [name for name, key in keys.items() if key in state_dict]
+                                  _V1_BUFFERS + _HISTORY_BUFFERS[1:] + _LAZY_BUFFERS)}
+        present = [name for name in _HISTORY_BUFFERS if keys[name] in state_dict]
         bn_like = set(present) <= {'num_iters'}
         errors = self._validate_state(state_dict, prefix, present, strict)
         if errors:  # refuse before anything changes: a failed load leaves the layer as it was
@@ -306,21 +330,23 @@ class CBN(_BatchNorm):
                       f'{state_dict[keys["hist_mean"]].shape[0]}, this layer has buffer_num='
                       f'{self.buffer_num}; running statistics and iteration count are loaded, '
                       'the cross-iteration window restarts.')
-            state_dict = {k: v for k, v in state_dict.items()
-                          if k not in {keys[n] for n in _HISTORY_BUFFERS[1:]}}
             restart = True
+        derivatives = [state_dict.get(keys[name]) for name in _LAZY_BUFFERS]
+        state_dict = {k: v for k, v in state_dict.items()
+                      if k not in {keys[n] for n in _LAZY_BUFFERS}}
         if restart:
-            # history keys absent on purpose: not missing, and nothing stale survives
-            state_dict = dict(state_dict)
+            # history absent on purpose: not missing, and nothing stale survives
             for name in _HISTORY_BUFFERS:
                 if name != 'num_iters' or keys[name] not in state_dict:
-                    state_dict[keys[name]] = getattr(self, name).new_zeros(
-                        (0, ) if name in _LAZY_BUFFERS else getattr(self, name).shape)
-        # lazy buffers are resized in place: DDP keeps references to the buffer objects
-        for name in _LAZY_BUFFERS:
-            getattr(self, name).resize_(state_dict[keys[name]].shape)
+                    state_dict[keys[name]] = torch.zeros_like(getattr(self, name))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+        if restart or derivatives[0] is None:
+            self._drop_derivatives()
+        else:
+            like = self.hist_mean
+            for name, saved in zip(_LAZY_BUFFERS, derivatives):
+                setattr(self, name, saved.detach().to(like.device, like.dtype, copy=True))
         self._sync_counters()
 
     def _validate_state(self, state_dict, prefix, present, strict) -> list:
@@ -340,6 +366,8 @@ class CBN(_BatchNorm):
                               f'CBN({self.num_features}) needs {tuple(tensor.shape)}.')
         if len(present) == len(_HISTORY_BUFFERS):
             k = state_dict[prefix + 'hist_mean'].shape[0]
+            if k != self.buffer_num:
+                return errors  # the window restarts: its old shapes do not matter
             for name in _STAT_BUFFERS:
                 if state_dict[prefix + name].shape != (k, self.num_features):
                     errors.append(f'{prefix}{name}: checkpoint shape '
@@ -351,9 +379,11 @@ class CBN(_BatchNorm):
 
     def _check_lazy_shapes(self, state_dict, prefix, k: int) -> list:
         """A derivative history must match its statistics: (G | C, k, P), or empty."""
-        mean_grad, var_grad = (state_dict[prefix + n] for n in _LAZY_BUFFERS)
-        if var_grad.numel() == 0 and mean_grad.numel() == 0:
-            return []
+        mean_grad, var_grad = (state_dict.get(prefix + n) for n in _LAZY_BUFFERS)
+        if mean_grad is None and var_grad is None:
+            return []  # saved before the producing conv was seen: no derivative history
+        if mean_grad is None or var_grad is None:
+            return [f'{prefix}: CBN checkpoint with only one of {", ".join(_LAZY_BUFFERS)}.']
         if (var_grad.dim() == 3 and mean_grad.dim() == 3
                 and tuple(var_grad.shape[:2]) == (self.num_features, k)
                 and tuple(mean_grad.shape[1:]) == (k, var_grad.shape[2])
@@ -527,9 +557,8 @@ class CBN(_BatchNorm):
             self.hist_len.zero_()
             self.hist_ptr.zero_()
             self._hist_len = self._hist_ptr = 0
-        # in place, so that references held by DDP stay valid
         for name, shape in zip(_LAZY_BUFFERS, shapes):
-            getattr(self, name).resize_(shape).zero_()
+            setattr(self, name, self.hist_mean.new_zeros(shape))
 
     def _projections(self, weight: Tensor, n_past: int) -> Tuple[Tensor, Tensor]:
         """⟨∂μ_τ/∂W[c], W[c]⟩ and ⟨∂σ²_τ/∂W[c], W[c]⟩ for the first ``n_past`` slots: (n, C)."""
@@ -631,7 +660,8 @@ class CBN(_BatchNorm):
                                   self.track_running_stats, device=self.running_mean.device
                                   if self.running_mean is not None else None,
                                   dtype=self.hist_mean.dtype)
-        state = {k: v for k, v in self.state_dict().items() if k not in _HISTORY_BUFFERS}
+        state = {k: v for k, v in self.state_dict().items()
+                 if k not in _HISTORY_BUFFERS + _LAZY_BUFFERS}
         if self.eps_outside_sqrt and self.running_var is not None:
             state['running_var'] = self._effective_var(self.running_var)[0]
         bn.load_state_dict(state)
