@@ -15,14 +15,14 @@ from .functional import ConvOrigin, check_input_4d, find_producing_conv, warn_on
 
 __all__ = ['CBN']
 
-# Buffers that only CBN has; a plain BN checkpoint has none of them (see _load_from_state_dict).
-_HISTORY_BUFFERS = ('num_iters', 'hist_len', 'hist_ptr', 'hist_mean', 'hist_var',
-                    'hist_mean_proj', 'hist_var_proj')
-# Derivative history: its shape depends on the producing conv's weight, unknown until the first
-# forward. Saved in the state dict once it exists, but not registered as buffers (see CBN).
-_LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
-# Per-iteration statistics, shape (buffer_num, C).
+# The cross-iteration window, one per call site (S sites): statistics (S, buffer_num, C), ring
+# pointers (S,), derivative history (S, G | C, buffer_num, P). Its shape depends on how often
+# the layer is called per iteration and on the producing conv, both unknown until training
+# runs: saved in the state dict once it exists, not registered as buffers (see CBN, State).
 _STAT_BUFFERS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
+_POINTERS = ('hist_len', 'hist_ptr')
+_LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
+_WINDOW = _STAT_BUFFERS + _POINTERS + _LAZY_BUFFERS
 # The layout of version 1 (E[x²] history, derivative rows per iteration); not migratable.
 _V1_BUFFERS = ('hist_sqmean', 'hist_sqmean_proj', 'hist_sqmean_grad')
 
@@ -166,23 +166,33 @@ class CBN(_BatchNorm):
     fail the validity test and their derivatives are stored as zeros, so the next clean
     batch is normalized as if the bad one never happened.
 
-    **State.** Counters and the per-iteration statistics of the window live in registered
-    buffers; ``.to()``, checkpoints and a resume carry them, and a run resumed at iteration
-    ``t`` reproduces iteration ``t+1``. The counters are mirrored in Python attributes
-    (re-read on ``load_state_dict``), so a training step never reads a tensor back to the
-    host. The two weight-shaped derivative histories (``hist_mean_grad``, ``hist_var_grad``)
-    can only be sized at the first training forward, when the producing conv is seen. They
-    are plain tensor attributes that ``_apply`` moves (``.to()``, ``.cuda()``) and
-    ``state_dict`` saves once they exist, deliberately *not* registered buffers: a buffer
-    whose shape changes after construction breaks every wrapper that copies buffers before
-    the first step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by
-    order or alias them at construction), and DDP would broadcast rank 0's per-rank history.
-    A plain BN checkpoint (ImageNet backbones) has no CBN state: it loads without missing keys
-    and starts an empty window; a CBN checkpoint with another ``buffer_num`` keeps its running
-    statistics and iteration count and restarts the window (with a warning naming both
-    sizes). A load that fails leaves the layer untouched. Parameter/buffer names and the
-    ``bn`` abbreviation are BN's, so mmdet's ``norm_eval``, zero-init, mmengine's
-    ``norm_decay_mult`` and BN checkpoints work.
+    **Iterations and call sites.** The window is cross-*iteration*, so CBN must know where an
+    iteration ends: there the optimizer updates the weights, and the version counter of the
+    producing conv's weight (or, when that is frozen, of the layer's ``γ``) changes (a Python
+    int, no device sync). Calls between two updates are *call sites* of one iteration, each with
+    its own window: a head shared across 5 FPN levels (RetinaNet, FCOS, RPN) keeps 5 windows,
+    one per level, and its burn-in counts iterations, not calls. The number of sites is learned
+    in the first iteration; an iteration with more calls (an optimizer step skipped by AMP's
+    loss scaler) wraps around. With gradient accumulation every micro-batch is a site of its
+    own. Activation checkpointing (``with_cp=True``) re-runs the forward during backward,
+    which would push every batch twice: CBN raises there, naming the fix.
+
+    **State.** The iteration counter and BN's running statistics are registered buffers. The
+    windows (statistics ``(S, k, C)``, ring pointers ``(S,)``, derivative histories
+    ``(S, G | C, k, P)``) have a shape that only training reveals (sites, producing conv), so
+    they are plain tensor attributes that ``_apply`` moves (``.to()``, ``.cuda()``) and
+    ``state_dict`` saves once they exist, deliberately *not* registered buffers: a buffer whose
+    shape changes after construction breaks every wrapper that copies buffers before the first
+    step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by order or
+    alias the state dict at construction), and DDP would broadcast rank 0's per-rank windows.
+    Checkpoints carry everything, and a run resumed at iteration ``t`` reproduces iteration
+    ``t+1``. The counters are mirrored in Python (re-read on ``load_state_dict``), so a
+    training step never reads a tensor back to the host. A plain BN checkpoint (ImageNet
+    backbones) has no CBN state: it loads without missing keys and starts empty windows; a CBN
+    checkpoint with another ``buffer_num`` keeps its running statistics and iteration count
+    and restarts the windows (with a warning naming both sizes). A load that fails leaves the
+    layer untouched. Parameter/buffer names and the ``bn`` abbreviation are BN's, so mmdet's
+    ``norm_eval``, zero-init, mmengine's ``norm_decay_mult`` and BN checkpoints work.
 
     Args:
         num_features (int): channels ``C``.
@@ -194,8 +204,8 @@ class CBN(_BatchNorm):
         track_running_stats (bool): keep running statistics for eval. Default True.
         buffer_num (int): number of past iterations ``k`` in the window (window = ``k + 1``
             batches). Default 3, the released detection configs' value.
-        burnin_iters (int): training iterations during which CBN is plain BN; the window is
-            used from iteration ``burnin_iters + 1`` on. Early in training the weights move
+        burnin_iters (int): training iterations (optimizer steps, not calls) during which
+            CBN is plain BN; the window is used from iteration ``burnin_iters + 1`` on. Early in training the weights move
             too fast for a first-order compensation. Default 0 (the official layer's
             default). A config expresses a burn-in in epochs with
             :class:`~mmnorm_plugin.engine.cbn_hooks.CBNBurnInHook`, which sets this from the
@@ -210,12 +220,14 @@ class CBN(_BatchNorm):
             statistics into the producing conv's weight (the exact derivative of the forward).
             Default True; False is the official code's gradient (see above for why it is not
             the default).
+        max_call_sites (int): most call sites (windows) per iteration. Default 8: FPN heads
+            are shared over 5 levels; more calls without a weight update start a new
+            iteration, which bounds the memory of loops that never step an optimizer.
 
     Notes:
-        * Each training forward counts as one iteration; a layer applied several times per
-          iteration (a head shared across FPN levels) mixes levels in its window, as in the
-          official code. Activation checkpointing (``with_cp=True``) re-runs forwards and
-          would update the state twice; do not combine them.
+        * The official code counts every call as an iteration, so a shared head mixes FPN
+          levels in one window and ends its burn-in 5× early; here each call site has its own
+          window (see above).
         * mmengine's ``sync_bn='torch'`` converts every ``_BatchNorm`` (CBN included) into
           ``nn.SyncBatchNorm``, which silently replaces the method: do not set it.
         * Histories are per rank (per GPU). DDP with ``broadcast_buffers=True`` overwrites the
@@ -236,6 +248,7 @@ class CBN(_BatchNorm):
                  rho: float = 1.0,
                  eps_outside_sqrt: bool = False,
                  grad_through_compensation: bool = True,
+                 max_call_sites: int = 8,
                  device=None,
                  dtype=None) -> None:
         if int(buffer_num) != buffer_num or buffer_num < 0:
@@ -250,153 +263,185 @@ class CBN(_BatchNorm):
         self.rho = float(rho)
         self.eps_outside_sqrt = bool(eps_outside_sqrt)
         self.grad_through_compensation = bool(grad_through_compensation)
-        k, c = self.buffer_num, num_features
-        kw = dict(device=device, dtype=dtype)
-        long = dict(device=device, dtype=torch.long)
-        self.register_buffer('num_iters', torch.zeros((), **long))
-        self.register_buffer('hist_len', torch.zeros((), **long))
-        self.register_buffer('hist_ptr', torch.zeros((), **long))
-        self.register_buffer('hist_mean', torch.zeros(k, c, **kw))
-        self.register_buffer('hist_var', torch.zeros(k, c, **kw))
-        # <dμ/dW, W>, <dσ²/dW, W> with the weights of the iteration that stored the entry
-        self.register_buffer('hist_mean_proj', torch.zeros(k, c, **kw))
-        self.register_buffer('hist_var_proj', torch.zeros(k, c, **kw))
-        # (G, k, C_in/G·kh·kw) and (C, k, C_in/G·kh·kw), sized at the first training forward;
-        # iteration-minor so that the per-channel sums over the window are batched matmuls
-        self.hist_mean_grad = torch.zeros(0, **kw)
-        self.hist_var_grad = torch.zeros(0, **kw)
-        self._sync_counters()
+        if int(max_call_sites) != max_call_sites or max_call_sites < 1:
+            raise ValueError(f'CBN max_call_sites must be a positive integer, got {max_call_sites}')
+        self.max_call_sites = int(max_call_sites)
+        self.register_buffer('num_iters', torch.zeros((), device=device, dtype=torch.long))
+        self._empty_window(device=device, dtype=dtype)
 
     # ----------------------------------------------------------------------------- state
+    def _empty_window(self, device=None, dtype=None) -> None:
+        """No call site seen yet: window tensors with 0 sites, no derivative history."""
+        like = getattr(self, 'hist_mean', None)
+        if like is not None:
+            device, dtype = like.device, like.dtype
+        k, c = self.buffer_num, self.num_features
+        for name in _STAT_BUFFERS:
+            setattr(self, name, torch.zeros(0, k, c, device=device, dtype=dtype))
+        for name in _POINTERS:
+            setattr(self, name, torch.zeros(0, device=device, dtype=torch.long))
+        for name in _LAZY_BUFFERS:
+            setattr(self, name, torch.zeros(0, device=device, dtype=dtype))
+        self._sync_counters()
+
     def _sync_counters(self) -> None:
         """Re-read the Python mirrors of the counters (only at construction, reset, load)."""
         self._iters = int(self.num_iters)
-        self._hist_len = int(self.hist_len)
-        self._hist_ptr = int(self.hist_ptr)
+        self._lens = self.hist_len.tolist()
+        self._ptrs = self.hist_ptr.tolist()
+        self._last_version = None  # the next training call starts an iteration
+        self._site = -1
+        # the number of call sites per iteration is known once an iteration has ended
+        self._sites_known = self._iters >= 2 and len(self._lens) > 0
+
+    @property
+    def num_sites(self) -> int:
+        """Call sites per training iteration (a head shared over 5 FPN levels has 5)."""
+        return len(self._lens)
 
     def reset_history(self) -> None:
-        """Forget the cross-iteration window and restart the burn-in counter."""
-        for name in _HISTORY_BUFFERS:
-            getattr(self, name).zero_()
-        self._drop_derivatives()
-        self._sync_counters()
-
-    def _drop_derivatives(self) -> None:
-        for name in _LAZY_BUFFERS:
-            setattr(self, name, self.hist_mean.new_zeros(0))
-
-    def _apply(self, fn, recurse=True):
-        # .to() / .cuda() / .double(): the derivative history moves with the buffers
-        super()._apply(fn, recurse)
-        for name in _LAZY_BUFFERS:
-            setattr(self, name, fn(getattr(self, name)))
-        return self
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self.hist_var_grad.numel():
-            for name in _LAZY_BUFFERS:
-                tensor = getattr(self, name)
-                destination[prefix + name] = tensor if keep_vars else tensor.detach()
+        """Forget the cross-iteration windows and restart the burn-in counter."""
+        self.num_iters.zero_()
+        self._empty_window()
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
         if hasattr(self, 'hist_var_grad'):  # _NormBase.__init__ calls this before ours
             self.reset_history()
 
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .double(): the window moves with the buffers
+        super()._apply(fn, recurse)
+        for name in _WINDOW:
+            setattr(self, name, fn(getattr(self, name)))
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.num_sites:
+            return
+        names = _STAT_BUFFERS + _POINTERS
+        if self.hist_var_grad.numel():
+            names = names + _LAZY_BUFFERS
+        for name in names:
+            tensor = getattr(self, name)
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        keys = {name: prefix + name for name in _HISTORY_BUFFERS + _LAZY_BUFFERS}
+        keys = {name: prefix + name for name in _WINDOW}
+        window = {name: state_dict[key] for name, key in keys.items() if key in state_dict}
         if any(prefix + name in state_dict for name in _V1_BUFFERS):
-            # The first layout stored E[x²] and iteration-major derivatives: keep BN's state
-            # and the iteration count, restart the window (its next step is an exact BN step).
+            # The first layout (one site, E[x²], iteration-major derivatives) cannot be reused:
+            # keep BN's state and the iteration count, restart the window.
             warn_once(f'cbn-v1-{prefix}', f'{prefix}: CBN checkpoint of an older layout; '
                       'running statistics and iteration count are loaded, the '
                       'cross-iteration window restarts.')
-            state_dict = {k: v for k, v in state_dict.items()
-                          if not (k.startswith(prefix) and k[len(prefix):] in
-                                  _V1_BUFFERS + _HISTORY_BUFFERS[1:] + _LAZY_BUFFERS)}
-        present = [name for name in _HISTORY_BUFFERS if keys[name] in state_dict]
-        bn_like = set(present) <= {'num_iters'}
-        errors = self._validate_state(state_dict, prefix, present, strict)
+            window = {}
+        errors = self._validate_window(window, prefix)
+        own = {k: v for k, v in state_dict.items()
+               if not (k in keys.values() or k[len(prefix):] in _V1_BUFFERS
+                       and k.startswith(prefix))}
+        for name, tensor in dict(self._parameters, **self._buffers).items():
+            key = prefix + name
+            if tensor is not None and key in own and own[key].shape != tensor.shape:
+                errors.append(f'{key}: checkpoint shape {tuple(own[key].shape)}, '
+                              f'CBN({self.num_features}) needs {tuple(tensor.shape)}.')
         if errors:  # refuse before anything changes: a failed load leaves the layer as it was
             error_msgs.extend(errors)
             return
-        restart = bn_like
-        if not bn_like and state_dict[keys['hist_mean']].shape[0] != self.buffer_num:
+        if window and window['hist_mean'].shape[1] != self.buffer_num:
             # A window of another length cannot be reused slot by slot: keep the running
             # statistics and the iteration count, restart the window.
             warn_once(f'cbn-k-{prefix}', f'{prefix}: the checkpoint\'s CBN window has buffer_num='
-                      f'{state_dict[keys["hist_mean"]].shape[0]}, this layer has buffer_num='
+                      f'{window["hist_mean"].shape[1]}, this layer has buffer_num='
                       f'{self.buffer_num}; running statistics and iteration count are loaded, '
                       'the cross-iteration window restarts.')
-            restart = True
-        derivatives = [state_dict.get(keys[name]) for name in _LAZY_BUFFERS]
-        state_dict = {k: v for k, v in state_dict.items()
-                      if k not in {keys[n] for n in _LAZY_BUFFERS}}
-        if restart:
-            # history absent on purpose: not missing, and nothing stale survives
-            for name in _HISTORY_BUFFERS:
-                if name != 'num_iters' or keys[name] not in state_dict:
-                    state_dict[keys[name]] = torch.zeros_like(getattr(self, name))
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+            window = {}
+        if prefix + 'num_iters' not in own:  # a BN checkpoint: nothing is missing
+            own[prefix + 'num_iters'] = torch.zeros_like(self.num_iters)
+        super()._load_from_state_dict(own, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        if restart or derivatives[0] is None:
-            self._drop_derivatives()
-        else:
-            like = self.hist_mean
-            for name, saved in zip(_LAZY_BUFFERS, derivatives):
-                setattr(self, name, saved.detach().to(like.device, like.dtype, copy=True))
+        self._empty_window()
+        like = self.hist_mean
+        for name, saved in window.items():
+            dtype = torch.long if name in _POINTERS else like.dtype
+            setattr(self, name, saved.detach().to(like.device, dtype, copy=True))
         self._sync_counters()
 
-    def _validate_state(self, state_dict, prefix, present, strict) -> list:
-        """Every reason to refuse ``state_dict``, checked before the layer is modified."""
-        errors = []
-        if strict and 0 < len(present) < len(_HISTORY_BUFFERS) and present != ['num_iters']:
-            missing = [n for n in _HISTORY_BUFFERS if n not in present]
-            errors.append(f'{prefix}: CBN checkpoint without {", ".join(missing)} (a BN '
-                          'checkpoint has none of the CBN buffers, a CBN checkpoint all).')
-        own = dict(self._parameters, **self._buffers)
-        for name, tensor in own.items():
-            key = prefix + name
-            if tensor is None or key not in state_dict or name in _HISTORY_BUFFERS:
-                continue
-            if state_dict[key].shape != tensor.shape:
-                errors.append(f'{key}: checkpoint shape {tuple(state_dict[key].shape)}, '
-                              f'CBN({self.num_features}) needs {tuple(tensor.shape)}.')
-        if len(present) == len(_HISTORY_BUFFERS):
-            k = state_dict[prefix + 'hist_mean'].shape[0]
-            if k != self.buffer_num:
-                return errors  # the window restarts: its old shapes do not matter
-            for name in _STAT_BUFFERS:
-                if state_dict[prefix + name].shape != (k, self.num_features):
-                    errors.append(f'{prefix}{name}: checkpoint shape '
-                                  f'{tuple(state_dict[prefix + name].shape)}, expected '
-                                  f'({k}, {self.num_features}).')
-            if not errors:
-                errors += self._check_lazy_shapes(state_dict, prefix, k)
-        return errors
-
-    def _check_lazy_shapes(self, state_dict, prefix, k: int) -> list:
-        """A derivative history must match its statistics: (G | C, k, P), or empty."""
-        mean_grad, var_grad = (state_dict.get(prefix + n) for n in _LAZY_BUFFERS)
-        if mean_grad is None and var_grad is None:
-            return []  # saved before the producing conv was seen: no derivative history
-        if mean_grad is None or var_grad is None:
-            return [f'{prefix}: CBN checkpoint with only one of {", ".join(_LAZY_BUFFERS)}.']
-        if (var_grad.dim() == 3 and mean_grad.dim() == 3
-                and tuple(var_grad.shape[:2]) == (self.num_features, k)
-                and tuple(mean_grad.shape[1:]) == (k, var_grad.shape[2])
-                and mean_grad.shape[0] > 0 and self.num_features % mean_grad.shape[0] == 0):
+    def _validate_window(self, window, prefix) -> list:
+        """Every reason to refuse a saved window, checked before the layer is modified."""
+        if not window:
+            return []
+        missing = [n for n in _STAT_BUFFERS + _POINTERS if n not in window]
+        if missing or (set(_LAZY_BUFFERS) & set(window)
+                       and not set(_LAZY_BUFFERS) <= set(window)):
+            missing += [n for n in _LAZY_BUFFERS if n not in window]
+            return [f'{prefix}: CBN checkpoint without {", ".join(missing)} (a BN checkpoint '
+                    'has no CBN window, a CBN checkpoint all of it).']
+        s, k = window['hist_mean'].shape[:2]
+        errors = [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
+                  f'({s}, {k}, {self.num_features})' for name in _STAT_BUFFERS
+                  if window[name].dim() != 3 or window[name].shape != (s, k, self.num_features)]
+        errors += [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
+                   f'({s},)' for name in _POINTERS if window[name].shape != (s, )]
+        if errors or 'hist_var_grad' not in window or k != self.buffer_num:
+            return errors
+        mean_grad, var_grad = window['hist_mean_grad'], window['hist_var_grad']
+        if (var_grad.dim() == 4 and mean_grad.dim() == 4
+                and tuple(var_grad.shape[:3]) == (s, self.num_features, k)
+                and tuple(mean_grad.shape) == (s, mean_grad.shape[1], k, var_grad.shape[3])
+                and mean_grad.shape[1] > 0 and self.num_features % mean_grad.shape[1] == 0):
             return []
         return [f'{prefix}: CBN({self.num_features}) derivative history of shapes '
                 f'{tuple(mean_grad.shape)} and {tuple(var_grad.shape)}; expected '
-                f'(groups, {k}, P) and ({self.num_features}, {k}, P).']
+                f'({s}, groups, {k}, P) and ({s}, {self.num_features}, {k}, P).']
 
     @property
     def window_active(self) -> bool:
         """Whether the current training iteration uses past statistics (after burn-in)."""
         return self.buffer_num > 0 and self._iters > self.burnin_iters
+
+    def _next_call_site(self, x: Tensor) -> int:
+        """The call site of this training call; counts an iteration when one starts.
+
+        An iteration ends when the optimizer changes the weights: the producing conv's weight
+        (or, when it is frozen or derived, this layer's ``γ``) gets a new version counter (a
+        Python int, no device sync). Calls with unchanged weights are further call sites of
+        the same iteration. With nothing trainable to watch, every call is an iteration.
+        """
+        origin = find_producing_conv(x)
+        param = origin.parameter if origin is not None else None
+        if param is None and self.weight is not None and self.weight.requires_grad:
+            param = self.weight
+        version = None if param is None else (id(param), param._version)
+        new_iteration = version is None or version != self._last_version
+        if not new_iteration and self._site + 1 >= (self.num_sites if self._sites_known else
+                                                    self.max_call_sites):
+            # more calls than sites: an optimizer step skipped by AMP's loss scaler, or a loop
+            # that never updates the weights
+            new_iteration = True
+        if new_iteration:
+            if self._site >= 0:
+                self._sites_known = True
+            self._site = 0
+            self._iters += 1
+            self.num_iters.add_(1)
+        else:
+            self._site += 1
+        self._last_version = version
+        if self._site >= self.num_sites:
+            self._add_site()
+        return self._site
+
+    def _add_site(self) -> None:
+        for name in _STAT_BUFFERS + _POINTERS + _LAZY_BUFFERS:
+            tensor = getattr(self, name)
+            if tensor.dim() > 1 or name in _POINTERS:
+                setattr(self, name, torch.cat((tensor, tensor.new_zeros((1, ) +
+                                                                      tensor.shape[1:]))))
+        self._lens.append(0)
+        self._ptrs.append(0)
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -406,7 +451,13 @@ class CBN(_BatchNorm):
         if not self.training:  # eval without running statistics: current batch, no state
             mean, var = self._batch_moments(x)
             return self._normalize(x, mean, var)
-        if x.numel() == 0:
+        if torch._C._current_graph_task_id() != -1:
+            raise RuntimeError(
+                f'CBN({self.num_features}) ran a training forward inside a backward pass: '
+                'activation checkpointing (with_cp=True, torch.utils.checkpoint) recomputes '
+                'forwards, which would push every batch into the window twice. Set '
+                'with_cp=False in the modules that contain CBN.')
+        if x.numel() == 0:  # 0 RoIs: no statistics, no call site, state untouched
             mean = self.running_mean if self.running_mean is not None else x.new_zeros(
                 self.num_features)
             var = self.running_var if self.running_var is not None else x.new_ones(
@@ -416,9 +467,13 @@ class CBN(_BatchNorm):
         if m < 2:
             raise ValueError(f'CBN expects more than 1 value per channel when training, got '
                              f'input of shape {tuple(x.shape)}')
+        if self.buffer_num:
+            site = self._next_call_site(x)
+        else:  # plain BN: every call is an iteration
+            site = 0
+            self._iters += 1
+            self.num_iters.add_(1)
 
-        self._iters += 1
-        self.num_iters.add_(1)
         with torch.no_grad():
             mean, var = self._batch_moments(x)
             if self.track_running_stats:
@@ -430,8 +485,8 @@ class CBN(_BatchNorm):
                 origin, weight, grads = self._conv_terms(x)
                 if grads is not None:
                     self._prepare_history(grads)
-                mean_bar, var_bar, inv_count, comp = self._aggregate(mean, var, weight)
-                self._push(mean, var, weight, grads)
+                mean_bar, var_bar, inv_count, comp = self._aggregate(site, mean, var, weight)
+                self._push(site, mean, var, weight, grads)
         live_weight = None
         if comp is not None and self.grad_through_compensation:
             live_weight = self._live_weight(origin, x)
@@ -542,10 +597,10 @@ class CBN(_BatchNorm):
         return live
 
     def _prepare_history(self, grads: Tuple[Tensor, Tensor]) -> None:
-        """Size the derivative history for this conv; restart the window if the conv changed."""
+        """Size the derivative history for this conv; restart the windows if the conv changed."""
         d_mean, d_var = grads
-        shapes = [(d_mean.shape[0], self.buffer_num, d_mean.shape[1]),
-                  (d_var.shape[0], self.buffer_num, d_var.shape[1])]
+        s, k = self.num_sites, self.buffer_num
+        shapes = [(s, d_mean.shape[0], k, d_mean.shape[1]), (s, d_var.shape[0], k, d_var.shape[1])]
         current = [tuple(getattr(self, name).shape) for name in _LAZY_BUFFERS]
         if current == shapes:
             return
@@ -556,33 +611,35 @@ class CBN(_BatchNorm):
                 f'{current[1]} -> {shapes[1]}); restarting the cross-iteration window.')
             self.hist_len.zero_()
             self.hist_ptr.zero_()
-            self._hist_len = self._hist_ptr = 0
+            self._lens = [0] * s
+            self._ptrs = [0] * s
         for name, shape in zip(_LAZY_BUFFERS, shapes):
             setattr(self, name, self.hist_mean.new_zeros(shape))
 
-    def _projections(self, weight: Tensor, n_past: int) -> Tuple[Tensor, Tensor]:
+    def _projections(self, weight: Tensor, site: int, n_past: int) -> Tuple[Tensor, Tensor]:
         """⟨∂μ_τ/∂W[c], W[c]⟩ and ⟨∂σ²_τ/∂W[c], W[c]⟩ for the first ``n_past`` slots: (n, C)."""
-        d_mean = self.hist_mean_grad[:, :n_past]  # (G, n, P)
-        d_var = self.hist_var_grad[:, :n_past]  # (C, n, P)
+        d_mean = self.hist_mean_grad[site, :, :n_past]  # (G, n, P)
+        d_var = self.hist_var_grad[site, :, :n_past]  # (C, n, P)
         c, p = weight.shape
         g = d_mean.shape[0]
         mean_proj = torch.bmm(weight.reshape(g, c // g, p), d_mean.transpose(1, 2))  # (G,C/G,n)
         var_proj = torch.bmm(d_var, weight.reshape(c, p, 1))  # (C, n, 1)
         return mean_proj.reshape(c, n_past).t(), var_proj.reshape(c, n_past).t()
 
-    def _aggregate(self, mean: Tensor, var: Tensor, weight: Optional[Tensor]):
+    def _aggregate(self, site: int, mean: Tensor, var: Tensor, weight: Optional[Tensor]):
         """Window statistics, per-channel 1/n, and the compensation's weight-gradient terms."""
-        n_past = self._hist_len
+        n_past = self._lens[site]
         ones = torch.ones_like(mean)
         if n_past == 0:
             return mean, var, ones, None
-        past_mean = self.hist_mean[:n_past]
-        past_var = self.hist_var[:n_past]
+        past_mean = self.hist_mean[site, :n_past]
+        past_var = self.hist_var[site, :n_past]
         compensated = weight is not None and self.rho != 0 and self.hist_var_grad.numel() > 0
         if compensated:
-            mean_proj, var_proj = self._projections(weight, n_past)
-            shift = self.rho * (mean_proj - self.hist_mean_proj[:n_past])
-            past_var = past_var + self.rho * (var_proj - self.hist_var_proj[:n_past]) - shift**2
+            mean_proj, var_proj = self._projections(weight, site, n_past)
+            shift = self.rho * (mean_proj - self.hist_mean_proj[site, :n_past])
+            past_var = (past_var + self.rho * (var_proj - self.hist_var_proj[site, :n_past])
+                        - shift**2)
             past_mean = past_mean + shift
         valid = (past_var >= 0) & torch.isfinite(past_var) & torch.isfinite(past_mean)
         past_mean = torch.where(valid, past_mean, 0.0)
@@ -594,10 +651,10 @@ class CBN(_BatchNorm):
         var_bar = (spread + past_spread.sum(0)) / count
         comp = None
         if compensated and self.grad_through_compensation:
-            comp = self._compensation_grad_terms(valid, mean_bar, n_past)
+            comp = self._compensation_grad_terms(site, valid, mean_bar, n_past)
         return mean_bar, var_bar, count.reciprocal(), comp
 
-    def _compensation_grad_terms(self, valid: Tensor, mean_bar: Tensor,
+    def _compensation_grad_terms(self, site: int, valid: Tensor, mean_bar: Tensor,
                                  n_past: int) -> Tuple[Tensor, Tensor]:
         """``A = Σ_τ v_τ ∂μ_τ/∂W`` and ``E = Σ_τ v_τ (2(μ_τ − μ̄)∂μ_τ/∂W + ∂σ²_τ/∂W)``, (C, P).
 
@@ -605,12 +662,12 @@ class CBN(_BatchNorm):
         ``σ̄²`` through ``(μ̂_τ − μ̄)²``; ``σ̂²_τ``'s ``−(μ̂_τ − μ_τ)²`` term turns ``μ̂_τ − μ̄``
         into ``μ_τ − μ̄``.
         """
-        d_mean = self.hist_mean_grad[:, :n_past]  # (G, n, P)
-        d_var = self.hist_var_grad[:, :n_past]  # (C, n, P)
+        d_mean = self.hist_mean_grad[site, :, :n_past]  # (G, n, P)
+        d_var = self.hist_var_grad[site, :, :n_past]  # (C, n, P)
         g = d_mean.shape[0]
         c = d_var.shape[0]
         v = valid.to(d_var.dtype).t()  # (C, n)
-        centred = v * 2 * (self.hist_mean[:n_past].t() - mean_bar[:, None])
+        centred = v * 2 * (self.hist_mean[site, :n_past].t() - mean_bar[:, None])
         centred = torch.where(valid.t(), centred, 0.0)
         coeffs = torch.stack((v, centred))  # (2, C, n)
         a_e = torch.matmul(coeffs.reshape(2, g, c // g, n_past), d_mean)  # (2, G, C/G, P)
@@ -619,33 +676,33 @@ class CBN(_BatchNorm):
         return a, e
 
     @torch.no_grad()
-    def _push(self, mean: Tensor, var: Tensor, weight: Optional[Tensor],
+    def _push(self, site: int, mean: Tensor, var: Tensor, weight: Optional[Tensor],
               grads: Optional[Tuple[Tensor, Tensor]]) -> None:
-        slot = self._hist_ptr
-        self.hist_mean[slot] = mean
-        self.hist_var[slot] = var
+        slot = self._ptrs[site]
+        self.hist_mean[site, slot] = mean
+        self.hist_var[site, slot] = var
         if grads is not None:
             d_mean, d_var = grads
-            self.hist_mean_grad[:, slot] = d_mean
-            self.hist_var_grad[:, slot] = d_var
+            self.hist_mean_grad[site, :, slot] = d_mean
+            self.hist_var_grad[site, :, slot] = d_var
             # computed exactly as the later ⟨D, W_t⟩, so unchanged weights compensate by 0
             c, p = weight.shape
             g = d_mean.shape[0]
-            self.hist_mean_proj[slot] = torch.bmm(weight.reshape(g, c // g, p),
-                                                  d_mean.reshape(g, p, 1)).reshape(c)
-            self.hist_var_proj[slot] = torch.bmm(d_var.reshape(c, 1, p),
-                                                 weight.reshape(c, p, 1)).reshape(c)
+            self.hist_mean_proj[site, slot] = torch.bmm(weight.reshape(g, c // g, p),
+                                                        d_mean.reshape(g, p, 1)).reshape(c)
+            self.hist_var_proj[site, slot] = torch.bmm(d_var.reshape(c, 1, p),
+                                                       weight.reshape(c, p, 1)).reshape(c)
         else:
             # no conv to compensate this time: a zero derivative keeps the entry as measured
             if self.hist_var_grad.numel():
-                self.hist_mean_grad[:, slot] = 0
-                self.hist_var_grad[:, slot] = 0
-            self.hist_mean_proj[slot] = 0
-            self.hist_var_proj[slot] = 0
-        self._hist_ptr = (slot + 1) % self.buffer_num
-        self._hist_len = min(self._hist_len + 1, self.buffer_num)
-        self.hist_ptr.fill_(self._hist_ptr)
-        self.hist_len.fill_(self._hist_len)
+                self.hist_mean_grad[site, :, slot] = 0
+                self.hist_var_grad[site, :, slot] = 0
+            self.hist_mean_proj[site, slot] = 0
+            self.hist_var_proj[site, slot] = 0
+        self._ptrs[site] = (slot + 1) % self.buffer_num
+        self._lens[site] = min(self._lens[site] + 1, self.buffer_num)
+        self.hist_ptr[site] = self._ptrs[site]
+        self.hist_len[site] = self._lens[site]
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.
@@ -660,8 +717,7 @@ class CBN(_BatchNorm):
                                   self.track_running_stats, device=self.running_mean.device
                                   if self.running_mean is not None else None,
                                   dtype=self.hist_mean.dtype)
-        state = {k: v for k, v in self.state_dict().items()
-                 if k not in _HISTORY_BUFFERS + _LAZY_BUFFERS}
+        state = {k: v for k, v in self.state_dict().items() if k not in _WINDOW + ('num_iters', )}
         if self.eps_outside_sqrt and self.running_var is not None:
             state['running_var'] = self._effective_var(self.running_var)[0]
         bn.load_state_dict(state)

@@ -16,6 +16,12 @@ def _pair(cin=3, c=4, k=3, groups=1, bias=False, buffer_num=3, dtype=torch.float
     return conv, norm
 
 
+def _step(conv):
+    """What an optimizer step does to CBN: a new version of the conv weight (values kept)."""
+    with torch.no_grad():
+        conv.weight.add_(0.0)
+
+
 def _used_stats(x, y):
     """Mean and variance a no-affine, eps=0 CBN used: y = (x - mean) / sqrt(var) per channel."""
     dims = (0, 2, 3)
@@ -61,6 +67,7 @@ def test_burnin_is_batchnorm_then_window():
     for it in range(3):
         x = conv(torch.randn(2, 3, 5, 5, dtype=torch.float64))
         y = cbn(x)
+        _step(conv)
         xs.append(x.detach())
         if it < 2:
             torch.testing.assert_close(y, bn(x))
@@ -91,6 +98,7 @@ def test_unchanged_weights_give_pooled_window_statistics(frozen, groups):
         else:
             x = conv(z)
         y = cbn(x)
+        _step(conv)
         xs.append(x.detach())
     window = xs[-4:]  # current + buffer_num past iterations
     mean, var = _used_stats(xs[-1], y.detach())
@@ -237,7 +245,7 @@ def test_ddp_style_state_dict_round_trip_and_buffer_identity():
     _train(conv, cbn, opt, [torch.randn(2, 3, 6, 6) for _ in range(4)])
     # lazy allocation resizes in place: DDP keeps references to these buffer objects
     assert [id(b) for b in model.buffers()] == ids
-    assert cbn.hist_var_grad.shape == (4, 2, 27)  # (C, buffer_num, C_in·kh·kw)
+    assert cbn.hist_var_grad.shape == (1, 4, 2, 27)  # (sites, C, buffer_num, C_in·kh·kw)
     state = Wrapper(model).state_dict()
     assert all(k.startswith('module.') for k in state)
 
@@ -262,14 +270,15 @@ def test_batchnorm_checkpoint_loads_without_missing_keys():
     conv = nn.Conv2d(3, 4, 3)
     for _ in range(3):  # some history that a BN checkpoint must reset
         cbn(conv(torch.randn(2, 3, 5, 5)))
+        _step(conv)
     result = cbn.load_state_dict(bn.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
-    assert cbn.hist_len == 0 and cbn.num_iters == 0 and cbn.hist_var_grad.numel() == 0
+    assert cbn.num_sites == 0 and cbn.num_iters == 0 and cbn.hist_var_grad.numel() == 0
     bn.eval(), cbn.eval()
     x = torch.randn(2, 4, 3, 3)
     torch.testing.assert_close(cbn(x), bn(x))
     # a CBN checkpoint missing only part of the history is an error, not a silent reset
-    partial = {k: v for k, v in CBN(4).state_dict().items() if k != 'hist_mean'}
+    partial = {k: v for k, v in _trained()[1].state_dict().items() if k != 'hist_mean'}
     with pytest.raises(RuntimeError, match='hist_mean'):
         CBN(4).load_state_dict(partial)
 
@@ -359,7 +368,7 @@ def test_conv_shape_change_restarts_window():
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             cbn(conv(torch.randn(2, cin, 5, 5)))
-    assert cbn.hist_len == 1 and cbn.hist_var_grad.shape == (4, 2, 45)
+    assert cbn.hist_len == 1 and cbn.hist_var_grad.shape == (1, 4, 2, 45)
 
 
 def test_matches_official_style_implementation():
@@ -498,6 +507,7 @@ def _trained(buffer_num=2, steps=4):
     cbn = CBN(4, buffer_num=buffer_num)
     for _ in range(steps):
         cbn(conv(torch.randn(2, 3, 6, 6))).sum().backward()
+        _step(conv)
     return conv, cbn
 
 
@@ -507,11 +517,12 @@ def test_checkpoint_with_another_window_restarts_it():
     result = dst.load_state_dict(src.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     torch.testing.assert_close(dst.running_var, src.running_var)
-    assert dst.num_iters == 4 and dst.hist_len == 0 and dst.hist_var_grad.numel() == 0
+    assert dst.num_iters == 4 and dst.num_sites == 0 and dst.hist_var_grad.numel() == 0
     conv = nn.Conv2d(3, 4, 3, padding=1)
     for _ in range(3):  # trains on, window refills with its own size
         dst(conv(torch.randn(2, 3, 6, 6)))
-    assert dst.hist_len == 2 and dst.hist_var_grad.shape == (4, 2, 27)
+        _step(conv)
+    assert dst.hist_len == 2 and dst.hist_var_grad.shape == (1, 4, 2, 27)
     # a CBN not fed by a conv (no derivative history) crashed here with IndexError
     nonconv = CBN(4, buffer_num=3)
     for _ in range(3):
@@ -533,12 +544,12 @@ def test_failed_load_leaves_layer_untouched():
     with pytest.raises(RuntimeError, match='hist_var'):
         cbn.load_state_dict(partial)
     bad_history = copy.deepcopy(before)
-    bad_history['hist_var_grad'] = torch.zeros(3, 2, 27)
+    bad_history['hist_var_grad'] = torch.zeros(1, 3, 2, 27)
     with pytest.raises(RuntimeError, match='derivative history'):
         cbn.load_state_dict(bad_history)
     for key, value in cbn.state_dict().items():
         assert torch.equal(value, before[key]), key
-    assert cbn._hist_len == int(cbn.hist_len) and cbn._iters == int(cbn.num_iters)
+    assert cbn._lens == cbn.hist_len.tolist() and cbn._iters == int(cbn.num_iters)
 
 
 def test_older_layout_checkpoint_keeps_running_stats():
@@ -551,7 +562,7 @@ def test_older_layout_checkpoint_keeps_running_stats():
     result = fresh.load_state_dict(state, strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     torch.testing.assert_close(fresh.running_mean, cbn.running_mean)
-    assert fresh.num_iters == 4 and fresh.hist_len == 0
+    assert fresh.num_iters == 4 and fresh.num_sites == 0
 
 
 def test_counters_are_mirrored_no_host_sync_in_training():
@@ -577,6 +588,7 @@ def test_counters_are_mirrored_no_host_sync_in_training():
             with CountSyncs() as counter:
                 cbn(conv(torch.randn(2, 3, 6, 6))).square().sum().backward()
             assert counter.count == 0
+            _step(conv)
         assert cbn.window_active and cbn.hist_len == 2
 
 
@@ -590,3 +602,65 @@ def test_eval_mode_scripts_as_batchnorm(eps_outside_sqrt):
     torch.testing.assert_close(scripted(x), model(x))
     with pytest.raises(RuntimeError, match='eval mode'):
         torch.jit.script(nn.Sequential(conv, cbn).train())
+
+
+# ------------------------------------------------------------------ call sites, with_cp
+def test_shared_head_keeps_one_window_per_level_and_counts_iterations():
+    """A head shared across FPN levels (RetinaNet, FCOS): one window per call site, burn-in
+    in optimizer steps. Each level's statistics must pool that level's past batches only."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4, buffer_num=2, burnin_iters=2, affine=False, eps=0.0).double()
+    conv.double()
+    opt = torch.optim.SGD(conv.parameters(), lr=0.0)  # steps that keep the weights
+    scales = (1.0, 3.0, 10.0)  # three levels with very different statistics
+    seen = {lvl: [] for lvl in range(3)}
+    for it in range(5):
+        ys, loss = [], 0
+        for lvl, scale in enumerate(scales):
+            x = conv(scale * torch.randn(2, 3, 5, 5, dtype=torch.float64) + lvl)
+            y = cbn(x)
+            loss = loss + y.square().sum()
+            ys.append((x.detach(), y.detach()))
+            seen[lvl].append(x.detach())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        assert cbn.num_iters == it + 1 and cbn.window_active == (it + 1 > 2)
+    assert cbn.num_sites == 3 and cbn.hist_len.tolist() == [2, 2, 2]
+    for lvl, (x, y) in enumerate(ys):  # last iteration: the window of its own level
+        mean, var = _used_stats(x, y)
+        ref_mean, ref_var = _pooled(seen[lvl][-3:])
+        torch.testing.assert_close(mean, ref_mean)
+        torch.testing.assert_close(var, ref_var)
+
+
+def test_skipped_optimizer_step_wraps_around_known_sites():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4, buffer_num=2)
+    for it in range(2):  # learn: two sites per iteration
+        for _ in range(2):
+            cbn(conv(torch.randn(2, 3, 5, 5)))
+        _step(conv)
+    for _ in range(4):  # two iterations whose optimizer step was skipped (AMP overflow)
+        cbn(conv(torch.randn(2, 3, 5, 5)))
+    assert cbn.num_sites == 2 and cbn.num_iters == 4
+
+
+def test_calls_without_weight_updates_are_bounded():
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4, buffer_num=2, max_call_sites=3)
+    for _ in range(10):  # a loop that never steps an optimizer
+        cbn(conv(torch.randn(2, 3, 5, 5)))
+    assert cbn.num_sites == 3
+
+
+@pytest.mark.parametrize('use_reentrant', [True, False])
+def test_activation_checkpointing_is_refused(use_reentrant):
+    from torch.utils.checkpoint import checkpoint
+    conv = nn.Conv2d(3, 4, 3, padding=1)
+    cbn = CBN(4, buffer_num=2)
+    z = torch.randn(2, 3, 5, 5, requires_grad=True)
+    y = checkpoint(lambda t: cbn(conv(t)), z, use_reentrant=use_reentrant)
+    with pytest.raises(RuntimeError, match='with_cp=False'):
+        y.sum().backward()

@@ -83,7 +83,9 @@ def test_deepcopy_before_first_step_and_to_after_load():
     twin = copy.deepcopy(cbn)  # before any forward: no derivative history yet
     for _ in range(3):
         cbn(conv(torch.randn(2, 3, 6, 6)))
-    assert cbn.hist_var_grad.shape == (4, 2, 27) and twin.hist_var_grad.numel() == 0
+        with torch.no_grad():  # an optimizer step: the next call is the next iteration
+            conv.weight.add_(0.01)
+    assert cbn.hist_var_grad.shape == (1, 4, 2, 27) and twin.hist_var_grad.numel() == 0
     twin.load_state_dict(cbn.state_dict())  # sized from the checkpoint
     assert torch.equal(twin.hist_var_grad, cbn.hist_var_grad)
     assert twin.hist_var_grad.data_ptr() != cbn.hist_var_grad.data_ptr()
