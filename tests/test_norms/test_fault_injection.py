@@ -102,3 +102,89 @@ def test_training_recovers_from_one_bad_batch(norm, conv, bad):
     model.eval()
     x = batches[0][0]
     torch.testing.assert_close(model(x), clean_model.eval()(x), rtol=0.02, atol=0.02)
+
+
+DETECTOR_CONFIGS = [
+    pytest.param('mabn', id='MABN'),
+    pytest.param('bgn', id='BGN'),
+    pytest.param('bkn', id='BKN'),
+    pytest.param('cbn', id='CBN', marks=pytest.mark.xfail(strict=False, reason='lead')),
+]
+SHORT_PHASES = dict(MABN=dict(buffer_size=RING, warmup_iters=2, renorm_hold_iters=3),
+                    CBN=dict(buffer_num=RING, burnin_iters=2))
+
+
+def _shorten_phases(cfg):
+    if isinstance(cfg, dict):
+        if cfg.get('type') in SHORT_PHASES and 'requires_grad' in cfg:
+            cfg.update(SHORT_PHASES[cfg['type']])
+        for value in cfg.values():
+            _shorten_phases(value)
+    elif isinstance(cfg, list):
+        for value in cfg:
+            _shorten_phases(value)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('method', DETECTOR_CONFIGS)
+def test_tiny_detector_recovers_from_one_bad_batch(method):
+    """The demo Faster R-CNN with the norm everywhere, one NaN image batch mid-training."""
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+    from mmdet.testing import demo_mm_inputs
+
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'demo',
+                                   f'faster-rcnn_r18-w16_fpn_{method}_tiny-coco.py'))
+    init_default_scope('mmdet')
+    model_cfg = cfg.model
+    _shorten_phases(model_cfg)
+    torch.manual_seed(0)
+    model = MODELS.build(model_cfg)
+    model.init_weights()
+    clean_model = copy.deepcopy(model)
+    batches = []
+    for i in range(CLEAN_BEFORE + 8):
+        torch.manual_seed(100 + i)
+        batches.append(demo_mm_inputs(batch_size=2, image_shapes=[(3, 64, 64)] * 2,
+                                      num_items=[2, 1], num_classes=4))
+    order = list(range(len(batches)))
+    bad_order = order[:CLEAN_BEFORE] + [-1] + order[CLEAN_BEFORE:]
+
+    def run(net, sequence):
+        net.train()
+        opt = torch.optim.SGD(net.parameters(), lr=0.005, momentum=0.9)
+        losses = []
+        for idx in sequence:
+            torch.manual_seed(idx)  # the samplers draw the same RoIs in both runs
+            data = net.data_preprocessor(copy.deepcopy(batches[max(idx, 0)]), True)
+            if idx < 0:  # a NaN patch in one image, after normalization
+                data['inputs'][0, :, 20:30, 20:30] = float('nan')
+            loss, _ = net.parse_losses(net(**data, mode='loss'))
+            opt.zero_grad()
+            loss.backward()
+            grads = [p.grad for p in net.parameters() if p.grad is not None]
+            if math.isfinite(loss.item()) and all(torch.isfinite(g).all() for g in grads):
+                opt.step()
+            losses.append(loss.item())
+        return losses
+
+    clean_losses = run(clean_model, order)
+    bad_losses = run(model, bad_order)
+    assert not math.isfinite(bad_losses[CLEAN_BEFORE])
+    after = bad_losses[CLEAN_BEFORE + 1:]
+    assert all(math.isfinite(v) for v in after), after
+    for got, ref in zip(after[RING + 1:], clean_losses[CLEAN_BEFORE + RING + 1:]):
+        assert got == pytest.approx(ref, rel=0.05, abs=0.02)
+    state, clean_state = model.state_dict(), clean_model.state_dict()
+    for key, value in state.items():
+        if not value.is_floating_point():
+            continue
+        assert torch.isfinite(value).all(), key
+        ref = clean_state[key]
+        if key.endswith('_history'):
+            value, ref = _sorted_ring(value), _sorted_ring(ref)
+        torch.testing.assert_close(value, ref, rtol=0.05, atol=0.05, msg=key)
