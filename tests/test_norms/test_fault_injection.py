@@ -20,13 +20,17 @@ from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.mabn import MABN
 
 RING = 3
+# (norm, conv, tolerance). BGN and BKN skip the bad step's statistics entirely: the runs are
+# bit-identical (measured). MABN's window advances with the step (its slot repeats the
+# previous chi2/Psi), so the next m - 1 windows differ slightly from the clean run's: measured
+# max |difference| 2e-3 on outputs and 3.6e-3 on the state after the ring has cycled.
 NORMS = [
     # warm-up and renorm hold end before the bad batch, so both runs are in the same phase
     pytest.param(lambda c: MABN(c, buffer_size=RING, warmup_iters=2, renorm_hold_iters=3),
-                 CenConv2d, id='MABN'),
-    pytest.param(lambda c: BGN(c, num_groups=4), nn.Conv2d, id='BGN'),
-    pytest.param(lambda c: BatchKalmanNorm2d(c), nn.Conv2d, id='BKN'),
-    pytest.param(lambda c: CBN(c, buffer_num=RING, burnin_iters=2), nn.Conv2d, id='CBN',
+                 CenConv2d, 0.02, id='MABN'),
+    pytest.param(lambda c: BGN(c, num_groups=4), nn.Conv2d, 0.0, id='BGN'),
+    pytest.param(lambda c: BatchKalmanNorm2d(c), nn.Conv2d, 0.0, id='BKN'),
+    pytest.param(lambda c: CBN(c, buffer_num=RING, burnin_iters=2), nn.Conv2d, 0.02, id='CBN',
                  marks=pytest.mark.xfail(strict=False, reason='lead')),
 ]
 CLEAN_BEFORE, CLEAN_AFTER = 6, 12
@@ -70,8 +74,8 @@ def _sorted_ring(t):
 
 
 @pytest.mark.parametrize('bad', [math.nan, math.inf])
-@pytest.mark.parametrize('norm, conv', NORMS)
-def test_training_recovers_from_one_bad_batch(norm, conv, bad):
+@pytest.mark.parametrize('norm, conv, tol', NORMS)
+def test_training_recovers_from_one_bad_batch(norm, conv, tol, bad):
     torch.manual_seed(0)
     model = _net(norm, conv)
     clean_model = copy.deepcopy(model)
@@ -87,7 +91,7 @@ def test_training_recovers_from_one_bad_batch(norm, conv, bad):
     assert all(torch.isfinite(o).all() for o in after)
     # after the rings have cycled the two runs agree
     for i in range(RING + 1, CLEAN_AFTER):
-        torch.testing.assert_close(after[i], clean_out[CLEAN_BEFORE + i], rtol=0.02, atol=0.02)
+        torch.testing.assert_close(after[i], clean_out[CLEAN_BEFORE + i], rtol=tol, atol=tol)
 
     state, clean_state = model.state_dict(), clean_model.state_dict()
     for key, value in state.items():
@@ -98,10 +102,10 @@ def test_training_recovers_from_one_bad_batch(norm, conv, bad):
         assert torch.isfinite(value).all(), key
         if key.endswith('_history'):
             value, ref = _sorted_ring(value), _sorted_ring(ref)
-        torch.testing.assert_close(value, ref, rtol=0.02, atol=0.02, msg=key)
+        torch.testing.assert_close(value, ref, rtol=tol, atol=tol, msg=key)
     model.eval()
     x = batches[0][0]
-    torch.testing.assert_close(model(x), clean_model.eval()(x), rtol=0.02, atol=0.02)
+    torch.testing.assert_close(model(x), clean_model.eval()(x), rtol=tol, atol=tol)
 
 
 DETECTOR_CONFIGS = [
