@@ -237,15 +237,17 @@ class GuardedNormMixin:
       ``strict=False`` the layer keeps its state). ``_optional_state`` names buffers a
       checkpoint may lack (BN checkpoints): they are never reported missing;
       :meth:`_adapt_state` decides their value.
-    * **A Python mirror of ``num_batches_tracked``** (:meth:`_iteration`,
-      :meth:`_count_batch`): layers index ring buffers and phases by the iteration without
-      reading the tensor (a device sync per layer per step on a GPU). The mirror is re-read
-      once when the buffer was changed by anything else (load, reset, ``.to()``, user code),
-      which the tensor's identity and autograd version counter tell without a sync.
+    * **Python mirrors of integer counters** (:meth:`_counter`, :meth:`_set_counter`,
+      :meth:`_count_batch` for ``num_batches_tracked``): layers index ring buffers and phases
+      by the iteration without reading the tensor (a device sync per layer per step on a
+      GPU). A mirror is re-read once when its buffer was changed by anything else (load,
+      reset, ``.to()``, DDP buffer broadcast, user code), which the tensor's identity and
+      version counter tell without a sync.
     * **Non-finite bookkeeping.** ``nonfinite_count`` (not persistent) counts training steps
       in which some statistic was skipped because it was not finite; it is incremented on
       the device (no sync) and reported once per class in the log when the layer changes
-      mode (``train()``/``eval()``, e.g. around validation), which is off the hot path.
+      mode (``train()``/``eval()``, e.g. around validation) or is saved (checkpoints), both
+      off the hot path.
     """
 
     #: buffers a checkpoint may lack; BN's own counter is one (old checkpoints)
@@ -259,25 +261,31 @@ class GuardedNormMixin:
         device = tensors[0].device if tensors else None
         self.register_buffer('nonfinite_count', torch.zeros((), dtype=torch.long,
                                                             device=device), persistent=False)
-        self._tracked_key: Optional[Tuple[int, int]] = None
-        self._tracked_value = 0
+        # name -> ((id, version) of the tensor when read or written, value)
+        self._counter_mirrors: Dict[str, Tuple[Tuple[int, int], int]] = {}
 
-    # ------------------------------------------------------------------ iteration mirror
-    def _iteration(self) -> int:
-        """``num_batches_tracked`` as a Python int, without a device sync in steady state."""
-        buf = self.num_batches_tracked
+    # ------------------------------------------------------------------ counter mirrors
+    def _counter(self, name: str = 'num_batches_tracked') -> int:
+        """The 0-d integer buffer ``name`` as a Python int, without a device sync in steady
+        state: read once, then only again if something else changed the tensor."""
+        buf = getattr(self, name)
         key = (id(buf), buf._version)
-        if key != self._tracked_key:
-            self._tracked_value = int(buf.item())  # once after a load/reset/.to()/user write
-            self._tracked_key = key
-        return self._tracked_value
+        mirror = self._counter_mirrors.get(name)
+        if mirror is None or mirror[0] != key:
+            mirror = (key, int(buf.item()))  # once after a load/reset/.to()/user write
+            self._counter_mirrors[name] = mirror
+        return mirror[1]
+
+    def _set_counter(self, name: str, value: int) -> None:
+        """Write ``value`` into the 0-d buffer ``name`` and its mirror (no device sync)."""
+        buf = getattr(self, name)
+        buf.fill_(value)
+        self._counter_mirrors[name] = ((id(buf), buf._version), int(value))
 
     def _count_batch(self) -> int:
         """Increment ``num_batches_tracked`` and return the new value (no device sync)."""
-        value = self._iteration() + 1
-        buf = self.num_batches_tracked
-        buf.add_(1)
-        self._tracked_key, self._tracked_value = (id(buf), buf._version), value
+        value = self._counter() + 1
+        self._set_counter('num_batches_tracked', value)
         return value
 
     # ------------------------------------------------------------------ non-finite report
@@ -286,14 +294,22 @@ class GuardedNormMixin:
         self.nonfinite_count.add_(finite.logical_not().any())
 
     def train(self, mode: bool = True):
-        if self.nonfinite_count.numel() and int(self.nonfinite_count.item()) > 0:
+        self._report_nonfinite()
+        return super().train(mode)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        self._report_nonfinite()  # checkpointing: off the hot path too
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _report_nonfinite(self) -> None:
+        count = getattr(self, 'nonfinite_count', None)
+        if count is not None and int(count.item()) > 0:
             warn_once(f'{type(self).__name__}-nonfinite',
-                      f'{type(self).__name__}: {int(self.nonfinite_count.item())} training '
+                      f'{type(self).__name__}: {int(count.item())} training '
                       f'step(s) produced non-finite statistics (NaN/Inf input or gradient, '
                       f'e.g. an fp16 overflow); the affected channels kept their previous '
                       f'running statistics and windows, so training recovers at the next '
                       f'finite batch. (Reported once per layer type.)')
-        return super().train(mode)
 
     # ------------------------------------------------------------------ guarded loading
     def _adapt_state(self, state: Dict[str, Any],
@@ -306,9 +322,10 @@ class GuardedNormMixin:
         """
         return state
 
-    def _expected_shape(self, name: str, own: Tensor) -> Tuple[int, ...]:
-        """The shape a checkpoint entry ``name`` must have (default: the current one; a
-        lazily sized buffer may override this and resize in :meth:`_before_copy`)."""
+    def _expected_shape(self, name: str, own: Tensor, value: Tensor) -> Tuple[int, ...]:
+        """The shape the checkpoint entry ``value`` for ``name`` must have (default: the
+        current one; a lazily sized buffer may accept ``value``'s and resize in
+        :meth:`_before_copy`)."""
         return tuple(own.shape)
 
     def _before_copy(self, state: Dict[str, Any]) -> None:
@@ -316,7 +333,7 @@ class GuardedNormMixin:
 
     def _after_load(self) -> None:
         """Called after a successful copy."""
-        self._tracked_key = None  # re-read the iteration once
+        self._counter_mirrors.clear()  # re-read the counters once
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -342,7 +359,7 @@ class GuardedNormMixin:
                 problems.append(f'{prefix}{name}: expected a Tensor in the checkpoint, got '
                                 f'{type(value).__name__}')
                 continue
-            expected = self._expected_shape(name, own[name])
+            expected = self._expected_shape(name, own[name], value)
             got = tuple(value.shape)
             if got != expected and not (expected == () and got == (1, )):
                 problems.append(f'size mismatch for {prefix}{name}: copying a param with '
