@@ -174,7 +174,8 @@ class BGN(GuardedNormMixin, _BatchNorm):
         y, mean, var = _BatchGroupNorm.apply(x, self.weight, self.bias, self.num_groups,
                                              self.eps)
         if self.training and self.track_running_stats:
-            t = self._count_batch()
+            self.num_batches_tracked.add_(1)
+            t = self.num_batches_tracked  # 1/t on the device if momentum is None
             finite = update_running_stats(self.running_mean, mean, self.momentum, t)
             finite &= update_running_stats(self.running_var, var * (m / max(m - 1, 1)),
                                            self.momentum, t)

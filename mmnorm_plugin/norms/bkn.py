@@ -425,7 +425,8 @@ class BatchKalmanNorm2d(GuardedNormMixin, _BatchNorm):
 
         y = normalize_with_stats(x, fused_mean, fused_var, self.weight, self.bias, self.eps)
         if self.training and self.track_running_stats:
-            t = self._count_batch()
+            self.num_batches_tracked.add_(1)
+            t = self.num_batches_tracked  # 1/t on the device if momentum is None
             finite = update_running_stats(self.running_mean, fused_mean.detach(),
                                           self.momentum, t)
             finite &= update_running_stats(self.running_var, fused_var_running.detach(),

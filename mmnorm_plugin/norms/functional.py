@@ -104,9 +104,10 @@ def update_running_stats(running: Tensor, value: Tensor, momentum: Optional[floa
     """In-place EMA in PyTorch's convention: running <- (1 - m) * running + m * value.
 
     ``momentum=None`` means a cumulative average (m = 1 / num_batches_tracked), as in
-    ``torch.nn.BatchNorm2d``; the caller increments ``num_batches_tracked`` first. Pass it as
-    a Python int (the layer's mirror, see :meth:`GuardedNormMixin._count_batch`) to avoid a
-    device sync; a tensor is read with ``.item()``.
+    ``torch.nn.BatchNorm2d``; the caller increments ``num_batches_tracked`` first. It may be
+    the buffer (the weight 1/n is then computed on the device: no sync, and no graph break
+    under ``torch.compile``) or a Python int (e.g. the mirror of
+    :meth:`GuardedNormMixin._count_batch`).
 
     Entries whose new value is not finite (a NaN/Inf batch, e.g. an fp16 overflow) keep their
     old value: one bad batch never enters the running statistics (``nn.BatchNorm2d``'s stay
@@ -116,9 +117,10 @@ def update_running_stats(running: Tensor, value: Tensor, momentum: Optional[floa
         The boolean per-entry mask of the values that were taken.
     """
     if momentum is None:
-        count = num_batches_tracked if isinstance(num_batches_tracked,
-                                                  int) else int(num_batches_tracked.item())
-        momentum = 1.0 / count
+        if isinstance(num_batches_tracked, Tensor):
+            momentum = num_batches_tracked.to(running.dtype).reciprocal()
+        else:
+            momentum = 1.0 / num_batches_tracked
     value = value.to(running.dtype)
     finite = torch.isfinite(value)
     running.copy_(torch.where(finite, running.lerp(value, momentum), running))
