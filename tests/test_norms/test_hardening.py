@@ -287,3 +287,15 @@ def test_check_nchw_message_matches_check_input_4d():
         with pytest.raises(Exception) as script:
             scripted(x, 4, 'BatchNorm2d')
         assert str(eager.value) in str(script.value)
+
+
+def test_cenconv_mabn_block_scripts_in_eval():
+    from mmnorm_plugin.models.layers import CenConv2d
+    block = nn.Sequential(CenConv2d(3, 4, 3, padding=1, bias=False),
+                          MABN(4, buffer_size=2, warmup_iters=1, renorm_hold_iters=1),
+                          nn.ReLU())
+    for _ in range(3):
+        block(torch.randn(2, 3, 6, 6)).sum().backward()
+    block.eval()
+    x = torch.randn(2, 3, 6, 6)
+    torch.testing.assert_close(torch.jit.script(block)(x), block(x))
