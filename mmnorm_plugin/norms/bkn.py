@@ -112,6 +112,15 @@ Requirements and caveats
   split here.
 * A conv whose bias is frozen (not reachable through autograd) cannot be propagated: the layer
   falls back to BN and warns once. mmdet's convs before norms have no bias.
+* One value per channel in training (batch 1 with a 1x1 map, a single RoI) raises ValueError as
+  ``nn.BatchNorm2d`` does (the batch variance is 0: the output would be the bias with a zero
+  gradient and the running variance pulled toward 0). A float64 input into a float32 layer
+  raises; float16/bfloat16 inputs (autocast) are normalized with float32 statistics.
+* Non-finite statistics (a NaN/Inf batch) never enter the running statistics (counted in
+  ``nonfinite_count``, logged once); a checkpoint that does not fit raises before anything is
+  modified. No host synchronisation in a training step.
+* ``torch.jit.script`` compiles the eval-mode layer (plain BN); the training step needs autograd
+  graph introspection and is refused by the scripted module.
 """
 import math
 from typing import NamedTuple, Optional, Tuple
@@ -122,8 +131,9 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (check_input_4d, find_producing_conv, normalize_with_stats,
-                         update_running_stats, warn_once)
+from .functional import (GuardedNormMixin, check_input_4d, check_input_dtype, check_nchw,
+                         check_values_per_statistic, find_producing_conv,
+                         normalize_with_stats, update_running_stats, warn_once)
 
 __all__ = ['BatchKalmanNorm2d', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
@@ -257,7 +267,7 @@ def _state_of(node, depth: int = 0) -> Optional[GaussianState]:
 
 
 @MODELS.register_module('BKN')
-class BatchKalmanNorm2d(_BatchNorm):
+class BatchKalmanNorm2d(GuardedNormMixin, _BatchNorm):
     """Batch Kalman Normalization for NCHW conv outputs; ``norm_cfg=dict(type='BKN')``.
 
     Subclasses ``_BatchNorm`` with BN's parameter and buffer names, so BN checkpoints load, mmdet's
@@ -310,6 +320,7 @@ class BatchKalmanNorm2d(_BatchNorm):
         # in the state_dict so that BN checkpoints keep loading strictly
         self.register_buffer('prior_status', torch.zeros((), dtype=torch.uint8),
                              persistent=False)
+        self._init_guard()
 
     def _check_input_dim(self, x: Tensor) -> None:
         check_input_4d(self, x)
@@ -364,7 +375,7 @@ class BatchKalmanNorm2d(_BatchNorm):
         y.grad_fn.metadata[_STATE_KEY] = state
 
     def forward(self, x: Tensor) -> Tensor:
-        check_input_4d(self, x)
+        check_nchw(x, self.num_features, self._layer_name)
         use_batch_stats = self.training or self.running_mean is None
         if not use_batch_stats or x.numel() == 0:
             # eval (foldable), or an empty batch (0 RoIs): keep the graph to weight/bias so
@@ -373,13 +384,22 @@ class BatchKalmanNorm2d(_BatchNorm):
                 return x * (self.weight.view(1, -1, 1, 1) if self.affine else 1)
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                 False, 0.0, self.eps)
+        return self._forward_batch_stats(x)
+
+    @torch.jit.unused
+    def _forward_batch_stats(self, x: Tensor) -> Tensor:
+        state = self.weight if self.weight is not None else self.running_mean
+        if state is not None:
+            check_input_dtype(x, state.dtype, self._layer_name)
+        n = x.numel() // x.shape[1]
+        if self.training:
+            check_values_per_statistic(n, self._layer_name, list(x.shape))
         if self.training and not torch.is_grad_enabled():
             warn_once('bkn-no-grad', 'BKN in training mode without autograd (torch.no_grad or '
                       'activation checkpointing): no layer chain, running as plain BN.')
 
         xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         var, mean = torch.var_mean(xs, dim=(0, 2, 3), unbiased=False)
-        n = x.numel() // x.shape[1]
         var_unbiased = var * (n / (n - 1)) if n > 1 else var
         p = self.prior_weight
         prior = self.predict(x) if p > 0 else None
@@ -406,9 +426,11 @@ class BatchKalmanNorm2d(_BatchNorm):
         y = normalize_with_stats(x, fused_mean, fused_var, self.weight, self.bias, self.eps)
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            update_running_stats(self.running_mean, fused_mean.detach(), self.momentum,
-                                 self.num_batches_tracked)
-            update_running_stats(self.running_var, fused_var_running.detach(), self.momentum,
-                                 self.num_batches_tracked)
+            t = self.num_batches_tracked  # 1/t on the device if momentum is None
+            finite = update_running_stats(self.running_mean, fused_mean.detach(),
+                                          self.momentum, t)
+            finite &= update_running_stats(self.running_var, fused_var_running.detach(),
+                                           self.momentum, t)
+            self._note_nonfinite(finite)
         self._publish(y, fused_mean, fused_var)
         return y

@@ -211,7 +211,8 @@ def test_chain_inside_mmdet_resnet():
     model = ResNet(depth=50, stem_channels=8, base_channels=4, norm_eval=False,
                    norm_cfg=dict(type='BKN', requires_grad=True))
     model.train()  # mmdet's ResNet.train() returns None
-    model(torch.randn(1, 3, 32, 32))
+    # 64x64: stage 4 is 2x2, more than one value per channel (1x1 raises, as BN does)
+    model(torch.randn(1, 3, 64, 64))
     status = {name: int(m.prior_status) for name, m in model.named_modules()
               if isinstance(m, BatchKalmanNorm2d)}
     assert status.pop('bn1') == NO_PRIOR  # stem: image input
