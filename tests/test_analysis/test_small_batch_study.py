@@ -77,11 +77,11 @@ def test_cli_writes_json_table_and_png_and_merges(tmp_path):
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
     out = tmp_path / 'a'
-    cli.main(['--methods', 'BN', '--norm', 'GN4={"norm_cfg": {"type": "GN", "num_groups": 4}}',
+    cli.main(['--methods', 'BN', '--norm', 'GN G=4={"norm_cfg": {"type": "GN", "num_groups": 4}}',
               '--batch-sizes', '32', '--seeds', '0', '--epochs', '0.05', '--out-dir', str(out)])
     records = json.loads((out / 'study.json').read_text())
-    assert [r['method'] for r in records] == ['BN', 'GN4']
-    assert (out / 'study.png').stat().st_size > 1000 and 'GN4' in (out / 'study.md').read_text()
+    assert [r['method'] for r in records] == ['BN', 'GN G=4']
+    assert (out / 'study.png').stat().st_size > 1000 and 'GN G=4' in (out / 'study.md').read_text()
     merged = tmp_path / 'merged'
     cli.main(['--from-json', str(out / 'study.json'), str(out / 'study.json'), '--out-dir',
               str(merged)])

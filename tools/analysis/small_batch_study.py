@@ -56,8 +56,10 @@ def main(argv=None):
                              '(or pass your own with --norm NAME=JSON)')
         methods = {m: METHODS[m] for m in args.methods}
         for spec in args.norm:
-            name, _, kwargs = spec.partition('=')
-            methods[name] = json.loads(kwargs)
+            cut = spec.find('={')  # names may contain '=' (e.g. 'CBN k=7'), JSON starts at '{'
+            if cut < 1:
+                raise SystemExit(f"--norm expects NAME={{...json...}}, got {spec!r}")
+            methods[spec[:cut]] = json.loads(spec[cut + 1:])
         records = run_study(methods, args.batch_sizes, args.seeds, epochs=args.epochs,
                             base_lr=args.base_lr)
     os.makedirs(args.out_dir, exist_ok=True)
