@@ -708,15 +708,15 @@ class CBN(_BatchNorm):
         """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.
 
         Training needs the autograd graph (to find the producing conv) and a custom autograd
-        function, neither of which TorchScript has; so scripting a training-mode CBN raises.
+        function, neither of which TorchScript has: scripting a training-mode CBN raises, and
+        the scripted module refuses training mode.
         """
         if self.training:
             raise RuntimeError('CBN can only be scripted in eval mode (call .eval() first): '
                                'its training step reads the autograd graph.')
-        bn = torch.nn.BatchNorm2d(self.num_features, self.eps, self.momentum, self.affine,
-                                  self.track_running_stats, device=self.running_mean.device
-                                  if self.running_mean is not None else None,
-                                  dtype=self.hist_mean.dtype)
+        bn = _EvalOnlyCBN(self.num_features, self.eps, self.momentum, self.affine,
+                          self.track_running_stats, device=self.hist_mean.device,
+                          dtype=self.hist_mean.dtype)
         state = {k: v for k, v in self.state_dict().items() if k not in _WINDOW + ('num_iters', )}
         if self.eps_outside_sqrt and self.running_var is not None:
             state['running_var'] = self._effective_var(self.running_var)[0]
@@ -728,3 +728,16 @@ class CBN(_BatchNorm):
                 f'burnin_iters={self.burnin_iters}, rho={self.rho}, '
                 f'eps_outside_sqrt={self.eps_outside_sqrt}, '
                 f'grad_through_compensation={self.grad_through_compensation}')
+
+
+class _EvalOnlyCBN(torch.nn.BatchNorm2d):
+    """What ``torch.jit.script`` makes of an eval-mode CBN: BN with its statistics, eval only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError('CBN expects a 4-D NCHW input')
+        if self.training:
+            raise RuntimeError('CBN training was ignored by TorchScript: a scripted CBN is '
+                               'eval-only (train the eager module).')
+        return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                False, 0.0, self.eps, False)

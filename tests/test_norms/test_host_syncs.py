@@ -25,8 +25,7 @@ NORMS = [
                                 momentum=None), CenConv2d, id='MABN-cumulative'),
     pytest.param(lambda c: BGN(c, num_groups=2, momentum=None), nn.Conv2d, id='BGN'),
     pytest.param(lambda c: BatchKalmanNorm2d(c), nn.Conv2d, id='BKN'),
-    pytest.param(lambda c: CBN(c, buffer_num=2, burnin_iters=1), nn.Conv2d, id='CBN',
-                 marks=pytest.mark.xfail(strict=True, reason='lead makes CBN sync-free')),
+    pytest.param(lambda c: CBN(c, buffer_num=2, burnin_iters=1), nn.Conv2d, id='CBN',),
 ]
 
 
