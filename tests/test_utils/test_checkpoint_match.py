@@ -82,3 +82,15 @@ def test_cbn_checkpoint_under_its_bn_twin_warns_but_evaluates(tmp_path):
     text = check_test_checkpoint(_cfg(FASTER_BN), ckpt, FASTER_BN)
     assert "model.neck.norm_cfg.type: checkpoint 'CBN' vs config 'BN'" in text
     assert 'No model weight is left unset' in text
+
+
+def test_test_tool_refuses_another_configs_checkpoint(tmp_path):
+    import subprocess
+    import sys
+    ckpt = _checkpoint(FASTER_BN, str(tmp_path / 'faster.pth'))
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'test.py'), MASK_BN, ckpt,
+                           '--work-dir', str(tmp_path / 'wd')],
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode != 0
+    assert 'CheckpointMismatch' in proc.stderr and 'roi_head.mask_head' in proc.stderr
+    assert '--allow-checkpoint-mismatch' in proc.stderr
