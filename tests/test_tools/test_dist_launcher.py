@@ -1,10 +1,10 @@
 """tools/dist_train.sh and tools/dist_test.sh with 2 CPU processes (gloo), as a user runs them.
 
-Per demo config: 2 ranks x 2 iterations; parameters are identical on both ranks afterwards
+Per demo config (all five): 2 ranks x 2 iterations; parameters are identical on both ranks afterwards
 (DDP all-reduces gradients), while norm buffers are per rank as documented (mmengine wraps with
 broadcast_buffers=False: BN running statistics and the CBN window are each rank's own); the
-COCO metrics are written once (rank 0); the checkpoint resumes under the launcher; dist_test
-evaluates to the same metrics as a single-process tools/test.py.
+COCO metrics are written once (rank 0); for BN and CBN also: the checkpoint resumes under the
+launcher (CBN) and dist_test evaluates to the same metrics as a single-process tools/test.py.
 """
 import glob
 import json
@@ -91,7 +91,8 @@ def workdir(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize('norm', ['bn', 'cbn'])
+# bn and cbn: the whole path; bgn, bkn, mabn: training under the launcher (about 30 s each)
+@pytest.mark.parametrize('norm', ['bn', 'cbn', 'bgn', 'bkn', 'mabn'])
 def test_dist_train_and_test_with_two_cpu_processes(workdir, norm):
     config = workdir / f'{norm}.py'
     extra = 'model = dict(backbone=dict(norm_cfg=dict(burnin_iters=0)))' if norm == 'cbn' else ''
@@ -112,17 +113,23 @@ def test_dist_train_and_test_with_two_cpu_processes(workdir, norm):
     for key, value in rank0['params'].items():
         assert torch.equal(value, rank1['params'][key]), key
     # buffers are per rank: each rank normalized its own images
-    means = [k for k in rank0['buffers'] if k.endswith('running_mean')]
-    assert any(not torch.equal(rank0['buffers'][k], rank1['buffers'][k]) for k in means)
+    def per_rank(suffix):
+        keys = [k for k in rank0['buffers'] if k.endswith(suffix)]
+        return keys and any(not torch.equal(rank0['buffers'][k], rank1['buffers'][k])
+                            for k in keys)
+
+    assert per_rank('running_var')  # MABN's R included
     if norm == 'cbn':
-        hist = [k for k in rank0['buffers'] if k.endswith('hist_mean')]
-        assert hist and any(not torch.equal(rank0['buffers'][k], rank1['buffers'][k])
-                            for k in hist)
+        assert per_rank('hist_mean')
+    if norm == 'mabn':
+        assert per_rank('chi2_history')
     # the validation at the end of training: one metrics record, written by rank 0
     assert len(_metric_lines(train_dir)) == 1
     dumped = (train_dir / f'{norm}.py').read_text()
     assert "'mmnorm_plugin'" in dumped and "'rank_dump_hook'" in dumped
 
+    if norm not in ('bn', 'cbn'):
+        return
     if norm == 'cbn':  # resume under the launcher
         log = _launch('dist_train.sh', [str(config), '2', '--work-dir', str(train_dir),
                                         '--resume', *_short(3)], cwd=workdir)
