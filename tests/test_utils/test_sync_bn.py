@@ -84,3 +84,33 @@ def test_train_tool_refuses_sync_bn_with_plugin_norms_when_distributed(tmp_path)
     assert proc.returncode != 0
     assert "cfg.sync_bn='torch' converts every _BatchNorm subclass" in proc.stderr
     assert 'Fix: remove sync_bn' in proc.stderr
+
+
+def test_a_runner_built_with_sync_bn_keeps_plugin_norms_and_warns(tmp_path):
+    """mmdet's shipped train.py path: Runner.from_cfg with sync_bn='torch', distributed."""
+    code = f"""
+import socket, warnings
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.runner import Runner
+s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{{port}}', rank=0, world_size=1)
+import os; os.environ.setdefault('LOCAL_RANK', '0')
+cfg = Config.fromfile({CBN_DEMO!r})  # its custom_imports import the plugin, as in mmdet's tool
+cfg.update(dict(launcher='pytorch', sync_bn='torch', work_dir={str(tmp_path)!r},
+                model_wrapper_cfg=dict(type='AnyDeviceDDP')))
+import mmnorm_plugin.apis  # AnyDeviceDDP (CPU); mmdet's tool on GPU needs nothing of this
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    runner = Runner.from_cfg(cfg)
+types = {{type(m).__name__ for m in runner.model.module.modules()}}
+print('TYPES', sorted(t for t in types if 'Norm' in t or t == 'CBN'))
+print('WARNED', any('kept UNCONVERTED' in str(w.message) for w in caught))
+dist.destroy_process_group()
+"""
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=180, cwd=str(tmp_path),
+                          env=dict(__import__('os').environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TYPES ['CBN']" in proc.stdout and 'WARNED True' in proc.stdout
+    assert 'kept UNCONVERTED' in proc.stdout + proc.stderr  # in the Runner's log too
