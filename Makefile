@@ -1,11 +1,12 @@
-# Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent).
+# Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent) into the
+# active venv, or .venv (created when none is active; MMNORM_VENV=0: the python3 on PATH).
 .PHONY: install demo test test-fast data
 
 install:
 	bash tools/setup_env.sh
 
 data:
-	python tools/misc/make_tiny_coco.py --out-dir data/tiny_coco
+	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco'
 
 demo:
 	bash tools/run_demo.sh

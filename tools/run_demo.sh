@@ -8,16 +8,17 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CONFIG=${CONFIG:-configs/demo/faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py}
 WORK_DIR=${WORK_DIR:-work_dirs/demo/$(basename "$CONFIG" .py)}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+source tools/python_env.sh  # the Python setup_env.sh installs into (.venv unless one is active)
 
 bash tools/setup_env.sh
 if [ ! -f data/tiny_coco/annotations/instances_val.json ]; then
-  python tools/misc/make_tiny_coco.py --out-dir data/tiny_coco
+  "$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco
 fi
 start=$(date +%s)
-python tools/train.py "$CONFIG" --work-dir "$WORK_DIR/train"
+"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR/train"
 checkpoint=$(cat "$WORK_DIR/train/last_checkpoint")
-python tools/test.py "$CONFIG" "$checkpoint" --work-dir "$WORK_DIR/test"
-python - "$WORK_DIR/test" "$CONFIG" "$(( $(date +%s) - start ))" <<'PY'
+"$PY" tools/test.py "$CONFIG" "$checkpoint" --work-dir "$WORK_DIR/test"
+"$PY" - "$WORK_DIR/test" "$CONFIG" "$(( $(date +%s) - start ))" <<'PY'
 import glob, json, sys
 work_dir, config, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 metrics = json.loads(open(sorted(glob.glob(f'{work_dir}/*/*.json'))[-1]).read().splitlines()[-1])
