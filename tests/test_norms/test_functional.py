@@ -76,3 +76,18 @@ def test_check_input_4d_names_the_layer_and_shape():
         check_input_4d(layer, torch.zeros(2, 4))
     with pytest.raises(ValueError, match='got an input with 3 channels'):
         check_input_4d(layer, torch.zeros(1, 3, 2, 2))
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 4, 3), (1, 3, 1, 1), (3, 4, 1, 1), (7, 2, 2, 5)])
+def test_batch_moments_equal_var_mean(shape):
+    from mmnorm_plugin.norms.functional import batch_moments
+    # a large common offset: a sum-of-squares formula would lose the variance to cancellation
+    x = torch.randn(shape, dtype=torch.float64) * 1e-3 + 1e3
+    var, mean = batch_moments(x)
+    ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(var, ref_var, rtol=1e-6, atol=1e-15)
+    # constant channels have variance 0 (rstd is inf with eps=0), half inputs give float32
+    var, mean = batch_moments(torch.full((2, 3, 2, 2), 2.0, dtype=torch.float16))
+    assert var.dtype == torch.float32 and torch.equal(var, torch.zeros(3))
+    assert torch.equal(mean, torch.full((3,), 2.0))
