@@ -79,3 +79,34 @@ def test_status_and_running_target():
     assert not out[3].requires_grad and int(out[4]) == 1
     y = _KalmanNormFunction.apply(x, None, None, None, None, 0.5, None, 1e-5)[0]
     torch.testing.assert_close(y, F.batch_norm(x, None, None, training=True, eps=1e-5))
+
+
+def _rectified_composite(mean, var):
+    """The autograd composite that the closed-form backward replaces."""
+    import math
+    std = var.clamp_min(0).add(torch.finfo(var.dtype).tiny).sqrt()
+    a = mean / std
+    cdf = torch.special.ndtr(a)
+    pdf = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
+    first = mean * cdf + std * pdf
+    second = (mean * mean + var) * cdf + mean * std * pdf
+    return first, (second - first * first).clamp_min(0)
+
+
+def test_rectified_gaussian_moments_backward():
+    from mmnorm_plugin.norms.bkn import rectified_gaussian_moments
+    g = torch.Generator().manual_seed(0)
+    mean = (torch.randn(12, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    var = (torch.rand(12, generator=g, dtype=torch.float64) * 3 + 0.05).requires_grad_()
+    assert torch.autograd.gradcheck(rectified_gaussian_moments, (mean, var))
+    # degenerate channels (var 0, var < 0 from rounding) match the composite too
+    mean2 = torch.tensor([1.0, -1.0, 0.5, 2.0], dtype=torch.float64, requires_grad=True)
+    var2 = torch.tensor([0.0, 0.0, -1e-12, 1.0], dtype=torch.float64, requires_grad=True)
+    for m, v in ((mean, var), (mean2, var2)):
+        ours, ref = rectified_gaussian_moments(m, v), _rectified_composite(m, v)
+        gouts = [torch.randn_like(t) for t in ours]
+        for a, r in zip(ours, ref):
+            torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+        for a, r in zip(torch.autograd.grad(ours, (m, v), gouts),
+                        torch.autograd.grad(ref, (m, v), gouts)):
+            torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12)
