@@ -308,8 +308,9 @@ def _state_of(node, depth: int = 0) -> Optional[GaussianState]:
 class _KalmanNormFunction(torch.autograd.Function):
     r"""Training-mode BKN: batch moments, fusion with the prior, normalization, in native kernels.
 
-    Forward: :func:`~.functional.batch_moments` for the batch moments :math:`(\mu, \sigma^2)`, the per-channel fusion
-    (module docstring) and one inference-mode ``batch_norm`` with the fused statistics.
+    Forward: :func:`~.functional.batch_moments` for the batch moments :math:`(\mu, \sigma^2)`,
+    the per-channel fusion (module docstring) and one inference-mode ``batch_norm`` with the
+    fused statistics.
     Outputs ``y`` and the fused ``(mean, var)`` (differentiable: the next layer's prior is built
     from them), plus the running-variance target and the status (not differentiable).
 
@@ -389,7 +390,8 @@ class _KalmanNormFunction(torch.autograd.Function):
         else:
             d_mean, d_var = g_fm, g_fv
         if ctx.has_prior or external:
-            # true dx - BN's dx = (d_mean - g_fm_y)/n + 2 (x - mean) d_var/n - 2 (x - fmean) g_fv_y/n
+            # true dx - BN's dx
+            #   = (d_mean - g_fm_y)/n + 2 (x - mean) d_var/n - 2 (x - fmean) g_fv_y/n
             slope = 2 * (d_var - g_fv_y) / n
             offset = (d_mean - g_fm_y - 2 * mean * d_var + 2 * fmean * g_fv_y) / n
             dx.addcmul_(x, slope.to(x.dtype).view(1, -1, 1, 1)).add_(
