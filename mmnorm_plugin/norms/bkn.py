@@ -371,11 +371,15 @@ class _KalmanNormFunction(torch.autograd.Function):
         dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
             grad_y.contiguous(), x, gamma, None, None, fmean.to(x.dtype), invstd.to(x.dtype),
             True, ctx.eps, [True, True, True])
+        grad_weight = dgamma if weight is not None else None
+        grad_bias = dbeta if ctx.has_bias else None
+        external = grad_fmean is not None or grad_fvar is not None
+        if not (ctx.has_prior or external):  # plain BN: its backward is exact
+            return dx, None, None, grad_weight, grad_bias, None, None, None
         gamma_f = gamma.to(invstd.dtype)
         # what the normalization sends to its statistics, and what BN's backward assumed
         g_fm_y = -gamma_f * invstd * dbeta.to(invstd.dtype)
         g_fv_y = -0.5 * gamma_f * invstd * invstd * dgamma.to(invstd.dtype)
-        external = grad_fmean is not None or grad_fvar is not None
         g_fm = g_fm_y if grad_fmean is None else g_fm_y + grad_fmean
         g_fv = g_fv_y if grad_fvar is None else g_fv_y + grad_fvar
         grad_pm = grad_pv = None
@@ -389,15 +393,12 @@ class _KalmanNormFunction(torch.autograd.Function):
             grad_pv = (k * p * g_fv).to(prior_mean.dtype)
         else:
             d_mean, d_var = g_fm, g_fv
-        if ctx.has_prior or external:
-            # true dx - BN's dx
-            #   = (d_mean - g_fm_y)/n + 2 (x - mean) d_var/n - 2 (x - fmean) g_fv_y/n
-            slope = 2 * (d_var - g_fv_y) / n
-            offset = (d_mean - g_fm_y - 2 * mean * d_var + 2 * fmean * g_fv_y) / n
-            dx.addcmul_(x, slope.to(x.dtype).view(1, -1, 1, 1)).add_(
-                offset.to(x.dtype).view(1, -1, 1, 1))
-        return (dx, grad_pm, grad_pv, dgamma if weight is not None else None,
-                dbeta if ctx.has_bias else None, None, None, None)
+        # true dx - BN's dx = (d_mean - g_fm_y)/n + 2 (x - mean) d_var/n - 2 (x - fmean) g_fv_y/n
+        slope = 2 * (d_var - g_fv_y) / n
+        offset = (d_mean - g_fm_y - 2 * mean * d_var + 2 * fmean * g_fv_y) / n
+        dx.addcmul_(x, slope.to(x.dtype).view(1, -1, 1, 1)).add_(
+            offset.to(x.dtype).view(1, -1, 1, 1))
+        return dx, grad_pm, grad_pv, grad_weight, grad_bias, None, None, None
 
 
 @MODELS.register_module('BKN')
