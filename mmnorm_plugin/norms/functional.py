@@ -15,7 +15,7 @@ from torch import Tensor
 __all__ = [
     'ConvOrigin', 'find_producing_conv', 'normalize_with_stats', 'update_running_stats',
     'check_input_4d', 'check_nchw', 'check_input_dtype', 'check_values_per_statistic',
-    'GuardedNormMixin', 'warn_once'
+    'GuardedNormMixin', 'warn_once', 'batch_moments'
 ]
 
 
@@ -386,3 +386,27 @@ class GuardedNormMixin:
         self._after_load()
         for key, message in notes:
             warn_once(key, message)
+
+
+def batch_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-channel biased variance and mean of an NCHW tensor over (N, H, W), like
+    ``torch.var_mean(x, dim=(0, 2, 3), unbiased=False)`` but in at least float32 and not
+    differentiable.
+
+    One native group-norm pass with one group per channel gives the per-(sample, channel)
+    moments, pooled over the batch with the parallel-variance formula (exact, no
+    E[x²] − E[x]² cancellation). ``var_mean`` over the non-contiguous (0, 2, 3) axes is
+    measured 3-9x slower on CPU (e.g. 6.9 vs 0.56 ms at (2, 256, 32, 32), 70 vs 11 ms at
+    (512, 256, 7, 7), one thread).
+    """
+    n, c = x.shape[:2]
+    hw = x.numel() // (n * c)
+    # eps=0: rstd is exactly 1/sqrt(var) per (sample, channel); a constant slice gives inf,
+    # i.e. variance 0
+    _, mean_nc, rstd_nc = torch.ops.aten.native_group_norm(x.detach().contiguous(), None, None,
+                                                           n, c, hw, c, 0.0)
+    dtype = torch.promote_types(mean_nc.dtype, torch.float32)
+    mean_nc = mean_nc.to(dtype).view(n, c)
+    var_nc = rstd_nc.to(dtype).view(n, c).pow(-2)
+    mean = mean_nc.mean(0)
+    return var_nc.mean(0) + (mean_nc - mean).pow(2).mean(0), mean

@@ -103,3 +103,18 @@ def test_input_checks_dtype_and_values_per_statistic():
     check_values_per_statistic(2, 'L', [2, 1, 1, 1])
     with pytest.raises(ValueError, match=r'input size \(1, 4, 1, 1\)'):
         check_values_per_statistic(1, 'L', [1, 4, 1, 1])
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 4, 3), (1, 3, 1, 1), (3, 4, 1, 1), (7, 2, 2, 5)])
+def test_batch_moments_equal_var_mean(shape):
+    from mmnorm_plugin.norms.functional import batch_moments
+    # a large common offset: a sum-of-squares formula would lose the variance to cancellation
+    x = torch.randn(shape, dtype=torch.float64) * 1e-3 + 1e3
+    var, mean = batch_moments(x)
+    ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(var, ref_var, rtol=1e-6, atol=1e-15)
+    # constant channels have variance 0 (rstd is inf with eps=0), half inputs give float32
+    var, mean = batch_moments(torch.full((2, 3, 2, 2), 2.0, dtype=torch.float16))
+    assert var.dtype == torch.float32 and torch.equal(var, torch.zeros(3))
+    assert torch.equal(mean, torch.full((3,), 2.0))
