@@ -248,18 +248,20 @@ def plot_study(records: Sequence[StudyRecord], path: str, title: str = '') -> st
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     summary = summarize(records)
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    batch_sizes = sorted({b for by_batch in summary.values() for b in by_batch})
     for method, by_batch in summary.items():
         b = np.array(list(by_batch))
         mean = np.array([v[0] for v in by_batch.values()]) * 100
         std = np.array([v[1] for v in by_batch.values()]) * 100
         ax.errorbar(b, mean, yerr=std, marker='o', capsize=3, label=method)
     ax.set_xscale('log', base=2)
+    ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
     ax.set_xlabel('images per batch (log scale)')
     ax.set_ylabel('test accuracy (%), eval mode')
     ax.set_title(title or 'Accuracy vs. batch size')
     ax.grid(True, alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize='small', loc='center left', bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

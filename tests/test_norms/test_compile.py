@@ -25,8 +25,7 @@ CASES = {
     'BGN': (lambda c: BGN(c, num_groups=2), nn.Conv2d),
     'BKN': (lambda c: BatchKalmanNorm2d(c), nn.Conv2d),
 }
-PARAMS = [pytest.param('CBN'),
-          'MABN', 'BGN', 'BKN']
+PARAMS = ['CBN', 'MABN', 'BGN', 'BKN']
 
 
 def _net(name):

@@ -26,7 +26,7 @@ from mmnorm_plugin.analysis.small_batch_study import (METHODS, StudyRecord,  # n
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--methods', nargs='+', default=list(METHODS),
+    parser.add_argument('--methods', nargs='*', default=list(METHODS),
                         help=f'built-in arms: {", ".join(METHODS)}')
     parser.add_argument('--norm', nargs='+', default=[], metavar='NAME=JSON',
                         help='extra arms: a name and the SmallConvNet kwargs as JSON')
