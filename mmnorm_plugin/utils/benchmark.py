@@ -42,7 +42,12 @@ def parse_shape(text: str) -> Tuple[int, int, int, int]:
 
 
 def buffer_bytes(module: nn.Module) -> int:
-    return sum(b.numel() * b.element_size() for b in module.buffers())
+    """Bytes of persistent state: every tensor of the state dict that is not a parameter
+    (registered buffers, and state such as CBN's windows that is saved without being one)."""
+    params = {id(p) for p in module.parameters()}
+    state = module.state_dict(keep_vars=True)
+    return sum(t.numel() * t.element_size() for t in state.values()
+               if isinstance(t, torch.Tensor) and id(t) not in params)
 
 
 def _saved_bytes(norm: nn.Module, x: torch.Tensor) -> int:
@@ -66,7 +71,10 @@ def _timed_step(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> float:
     t0 = time.perf_counter()
     out = norm(y)
     out.backward(torch.ones_like(out), inputs=inputs)
-    return time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    with torch.no_grad():  # what an optimizer step does: a new weight version (CBN counts
+        conv.weight.add_(0.0)  # iterations there; calls without one are call sites)
+    return elapsed
 
 
 def compare_norms(candidates: Dict[str, NormFactory],
