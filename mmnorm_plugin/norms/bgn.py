@@ -13,8 +13,7 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, check_input_4d, check_input_dtype, check_nchw,
-                         check_values_per_statistic, update_running_stats)
+from .functional import GuardedNormMixin, check_input_4d, check_nchw, update_running_stats
 
 __all__ = ['BGN']
 
@@ -74,8 +73,11 @@ class BGN(GuardedNormMixin, _BatchNorm):
             is GN's default grouping of the same convolutions, the known-good detection setting
             for group statistics; and it keeps 32 statistics per layer, so a BN checkpoint
             converted by pooling (see below) keeps far more of its per-channel scales than at
-            G=1, where channels with different magnitudes share one variance. Set it
-            explicitly in configs.
+            G=1, where channels with different magnitudes share one variance. Measured at 1
+            and 2 images per batch on the small-batch study (32/64-channel layers, 3 seeds),
+            accuracy does not depend on G within noise: batch 1 ranged 97.3-98.1 % over
+            G in {1, 2, 4, 8, 16, 32} (std 0.3-0.9), batch 2 97.6-98.3 %, against BN's 94.3 %
+            at batch 1; so 32 stays. Set it explicitly in configs.
 
     Checkpoints: parameter and buffer names are BN's (``weight``, ``bias``, ``running_mean``,
     ``running_var``, ``num_batches_tracked``). Loading finer statistics, i.e. BN's per-channel
@@ -165,12 +167,8 @@ class BGN(GuardedNormMixin, _BatchNorm):
 
     @torch.jit.unused
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
-        state = self.weight if self.weight is not None else self.running_mean
-        if state is not None:
-            check_input_dtype(x, state.dtype, self._layer_name)
         m = x.numel() // self.num_groups
-        if self.training:
-            check_values_per_statistic(m, self._layer_name, list(x.shape))
+        self._check_batch(x, m)
         y, mean, var = _BatchGroupNorm.apply(x, self.weight, self.bias, self.num_groups,
                                              self.eps)
         if self.training and self.track_running_stats:

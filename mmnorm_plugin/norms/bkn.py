@@ -139,9 +139,8 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, batch_moments, check_input_4d, check_input_dtype,
-                         check_nchw, check_values_per_statistic, find_producing_conv,
-                         update_running_stats, warn_once)
+from .functional import (GuardedNormMixin, batch_moments, check_input_4d, check_nchw,
+                         find_producing_conv, update_running_stats, warn_once)
 
 __all__ = ['BatchKalmanNorm2d', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
@@ -551,12 +550,8 @@ class BatchKalmanNorm2d(GuardedNormMixin, _BatchNorm):
 
     @torch.jit.unused
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
-        state = self.weight if self.weight is not None else self.running_mean
-        if state is not None:
-            check_input_dtype(x, state.dtype, self._layer_name)
         n = x.numel() // x.shape[1]
-        if self.training:
-            check_values_per_statistic(n, self._layer_name, list(x.shape))
+        self._check_batch(x, n)
         if self.training and not torch.is_grad_enabled():
             warn_once('bkn-no-grad', 'BKN in training mode without autograd (torch.no_grad or '
                       'activation checkpointing): no layer chain, running as plain BN.')

@@ -255,6 +255,15 @@ class GuardedNormMixin:
     #: buffers a checkpoint may lack; BN's own counter is one (old checkpoints)
     _optional_state: Tuple[str, ...] = ('num_batches_tracked', )
 
+    def _check_batch(self, x: Tensor, values_per_statistic: int) -> None:
+        """Refuse, before any state changes, an input of a wider dtype than the layer's state
+        and (in training) a batch with one value per statistic, as BatchNorm does."""
+        state = self.weight if self.weight is not None else self.running_mean
+        if state is not None:
+            check_input_dtype(x, state.dtype, self._layer_name)
+        if self.training:
+            check_values_per_statistic(values_per_statistic, self._layer_name, list(x.shape))
+
     def _init_guard(self) -> None:
         # the class name for scriptable input checks (TorchScript cannot read type(self))
         self._layer_name = type(self).__name__

@@ -21,7 +21,22 @@ from typing import List
 import torch
 
 __all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints', 'CheckpointMismatch',
-           'compare_checkpoint_with_model', 'config_differences', 'format_mismatch']
+           'compare_checkpoint_with_model', 'config_differences', 'format_mismatch',
+           'load_foreign_checkpoint']
+
+
+def load_foreign_checkpoint(path: str, trust_pickle: bool = False):
+    """``torch.load`` a checkpoint from elsewhere (an official release) for conversion.
+
+    Weights-only unless ``trust_pickle`` (which runs pickled code: trusted files only); a file
+    that pickles objects fails with a ``SystemExit`` naming the switch.
+    """
+    import pickle
+    try:
+        return torch.load(path, map_location='cpu', weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise SystemExit(f'{path} pickles non-tensor objects ({err}); rerun with '
+                         '--trust-pickle if you trust the file') from err
 
 
 def mmengine_checkpoint_globals() -> List[object]:

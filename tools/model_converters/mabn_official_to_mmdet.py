@@ -19,7 +19,6 @@ source you trust.
 import argparse
 import os
 import os.path as osp
-import pickle
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -27,6 +26,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import torch  # noqa: E402
 
 from mmnorm_plugin.converters.mabn import convert_official_mabn  # noqa: E402
+from mmnorm_plugin.utils.checkpoint import load_foreign_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -42,11 +42,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        checkpoint = torch.load(args.src, map_location='cpu', weights_only=not args.trust_pickle)
-    except pickle.UnpicklingError as err:
-        raise SystemExit(f'{args.src} pickles non-tensor objects ({err}); rerun with '
-                         '--trust-pickle if you trust the file') from err
+    checkpoint = load_foreign_checkpoint(args.src, args.trust_pickle)
     state_dict, report = convert_official_mabn(checkpoint, restart=args.restart)
     print(f"{report['layout']} layout -> style='{report['style']}' ResNet; "
           f"MABN state {'restarted' if report['restarted'] else 'kept'}; "

@@ -13,7 +13,6 @@ them by default. Pass ``--trust-pickle`` only for files from a source you trust.
 import argparse
 import os
 import os.path as osp
-import pickle
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
@@ -23,6 +22,7 @@ import torch  # noqa: E402
 from mmnorm_plugin.converters.xbn import (checkpoint_key_report,  # noqa: E402
                                           convert_official_xbn, format_key_report,
                                           infer_backbone_cfg)
+from mmnorm_plugin.utils.checkpoint import load_foreign_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -38,11 +38,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        checkpoint = torch.load(args.src, map_location='cpu', weights_only=not args.trust_pickle)
-    except pickle.UnpicklingError as err:
-        raise SystemExit(f'{args.src} pickles non-tensor objects ({err}); rerun with '
-                         '--trust-pickle if you trust the file') from err
+    checkpoint = load_foreign_checkpoint(args.src, args.trust_pickle)
     state_dict, info = convert_official_xbn(checkpoint, bfn_position=args.bfn_position)
     backbone = infer_backbone_cfg(state_dict, info)
     print(f"detected {backbone}; renamed {len(info['renamed'])} BFN tensors, "
