@@ -142,7 +142,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .functional import (GuardedNormMixin, batch_moments, check_input_4d, check_nchw,
                          find_producing_conv, update_running_stats, warn_once)
 
-__all__ = ['BatchKalmanNorm2d', 'GaussianState', 'predict_conv_moments',
+__all__ = ['BKN', 'BatchKalmanNorm2d', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
 
 # Key under which a BKN publishes its state on the autograd node of its output; other
@@ -422,7 +422,7 @@ class _KalmanNormFunction(torch.autograd.Function):
 
 
 @MODELS.register_module('BKN')
-class BatchKalmanNorm2d(GuardedNormMixin, _BatchNorm):
+class BKN(GuardedNormMixin, _BatchNorm):
     """Batch Kalman Normalization for NCHW conv outputs; ``norm_cfg=dict(type='BKN')``.
 
     Subclasses ``_BatchNorm`` with BN's parameter and buffer names, so BN checkpoints load, mmdet's
@@ -572,3 +572,8 @@ class BatchKalmanNorm2d(GuardedNormMixin, _BatchNorm):
             self._note_nonfinite(finite)
         self._publish(y, fused_mean, fused_var)
         return y
+
+
+# The descriptive name, kept for imports; the class is named as it is registered, so that every
+# message (a wrong argument, a wrong input) says what the config says: 'BKN'.
+BatchKalmanNorm2d = BKN
