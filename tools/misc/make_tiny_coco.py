@@ -9,7 +9,8 @@ def parse_args():
     parser.add_argument('--out-dir', default='data/tiny_coco')
     parser.add_argument('--num-train', type=int, default=240)
     parser.add_argument('--num-val', type=int, default=60)
-    parser.add_argument('--image-size', type=int, default=160)
+    parser.add_argument('--image-size', type=int, default=None,
+                        help="default: the variant's (160 'default', 96 'hard')")
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument(
         '--variant', choices=sorted(VARIANTS), default='default',
