@@ -40,7 +40,7 @@ def read_arm(name: str, work_dir: str) -> Dict:
         metrics = json.loads(f.read().splitlines()[-1])
     starts = [t for t in map(_timestamp, glob.glob(osp.join(work_dir, 'train', '*')))
               if t is not None]
-    seconds = os.path.getmtime(results[-1]) - max(starts) if starts else None
+    seconds = round(os.path.getmtime(results[-1]) - max(starts)) if starts else None
     configs = glob.glob(osp.join(work_dir, 'train', '*.py'))
     return dict(name=name, config=osp.basename(configs[0]) if configs else None,
                 mAP=metrics['coco/bbox_mAP'], AP50=metrics['coco/bbox_mAP_50'],
@@ -60,9 +60,9 @@ def format_table(arms: Sequence[Dict]) -> str:
 
 def plot_study(arms: Sequence[Dict], path: str, title: str = '',
                references: Sequence[str] = ()) -> str:
-    """Bar chart of bbox mAP (bars) and AP50 (markers) per arm; a dashed line across the chart
-    at each arm named in ``references`` (e.g. BN at 8 and at 1 image per batch). Returns
-    ``path``."""
+    """Bar chart of bbox mAP (bars) and AP50 (markers) per arm; the arms named in
+    ``references`` (e.g. BN at 8 and at 1 image per batch) are grey bars and a dashed line across
+    the chart. Returns ``path``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -74,7 +74,8 @@ def plot_study(arms: Sequence[Dict], path: str, title: str = '',
         raise KeyError(f'reference arms {missing} are not among {names}')
     fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(arms) + 1.5), 3.6))
     xs = list(range(len(arms)))
-    bars = ax.bar(xs, [a['mAP'] for a in arms], color='tab:blue', label='bbox mAP')
+    colours = ['tab:gray' if a['name'] in references else 'tab:blue' for a in arms]
+    bars = ax.bar(xs, [a['mAP'] for a in arms], color=colours, label='bbox mAP')
     ax.plot(xs, [a['AP50'] for a in arms], 'o', color='tab:orange', label='AP50')
     for bar, arm in zip(bars, arms):
         ax.annotate(f"{arm['mAP']:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -85,7 +86,7 @@ def plot_study(arms: Sequence[Dict], path: str, title: str = '',
     ax.set_xticks(xs)
     ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
     ax.set_ylabel('COCO bbox mAP / AP50')
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, min(1.0, 1.25 * max(max(a['AP50'], a['mAP']) for a in arms) + 0.02))
     ax.legend(fontsize=7, loc='upper left', ncol=2)
     if title:
         ax.set_title(title, fontsize=9)
