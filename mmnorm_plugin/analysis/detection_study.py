@@ -75,7 +75,11 @@ def plot_study(arms: Sequence[Dict], path: str, title: str = '',
     fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(arms) + 1.5), 3.6))
     xs = list(range(len(arms)))
     colours = ['tab:gray' if a['name'] in references else 'tab:blue' for a in arms]
-    bars = ax.bar(xs, [a['mAP'] for a in arms], color=colours, label='bbox mAP')
+    bars = ax.bar(xs, [a['mAP'] for a in arms], color=colours)
+    from matplotlib.patches import Patch
+    handles = [Patch(color='tab:blue', label='bbox mAP')]
+    if references:
+        handles.append(Patch(color='tab:gray', label='bbox mAP, reference arm'))
     ax.plot(xs, [a['AP50'] for a in arms], 'o', color='tab:orange', label='AP50')
     for bar, arm in zip(bars, arms):
         ax.annotate(f"{arm['mAP']:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
@@ -87,7 +91,8 @@ def plot_study(arms: Sequence[Dict], path: str, title: str = '',
     ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
     ax.set_ylabel('COCO bbox mAP / AP50')
     ax.set_ylim(0, min(1.0, 1.25 * max(max(a['AP50'], a['mAP']) for a in arms) + 0.02))
-    ax.legend(fontsize=7, loc='upper left', ncol=2)
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc='upper left',
+              ncol=2)
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
