@@ -1,12 +1,13 @@
-# Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent).
+# Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent) into the
+# active venv, or .venv (created when none is active; MMNORM_VENV=0: the python3 on PATH).
 .PHONY: install demo demo-small-batch test test-fast data small-batch-study
 
 install:
 	bash tools/setup_env.sh
 
 data:
-	python tools/misc/make_tiny_coco.py --out-dir data/tiny_coco
-	python tools/misc/make_tiny_coco.py --out-dir data/tiny_coco_hard --variant hard
+	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco'
+	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco_hard --variant hard'
 
 demo:
 	bash tools/run_demo.sh
@@ -26,9 +27,9 @@ small-batch-study:
 	set -e; for arm in $(SMALL_BATCH_ARMS); do \
 	  CONFIG=configs/small_batch/faster-rcnn_r18-w16_fpn_$${arm#*:}_tiny-coco-hard.py \
 	  WORK_DIR=work_dirs/small_batch/$${arm#*:} bash tools/run_demo.sh; done
-	python tools/analysis/detection_study.py \
+	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/detection_study.py \
 	  $(foreach arm,$(SMALL_BATCH_ARMS),$(word 1,$(subst :, ,$(arm)))=work_dirs/small_batch/$(word 2,$(subst :, ,$(arm)))) \
-	  --out work_dirs/small_batch/small_batch_detection.png --json work_dirs/small_batch/small_batch_detection.json
+	  --out work_dirs/small_batch/small_batch_detection.png --json work_dirs/small_batch/small_batch_detection.json'
 
 test:
 	bash tools/run_tests.sh

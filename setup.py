@@ -21,7 +21,8 @@ setup(
     packages=find_packages(include=['mmnorm_plugin', 'mmnorm_plugin.*']),
     python_requires='>=3.8',
     install_requires=read_requirements('requirements/runtime.txt'),
-    extras_require={'tests': read_requirements('requirements/tests.txt')},
+    extras_require={'tests': read_requirements('requirements/tests.txt'),
+                    'analysis': read_requirements('requirements/analysis.txt')},
     license='Apache-2.0',
     zip_safe=False,
 )

@@ -8,6 +8,8 @@ Importing the package registers everything (configs do it with
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
 * runner hooks (``CBNBurnInHook``) in mmengine's root ``HOOKS``;
+* a guard around mmengine's ``sync_bn`` conversion that keeps the plugin norms instead of
+  silently turning them into ``SyncBatchNorm`` (see :mod:`mmnorm_plugin.utils.sync_bn`);
 * the exact set of classes that mmengine's Runner checkpoints pickle, as safe globals for
   ``torch.load(weights_only=True)`` (see :mod:`mmnorm_plugin.utils.checkpoint`).
 """
@@ -17,7 +19,9 @@ from . import models  # noqa: F401  (registers the backbones)
 from . import engine  # noqa: F401  (registers the runner hooks, e.g. CBNBurnInHook)
 from .utils.checkpoint import allow_mmengine_checkpoints
 from .utils.norm_cfg import validate_norm_cfgs
+from .utils.sync_bn import install_sync_bn_guard
 
 allow_mmengine_checkpoints()
+install_sync_bn_guard()
 
 __all__ = ['__version__', 'allow_mmengine_checkpoints', 'validate_norm_cfgs']

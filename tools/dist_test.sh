@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Distributed test on one or more nodes with torchrun:
 #   bash tools/dist_test.sh CONFIG CHECKPOINT GPUS [test.py args]
-# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT as with mmdet's launcher.
+# Multi-node: NNODES, NODE_RANK, MASTER_ADDR, PORT as with mmdet's launcher. PYTHON picks the
+# interpreter (default: `python` on PATH). Without CUDA, tools/train.py and tools/test.py start
+# the process group with gloo themselves (mmnorm_plugin/apis/dist.py): GPUS is then the number
+# of CPU processes.
 set -euo pipefail
 CONFIG=$1
 CHECKPOINT=$2
@@ -12,6 +15,6 @@ PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
 
 PYTHONPATH="$(dirname "$0")/..${PYTHONPATH:+:$PYTHONPATH}" \
-torchrun --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
+"${PYTHON:-python}" -m torch.distributed.run --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
     --nproc_per_node="$GPUS" --master_port="$PORT" \
     "$(dirname "$0")/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"

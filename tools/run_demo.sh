@@ -13,21 +13,22 @@ CONFIG=${CONFIG:-configs/demo/faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py}
 WORK_DIR=${WORK_DIR:-work_dirs/demo/$(basename "$CONFIG" .py)}
 BASELINE=${BASELINE:-}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+source tools/python_env.sh  # the Python setup_env.sh installs into (.venv unless one is active)
 
 bash tools/setup_env.sh
 
 run_one() {  # CONFIG WORK_DIR: dataset if missing, train, test
   local config=$1 work_dir=$2 data_root variant checkpoint
   # the dataset the config reads: data/tiny_coco, or data/tiny_coco_hard (configs/small_batch)
-  data_root=$(python -c 'import sys; from mmengine.config import Config
+  data_root=$("$PY" -c 'import sys; from mmengine.config import Config
 print(Config.fromfile(sys.argv[1]).train_dataloader.dataset.data_root.rstrip("/"))' "$config")
   case "$data_root" in *_hard) variant=hard ;; *) variant=default ;; esac
   if [ ! -f "$data_root/annotations/instances_val.json" ]; then
-    python tools/misc/make_tiny_coco.py --out-dir "$data_root" --variant "$variant"
+    "$PY" tools/misc/make_tiny_coco.py --out-dir "$data_root" --variant "$variant"
   fi
-  python tools/train.py "$config" --work-dir "$work_dir/train"
+  "$PY" tools/train.py "$config" --work-dir "$work_dir/train"
   checkpoint=$(cat "$work_dir/train/last_checkpoint")
-  python tools/test.py "$config" "$checkpoint" --work-dir "$work_dir/test"
+  "$PY" tools/test.py "$config" "$checkpoint" --work-dir "$work_dir/test"
 }
 
 runs=("$CONFIG=$WORK_DIR")
@@ -37,7 +38,7 @@ fi
 for run in "${runs[@]}"; do
   run_one "${run%%=*}" "${run#*=}"
 done
-python - "${runs[@]}" <<'PY'
+"$PY" - "${runs[@]}" <<'PY'
 import glob, json, os.path as osp, sys
 from mmnorm_plugin.analysis.detection_study import read_arm
 reference = 'docs/small_batch_detection.json'

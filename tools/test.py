@@ -2,6 +2,11 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--show]
         [--show-dir DIR] [--cfg-options k=v ...] [--launcher ...] [--tta]
+        [--allow-checkpoint-mismatch]
+
+The checkpoint is compared with the model built from CONFIG first: missing weights or other
+shapes are refused with what differs (--allow-checkpoint-mismatch evaluates anyway); extra
+entries or another saved config only warn (a CBN checkpoint under its BN twin config is fine).
 """
 import os.path as osp
 import sys

@@ -6,3 +6,10 @@ train_dataloader = dict(batch_size=1)
 # `tools/train.py --auto-scale-lr` rescales from base_batch_size=8 for other GPU counts.
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 auto_scale_lr = dict(base_batch_size=8)
+# The window keeps the 8 images per GPU of the 8xb2 config: buffer_num=7 (see
+# faster-rcnn_r50_fpn_cbn-neck-head_8xb1-1x_coco.py).
+window = dict(buffer_num=7)
+model = dict(
+    backbone=dict(norm_cfg=window),
+    neck=dict(norm_cfg=window),
+    roi_head=dict(bbox_head=dict(norm_cfg=window)))

@@ -6,5 +6,11 @@ train_dataloader = dict(batch_size=1)
 # `tools/train.py --auto-scale-lr` rescales from base_batch_size=8 for other GPU counts.
 optim_wrapper = dict(optimizer=dict(lr=0.01))
 auto_scale_lr = dict(base_batch_size=8)
-# MABN keeps its window of 16 iterations, i.e. now statistics of 16 images instead of 32
-# (buffer_size=32 would restore the emulated batch; we change one thing at a time).
+# The SMA window keeps the 32 images of the 8xb2 configs: 32 iterations of 1 image. This is the
+# official parametrization, MABN2d(B, real_B=32) with window real_B / B, at B=1.
+window = dict(buffer_size=32)
+model = dict(
+    backbone=dict(norm_cfg=window),
+    neck=dict(norm_cfg=window),
+    roi_head=dict(
+        bbox_head=dict(norm_cfg=window)))

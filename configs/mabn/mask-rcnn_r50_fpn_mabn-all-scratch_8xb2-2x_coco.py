@@ -28,7 +28,13 @@ model = dict(
             conv_cfg=conv_cfg,
             norm_cfg=norm_cfg),
         mask_head=dict(conv_cfg=conv_cfg, norm_cfg=norm_cfg)))
-# mmdet's solver: weight decay 1e-4 on every parameter, MABN's gamma and beta included
-# (maskrcnn-benchmark, used by the authors, by default exempts biases from decay and doubles
-# their LR; not replicated). MABN subclasses _BatchNorm, so
-# optim_wrapper.paramwise_cfg.norm_decay_mult=0. (mmdet's from-scratch GN rule) applies to it.
+# Solver of the official maskrcnn-benchmark code: biases (every parameter named `bias`, MABN's
+# beta included) at 2x the LR and without weight decay (BIAS_LR_FACTOR=2, WEIGHT_DECAY_BIAS=0;
+# gammas keep weight decay 1e-4), linear warm-up over 500 iterations from 1/3 of the LR
+# (WARMUP_FACTOR), steps at epochs 16 and 22 of 24 (official: 120k and 160k of 180k iterations).
+optim_wrapper = dict(
+    paramwise_cfg=dict(custom_keys={'.bias': dict(lr_mult=2.0, decay_mult=0.0)}))
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=500),
+    dict(type='MultiStepLR', begin=0, end=24, by_epoch=True, milestones=[16, 22], gamma=0.1)
+]

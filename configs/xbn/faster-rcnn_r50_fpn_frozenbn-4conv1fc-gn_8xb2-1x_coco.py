@@ -1,10 +1,13 @@
 # BN-backbone baseline matching faster-rcnn_r50_fpn_xbn-p2-4conv1fc-gn: frozen-BN ResNet-50, GN
-# (32 groups) in the FPN and the 4conv1fc box head. (The official BN 4conv1fc config has no norm
-# in FPN/head; we keep the heads identical so only the backbone differs.) 8 GPUs x 2 images.
+# (32 groups) in the FPN and the 4conv1fc box head: ours, so that only the backbone differs from
+# the XBN row. The official BN 4conv1fc baseline has no norm in FPN/head:
+# faster-rcnn_r50_fpn_frozenbn-4conv1fc_8xb2-1x_coco.py. 8 GPUs x 2 images.
+# Box head: Shared4Conv1FCLastReLUBBoxHead, the official 4conv1fc extractor (one ReLU after the
+# fourth conv, not after each).
 _base_ = './faster-rcnn_r50_fpn_frozenbn_8xb2-1x_coco.py'
 norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
 model = dict(
     neck=dict(norm_cfg=norm_cfg),
     roi_head=dict(
         bbox_head=dict(
-            type='Shared4Conv1FCBBoxHead', conv_out_channels=256, norm_cfg=norm_cfg)))
+            type='Shared4Conv1FCLastReLUBBoxHead', conv_out_channels=256, norm_cfg=norm_cfg)))

@@ -3,27 +3,53 @@
 The pip wheel of mmdet ships its tools under ``mmdet/.mim/tools``; running them (rather than
 keeping copies) keeps our CLI identical to mmdet's — ``--work-dir``, ``--amp``,
 ``--auto-scale-lr``, ``--resume``, ``--cfg-options``, ``--launcher``, ``--out``, ``--show-dir``,
-``--tta`` ... — for every mmdet release we support. Before handing over, the config is loaded
-once and every ``norm_cfg`` is validated, so an unknown norm type fails with the list of
-registered choices instead of mmcv's ``Cannot find None in registry``.
+``--tta`` ... — for every mmdet release we support.
+
+Before handing over, the config (with ``--cfg-options``) is loaded once and checked:
+
+* every norm config (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`): missing type,
+  unknown type or argument, MABN after a plain conv;
+* ``train``: ``cfg.sync_bn`` with a plugin norm that has no synced variant is refused
+  (:func:`~mmnorm_plugin.utils.sync_bn.check_sync_bn_cfg`);
+* ``test``: the checkpoint's keys and shapes (and its saved config) against the model built
+  from the config; a checkpoint that leaves model weights unset is refused
+  (``--allow-checkpoint-mismatch`` evaluates anyway).
+
+mmdet's ``main`` then reads the config itself. It is handed a ``Config`` whose ``fromfile``
+adds ``custom_imports=dict(imports=['mmnorm_plugin'], allow_failed_imports=False)`` to configs
+that lack it (and, for a CPU ``--launcher pytorch`` run, the CPU-capable DDP wrapper). This is
+the one place every later consumer reads from: the Runner dumps ``cfg`` into the work dir and
+``cfg.pretty_text`` into ``checkpoint['meta']['cfg']``, so the saved config and checkpoint load
+in ``init_detector``, ``DetInferencer`` and every mmdet tool without the user importing the
+plugin. Patching ``mmengine.config.Config`` globally instead would also rewrite configs of
+unrelated code in the same process; swapping the name in the tool's own namespace does not.
 """
+import copy
 import os.path as osp
 import runpy
-from typing import Callable, Dict, Optional, Sequence
 import sys
+import warnings
+from typing import Callable, Dict, List, Optional, Sequence
 
 import mmdet
 from mmengine.config import Config
 
-from ..utils.norm_cfg import validate_norm_cfgs
+from ..utils.norm_cfg import norm_cfg_types, validate_norm_cfgs
+from ..utils.sync_bn import check_sync_bn_cfg
 
-__all__ = ['load_mmdet_tool', 'run_mmdet_tool']
+__all__ = ['load_mmdet_tool', 'run_mmdet_tool', 'add_plugin_import', 'check_test_checkpoint',
+           'PLUGIN_IMPORT']
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
+PLUGIN_IMPORT = dict(imports=['mmnorm_plugin'], allow_failed_imports=False)
+ALLOW_MISMATCH = '--allow-checkpoint-mismatch'
 
 
 def load_mmdet_tool(name: str) -> Dict[str, Callable]:
-    """Return the namespace (``parse_args``, ``main``...) of ``mmdet/.mim/tools/<name>.py``."""
+    """Return the namespace (``parse_args``, ``main``...) of ``mmdet/.mim/tools/<name>.py``.
+
+    ``main.__globals__`` is the namespace ``main`` really reads (runpy returns a copy).
+    """
     path = osp.join(MMDET_TOOLS, f'{name}.py')
     if not osp.isfile(path):
         raise FileNotFoundError(
@@ -32,16 +58,118 @@ def load_mmdet_tool(name: str) -> Dict[str, Callable]:
     return runpy.run_path(path, run_name=f'mmdet_tools_{name}')
 
 
+def add_plugin_import(cfg: Config) -> Config:
+    """Make ``cfg`` import the plugin when it is loaded again (dumped config, checkpoint meta)."""
+    custom = cfg.get('custom_imports')
+    if custom is None:
+        cfg.custom_imports = dict(imports=list(PLUGIN_IMPORT['imports']),
+                                  allow_failed_imports=False)
+    else:
+        imports = custom.get('imports', [])
+        imports = [imports] if isinstance(imports, str) else list(imports)
+        if 'mmnorm_plugin' not in imports:
+            custom['imports'] = imports + ['mmnorm_plugin']
+    return cfg
+
+
+class _PluginConfig:
+    """What mmdet's ``main`` sees as ``Config``: ``fromfile`` with the plugin's additions."""
+
+    def __init__(self, cpu_dist: bool):
+        self.cpu_dist = cpu_dist
+
+    def fromfile(self, *args, **kwargs) -> Config:
+        cfg = add_plugin_import(Config.fromfile(*args, **kwargs))
+        if self.cpu_dist:
+            from .dist import use_cpu_ddp
+            use_cpu_ddp(cfg)
+        return cfg
+
+    def __getattr__(self, name):  # everything else is mmengine's Config
+        return getattr(Config, name)
+
+
+def check_test_checkpoint(cfg: Config, checkpoint_path: str, config_path: str = '',
+                          allow_mismatch: bool = False) -> Optional[str]:
+    """Compare ``checkpoint_path`` with the model of ``cfg``; raise or return a warning text.
+
+    Raises :class:`~mmnorm_plugin.utils.checkpoint.CheckpointMismatch` when model weights would
+    stay unset (missing keys, other shapes) unless ``allow_mismatch``; returns a warning text
+    for lesser differences (extra keys, another saved config), ``None`` for a match.
+    """
+    import torch
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import MODELS
+
+    from ..utils.checkpoint import (CheckpointMismatch, compare_checkpoint_with_model,
+                                    format_mismatch)
+    if not osp.isfile(checkpoint_path):  # URLs etc.: mmengine's loader reports those itself
+        return None
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(copy.deepcopy(cfg.model))  # detectors edit their cfg while building
+    try:  # mmap: no second full read of a large checkpoint
+        checkpoint = torch.load(checkpoint_path, map_location='cpu', mmap=True)
+    except RuntimeError:  # legacy (non-zip) format cannot be mapped
+        checkpoint = torch.load(checkpoint_path, map_location='cpu')
+    report = compare_checkpoint_with_model(model, checkpoint, cfg.model)
+    if not any(report.values()):
+        return None
+    text = format_mismatch(report, checkpoint_path, config_path or cfg.filename)
+    fatal = bool(report['missing'] or report['shapes'])
+    if fatal and not allow_mismatch:
+        raise CheckpointMismatch(
+            f'{text}\nFix: evaluate with the config the checkpoint was trained with (the '
+            "Runner saved it as <work_dir>/<config name>.py and in checkpoint['meta']['cfg']), "
+            f'or pass {ALLOW_MISMATCH} to evaluate anyway.')
+    if fatal:
+        return text + f'\n(evaluating anyway: {ALLOW_MISMATCH})'
+    if report['unexpected'] or report['config']:
+        return (text + '\nNo model weight is left unset, so evaluation goes on; make sure '
+                'the difference is intended (e.g. a CBN checkpoint under its BN twin config).')
+    return None
+
+
+def _pop_flag(argv: List[str], flag: str) -> bool:
+    found = flag in argv
+    while flag in argv:
+        argv.remove(flag)
+    return found
+
+
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Validate the config named on the command line, then run mmdet's tool ``name``."""
+    """Check the config named on the command line, then run mmdet's tool ``name``."""
     import mmnorm_plugin  # noqa: F401  (registrations and checkpoint allow-list)
+    from .dist import init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
+    allow_mismatch = _pop_flag(sys.argv, ALLOW_MISMATCH) if name == 'test' else False
     tool = load_mmdet_tool(name)
     args = tool['parse_args']()
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
+    scope = cfg.get('default_scope', 'mmdet')
+    distributed = args.launcher != 'none'
     if 'model' in cfg:
-        validate_norm_cfgs(cfg.model, scope=cfg.get('default_scope', 'mmdet'))
+        validate_norm_cfgs(cfg.model, scope=scope)
+        if name == 'train':
+            if distributed:
+                check_sync_bn_cfg(cfg, norm_cfg_types(cfg.model))
+            elif cfg.get('sync_bn'):
+                try:
+                    check_sync_bn_cfg(cfg, norm_cfg_types(cfg.model))
+                except ValueError as err:
+                    warnings.warn(f'{err} (Not distributed: sync_bn is ignored by this run; '
+                                  'a distributed launch would be refused.)')
+    cpu_dist = needs_cpu_dist(args.launcher)
+    if cpu_dist:
+        # before anything else talks to torch.distributed; mmengine then finds the group
+        init_cpu_process_group(cfg)
+    if name == 'test' and 'model' in cfg:
+        import torch.distributed as dist
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        message = check_test_checkpoint(cfg, args.checkpoint, args.config, allow_mismatch)
+        if message and rank == 0:
+            warnings.warn(message)
+    tool['main'].__globals__['Config'] = _PluginConfig(cpu_dist)
     tool['main']()

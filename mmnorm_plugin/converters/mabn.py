@@ -1,4 +1,9 @@
-"""Turn a BatchNorm ResNet checkpoint into one for a CenConv2d + MABN ResNet.
+"""Checkpoints for a CenConv2d + MABN ResNet: from the official MABN code, or from a BN ResNet.
+
+:func:`convert_official_mabn` renames a checkpoint of ``megvii-model/MABN`` (the authors'
+weight-centralized ImageNet ResNet-50 ``R50-wc.pth`` or a trained detector) to mmdet's keys; it
+is exact (see its docstring). :func:`convert_resnet_to_mabn`, described below, approximates such
+a checkpoint from an ordinary BN ResNet.
 
 MABN (arXiv 2001.06838) is fine-tuned from an ImageNet model trained with weight
 centralization *and* MABN ("R50-wc.pth" in ``megvii-model/MABN``); a standard BN model is not
@@ -28,12 +33,12 @@ obtained from an ImageNet model trained with weight centralization, not from a c
 model; results from this converter are not comparable to them without a run.
 """
 from collections import OrderedDict
-from typing import Dict, Mapping
+from typing import Dict, List, Mapping, Tuple
 
 import torch
 from torch import Tensor
 
-__all__ = ['extract_backbone_state_dict', 'convert_resnet_to_mabn']
+__all__ = ['extract_backbone_state_dict', 'convert_resnet_to_mabn', 'convert_official_mabn']
 
 
 def extract_backbone_state_dict(checkpoint: Mapping) -> 'OrderedDict[str, Tensor]':
@@ -96,3 +101,137 @@ def convert_resnet_to_mabn(checkpoint: Mapping,
                 w = value.double()
                 out[key] = (w - w.mean(dim=(1, 2, 3), keepdim=True)).to(value.dtype)
     return OrderedDict(out)
+
+
+# Official (megvii-model/MABN) names of a MABN2d's state -> ours (mmnorm_plugin.norms.MABN).
+# Detection layer (det/maskrcnn_benchmark/layers/MABN.py): running_var of shape (1, C, 1, 1),
+# an int64 counter ``iters`` of shape (1,), ring buffers ``buffer_x2`` (forward E[x^2]) and
+# ``buffer_gz`` (backward Psi) of shape (real_B / B, C), written at slot ``iters % size`` with
+# ``iters`` counted from 1 -- the same slot rule, statistics and momentum convention as ours.
+_DET_BUFFERS = {'buffer_x2': 'chi2_history', 'buffer_gz': 'psi_history'}
+# The ImageNet layer (cls/networks/MABN.py) has running_var of shape (C,), a float ``iters`` and
+# buffers ``sta_matrix``, ``pre_x2``, ``pre_gz`` that average over pairs of images inside one
+# batch, a statistic our layer does not keep: they are not converted.
+
+
+def _official_backbone(state: Mapping) -> Tuple['OrderedDict[str, Tensor]', str, List[str]]:
+    """Backbone tensors under mmdet ResNet names, the source layout, and the dropped keys."""
+    for key in ('state_dict', 'model'):
+        if isinstance(state, Mapping) and key in state and isinstance(state[key], Mapping):
+            state = state[key]
+    state = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v)
+                        for k, v in state.items() if torch.is_tensor(v))
+    dropped: List[str] = []
+    if any(k.startswith(('backbone.body.', 'stem.')) for k in state):
+        # maskrcnn-benchmark detector (or its bare ResNet body): the stem is a submodule
+        layout = 'maskrcnn-benchmark'
+        body = OrderedDict()
+        for key, value in state.items():
+            name = key[len('backbone.body.'):] if key.startswith('backbone.body.') else key
+            if name.startswith('stem.'):
+                body[name[len('stem.'):]] = value
+            elif name.startswith('layer'):
+                body[name] = value
+            else:
+                dropped.append(key)
+        return body, layout, dropped
+    layout = 'torchvision'  # cls/networks/resnet.py: conv1, bn1, layer*, fc
+    body = OrderedDict()
+    for key, value in state.items():
+        if key.startswith('fc.'):
+            dropped.append(key)
+        else:
+            body[key] = value
+    return body, layout, dropped
+
+
+def convert_official_mabn(checkpoint: Mapping,
+                          restart: bool = False) -> Tuple['OrderedDict[str, Tensor]', Dict]:
+    """Convert an official ``megvii-model/MABN`` checkpoint to mmdet ``ResNet`` keys.
+
+    The target is ``mmdet.models.ResNet(conv_cfg=dict(type='CenConv2d'),
+    norm_cfg=dict(type='MABN'))``. Accepted sources:
+
+    * the detection code's (maskrcnn-benchmark) state dict, e.g. a trained detector or the
+      backbone the fine-tune configs load: ``[module.]backbone.body.stem.conv1.weight``,
+      ``...stem.bn1.{weight,bias,running_var,iters,buffer_x2,buffer_gz}``,
+      ``...layer1.0.{conv1,bn1,conv2,bn2,conv3,bn3}``, ``...layer1.0.downsample.{0,1}``;
+      FPN/RPN/RoI-head keys are dropped (listed in the report);
+    * the ImageNet code's (``cls/networks/resnet.py``, torchvision names) state dict; ``fc`` is
+      dropped.
+
+    Renaming: ``stem.conv1``/``stem.bn1`` -> ``conv1``/``bn1``; every other name (``layerX.Y``,
+    ``convK``, ``bnK``, ``downsample.0/1``) is already mmdet's. Conv weights are copied as
+    stored: both the official ``CenConv2d`` and ours centralize in the forward, so the function
+    is unchanged. Norm state: ``running_var`` -> ``running_var`` (flattened to (C,)),
+    ``running_mean`` = 0 (MABN never centers), ``iters`` -> ``num_batches_tracked`` (a scalar),
+    ``buffer_x2``/``buffer_gz`` -> ``chi2_history``/``psi_history``. The result loads
+    strictly and the converted network computes what the official one computes, in training
+    (same SMA window contents and counter) and in inference.
+
+    The detection backbone puts the stride of each stage in the first 1x1 conv
+    (maskrcnn-benchmark's ``STRIDE_IN_1X1=True`` default, not changed by the MABN configs) and
+    takes BGR input with the mean subtracted and no std scaling: load the result into
+    ``style='caffe'`` with that preprocessing (``configs/mabn/*r50-caffe*``). The ImageNet code
+    is torchvision-style (stride in the 3x3): ``style='pytorch'``.
+
+    Args:
+        checkpoint: the loaded official checkpoint (a state dict, or a dict with ``model`` /
+            ``state_dict``); a DDP ``module.`` prefix is stripped.
+        restart: drop the iteration counter and the ring buffers, so that warm-up, SMA window
+            and renorm hold start over (MABN keeps ``running_var`` as R). Needed when the target
+            window differs from the checkpoint's (``buffer_size=32`` of the 8xb1 configs). The
+            ImageNet code's ring buffers hold a different statistic, so this source is always
+            restarted.
+
+    Returns:
+        ``(state_dict, report)``; ``report`` has ``layout`` (``'maskrcnn-benchmark'`` or
+        ``'torchvision'``), ``style`` (``'caffe'``/``'pytorch'``), ``restarted`` and ``dropped``
+        (source keys not converted).
+
+    Raises:
+        ValueError: a BatchNorm checkpoint (``running_mean`` and no MABN counter: use
+            :func:`convert_resnet_to_mabn`), or no norm layer at all.
+    """
+    body, layout, dropped = _official_backbone(checkpoint)
+    norms = [k[:-len('running_var')] for k in body if k.endswith('running_var')]
+    if not norms:
+        raise ValueError('no norm layer (no *.running_var) in the checkpoint: not an official '
+                         'MABN ResNet')
+    if any(p + 'running_mean' in body and p + 'iters' not in body for p in norms):
+        raise ValueError('this is a BatchNorm checkpoint (running_mean, no MABN iters): convert '
+                         'it with convert_resnet_to_mabn / tools/model_converters/resnet_to_mabn.py')
+    restart = restart or layout == 'torchvision'
+    norm_of = {k: p for p in norms for k in body if k.startswith(p) and '.' not in k[len(p):]}
+    out: Dict[str, Tensor] = OrderedDict()
+    for key, value in body.items():
+        prefix = norm_of.get(key)
+        if prefix is None:
+            out[key] = value.clone()
+        elif prefix + 'running_mean' not in out:
+            # first tensor of this norm: emit its whole state, in MABN's own key order
+            out.update(_official_norm_state(body, prefix, restart))
+    report = dict(layout=layout, style='caffe' if layout == 'maskrcnn-benchmark' else 'pytorch',
+                  restarted=restart, dropped=dropped)
+    return OrderedDict(out), report
+
+
+def _official_norm_state(body: Mapping, prefix: str, restart: bool) -> Dict[str, Tensor]:
+    """One official MABN2d's tensors under MABN's names (see :func:`convert_official_mabn`)."""
+    out: Dict[str, Tensor] = OrderedDict()
+    running_var = body[prefix + 'running_var'].reshape(-1).clone()
+    for name in ('weight', 'bias'):
+        if prefix + name in body:
+            out[prefix + name] = body[prefix + name].clone()
+    out[prefix + 'running_mean'] = torch.zeros_like(running_var)
+    out[prefix + 'running_var'] = running_var
+    iters = body.get(prefix + 'iters')
+    count = 0 if restart or iters is None else int(iters.reshape(-1)[0].item())
+    out[prefix + 'num_batches_tracked'] = torch.tensor(count, dtype=torch.long)
+    if not restart:
+        for theirs, ours in _DET_BUFFERS.items():
+            if prefix + theirs not in body:
+                raise ValueError(f'{prefix}{theirs} is missing: not the official detection MABN '
+                                 f'layer (restart=True starts its window over instead)')
+            out[prefix + ours] = body[prefix + theirs].clone()
+    return out

@@ -1,1 +1,1 @@
-from . import backbones, layers  # noqa: F401
+from . import backbones, layers, roi_heads  # noqa: F401

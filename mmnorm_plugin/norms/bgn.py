@@ -5,7 +5,7 @@ follows the method as the abstract states it (statistics over the batch *and* a 
 channels with all their positions, ``G`` groups as in GN, per-channel affine) and keeps BN's
 inference behaviour (running statistics), which is what makes it a drop-in for BN.
 """
-from typing import Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,13 +13,14 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import check_input_4d, update_running_stats
+from .functional import (GuardedNormMixin, check_input_4d, check_input_dtype, check_nchw,
+                         check_values_per_statistic, update_running_stats)
 
 __all__ = ['BGN']
 
 
 @MODELS.register_module('BGN')
-class BGN(_BatchNorm):
+class BGN(GuardedNormMixin, _BatchNorm):
     r"""Batch Group Normalization: BN whose statistics also pool over groups of channels.
 
     For an input :math:`x \in \mathbb{R}^{N \times C \times H \times W}` the ``C`` channels are
@@ -92,7 +93,20 @@ class BGN(_BatchNorm):
         * Subclassing ``_BatchNorm`` is deliberate: mmdet's ``norm_eval``, mmengine's
           ``norm_decay_mult`` and ``is_norm`` recognise the layer.
         * An empty batch (0 RoIs) returns an empty output and leaves the running statistics
-          and ``num_batches_tracked`` untouched (it carries no statistics).
+          and ``num_batches_tracked`` untouched (it carries no statistics). A group statistic
+          of a single value in training (``N * C/G * H * W == 1``) raises ValueError, as
+          ``nn.BatchNorm2d`` does: it would output the bias with a zero gradient.
+        * Mixed precision: under ``torch.autocast`` (bfloat16 on CPU, float16 on CUDA) the
+          input is low precision while the parameters and statistics stay float32; the
+          statistics are computed from a float32 view of the input and the native kernels get
+          float32 statistics (they accept that mix). A float64 input into a float32 layer
+          raises.
+        * A non-finite batch statistic never enters the running statistics (those groups keep
+          their values; counted in ``nonfinite_count``, logged once). A checkpoint that does
+          not fit raises before anything is modified.
+        * ``torch.jit.script`` compiles the eval-mode layer with running statistics (one
+          ``batch_norm``); training (a custom autograd function) is refused by the scripted
+          module. No host synchronisation in a training step.
     """
 
     _abbr_ = 'bn'
@@ -120,6 +134,7 @@ class BGN(_BatchNorm):
             factory_kwargs = dict(device=device, dtype=dtype)
             self.register_buffer('running_mean', torch.zeros(num_groups, **factory_kwargs))
             self.register_buffer('running_var', torch.ones(num_groups, **factory_kwargs))
+        self._init_guard()
 
     def _check_input_dim(self, input: Tensor) -> None:
         check_input_4d(self, input)
@@ -139,37 +154,44 @@ class BGN(_BatchNorm):
                 self.running_var.repeat_interleave(per_group))
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input_dim(x)
+        check_nchw(x, self.num_features, self._layer_name)
         if x.numel() == 0:
             # Keep weight and bias in the graph so DDP sees them used on a 0-RoI batch.
             return _empty_affine(x, self.weight, self.bias)
-        if not (self.training or self.running_mean is None):
+        if not self.training and self.running_mean is not None:
             mean, var = self.channel_running_stats()
             return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
+        return self._forward_batch_stats(x)
 
+    @torch.jit.unused
+    def _forward_batch_stats(self, x: Tensor) -> Tensor:
+        state = self.weight if self.weight is not None else self.running_mean
+        if state is not None:
+            check_input_dtype(x, state.dtype, self._layer_name)
+        m = x.numel() // self.num_groups
+        if self.training:
+            check_values_per_statistic(m, self._layer_name, list(x.shape))
         y, mean, var = _BatchGroupNorm.apply(x, self.weight, self.bias, self.num_groups,
                                              self.eps)
         if self.training and self.track_running_stats:
             self.num_batches_tracked.add_(1)
-            m = x.numel() // self.num_groups
-            update_running_stats(self.running_mean, mean, self.momentum,
-                                 self.num_batches_tracked)
-            update_running_stats(self.running_var, var * (m / max(m - 1, 1)), self.momentum,
-                                 self.num_batches_tracked)
+            t = self.num_batches_tracked  # 1/t on the device if momentum is None
+            finite = update_running_stats(self.running_mean, mean, self.momentum, t)
+            finite &= update_running_stats(self.running_var, var * (m / max(m - 1, 1)),
+                                           self.momentum, t)
+            self._note_nonfinite(finite)
         return y
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        mean_key, var_key = prefix + 'running_mean', prefix + 'running_var'
-        if (self.track_running_stats and mean_key in state_dict and var_key in state_dict):
-            mean, var = state_dict[mean_key], state_dict[var_key]
+    def _adapt_state(self, state: Dict[str, Any],
+                     notes: List[Tuple[str, str]]) -> Dict[str, Any]:
+        mean, var = state.get('running_mean'), state.get('running_var')
+        if self.track_running_stats and isinstance(mean, Tensor) and isinstance(var, Tensor):
             k = mean.numel()
             if (mean.dim() == 1 and var.shape == mean.shape and k != self.num_groups
                     and k % self.num_groups == 0 and self.num_features % k == 0):
-                state_dict[mean_key], state_dict[var_key] = pool_group_stats(
+                state['running_mean'], state['running_var'] = pool_group_stats(
                     mean, var, self.num_groups)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        return state
 
 
 class _BatchGroupNorm(torch.autograd.Function):
@@ -192,20 +214,25 @@ class _BatchGroupNorm(torch.autograd.Function):
         x = x.contiguous()
         n, c = x.shape[:2]
         hw = x.numel() // (n * c)
+        # Statistics in float32 at least: under autocast the kernel would return
+        # bfloat16/float16 moments (8/11-bit mantissas), so it reads a float32 copy.
+        xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
         # eps=0: exact per-sample variances (1/rstd^2), eps is added once to the pooled value
-        _, mean_ng, rstd_ng = torch.ops.aten.native_group_norm(x, None, None, n, c, hw,
+        _, mean_ng, rstd_ng = torch.ops.aten.native_group_norm(xs, None, None, n, c, hw,
                                                                num_groups, 0.0)
-        stat_dtype = torch.promote_types(mean_ng.dtype, torch.float32)
-        mean_ng = mean_ng.to(stat_dtype)
-        var_ng = rstd_ng.to(stat_dtype).pow(-2)
+        del xs
         mean = mean_ng.mean(0)
-        var = var_ng.mean(0) + (mean_ng - mean).pow(2).mean(0)
+        var = rstd_ng.pow(-2).mean(0) + (mean_ng - mean).pow(2).mean(0)
         per_group = c // num_groups
+        # The native kernels take statistics in the parameters' dtype: the input's own, or
+        # float32 with a low-precision input (autocast).
+        p_dtype = weight.dtype if weight is not None else mean.dtype
         mean_c = mean.repeat_interleave(per_group)
         var_c = var.repeat_interleave(per_group)
-        y = F.batch_norm(x, mean_c.to(x.dtype), var_c.to(x.dtype), weight, bias, False, 0.0,
-                         eps)
-        ctx.save_for_backward(x, weight, mean_c, (var_c + eps).rsqrt())
+        invstd_c = (var_c + eps).rsqrt()
+        mean_c, var_c, invstd_c = (t.to(p_dtype) for t in (mean_c, var_c, invstd_c))
+        y = F.batch_norm(x, mean_c, var_c, weight, bias, False, 0.0, eps)
+        ctx.save_for_backward(x, weight, mean_c, invstd_c)
         ctx.num_groups = num_groups
         ctx.has_bias = bias is not None
         ctx.mark_non_differentiable(mean, var)
@@ -217,10 +244,9 @@ class _BatchGroupNorm(torch.autograd.Function):
         c = x.shape[1]
         g = ctx.num_groups
         grad_out = grad_out.contiguous()
-        gamma = weight if weight is not None else x.new_ones(c)
+        gamma = weight if weight is not None else mean_c.new_ones(c)
         dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
-            grad_out, x, gamma, None, None, mean_c.to(x.dtype), invstd_c.to(x.dtype), True,
-            0.0, [True, True, True])
+            grad_out, x, gamma, None, None, mean_c, invstd_c, True, 0.0, [True, True, True])
         m_c = x.numel() // c
         dgamma_f, dbeta_f = dgamma.to(invstd_c.dtype), dbeta.to(invstd_c.dtype)
         gamma_f = gamma.to(invstd_c.dtype)

@@ -6,22 +6,84 @@ Yao, Cao, Zheng, Huang, Lin. *Cross-Iteration Batch Normalization*. arXiv:2002.0
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.grad import conv2d_weight
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (ConvOrigin, check_input_4d, find_producing_conv, normalize_with_stats,
-                         update_running_stats, warn_once)
+from .functional import ConvOrigin, check_input_4d, find_producing_conv, warn_once
 
 __all__ = ['CBN']
 
-# Buffers that only CBN has; a plain BN checkpoint has none of them (see _load_from_state_dict).
-_HISTORY_BUFFERS = ('num_iters', 'hist_len', 'hist_ptr', 'hist_mean', 'hist_sqmean',
-                    'hist_mean_proj', 'hist_sqmean_proj', 'hist_mean_grad', 'hist_sqmean_grad')
-# Their shape depends on the producing conv's weight, unknown until the first forward.
-_LAZY_BUFFERS = ('hist_mean_grad', 'hist_sqmean_grad')
+# The cross-iteration window, one per call site (S sites): statistics (S, buffer_num, C), ring
+# pointers (S,), derivative history (S, G | C, buffer_num, P). Its shape depends on how often
+# the layer is called per iteration and on the producing conv, both unknown until training
+# runs: saved in the state dict once it exists, not registered as buffers (see CBN, State).
+_STAT_BUFFERS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
+_POINTERS = ('hist_len', 'hist_ptr')
+_LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
+_WINDOW = _STAT_BUFFERS + _POINTERS + _LAZY_BUFFERS
+# The layout of version 1 (E[x²] history, derivative rows per iteration); not migratable.
+_V1_BUFFERS = ('hist_sqmean', 'hist_sqmean_proj', 'hist_sqmean_grad')
+
+
+class _WindowBatchNorm(torch.autograd.Function):
+    r"""``y = γ (x − μ̄)/sqrt(σ̄² + ε) + β`` with window statistics, differentiated exactly.
+
+    The window statistics were computed (without autograd) from the current batch, which enters
+    with weight ``1/n_c``, and from past batches whose compensated statistics are linear in the
+    conv weight ``W``. Backward, per channel, with ``s_y = Σ g`` and ``s_x = Σ g x̂``:
+
+    * ``∂L/∂x = γ/σ̄ · (g − (s_y + x̂ q σ̄ s_x) / (n M))`` — BN's backward with both reductions
+      divided by ``n``; ``q = 1/σ̄`` (``q = 1/sqrt(σ̄²)`` when ε sits outside the root);
+    * ``∂L/∂W[c] = ρ/n (∂L/∂μ̄ · A[c] + ∂L/∂σ̄² · E[c])`` with ``A = Σ_τ v_τ ∂μ_τ/∂W`` and
+      ``E = Σ_τ v_τ (2(μ_τ − μ̄) ∂μ_τ/∂W + ∂σ²_τ/∂W)`` prepared by the layer;
+    * ``∂L/∂γ = s_x``, ``∂L/∂β = s_y``.
+
+    One native inference-mode ``batch_norm`` forward, one native backward (``gx = γ g/σ̄``
+    and both reductions), one in-place per-channel affine fix-up of ``gx``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, conv_weight: Optional[Tensor], gamma: Optional[Tensor],
+                beta: Optional[Tensor], mean: Tensor, var: Tensor, inv_count: Tensor,
+                q_scale: Optional[Tensor], comp: Optional[Tuple[Tensor, Tensor]],
+                eps: float) -> Tensor:
+        ctx.save_for_backward(x, gamma, mean, var, inv_count, q_scale,
+                              *(comp if comp is not None else ()))
+        ctx.has_comp = comp is not None
+        ctx.eps = eps
+        if conv_weight is not None:
+            ctx.weight_shape, ctx.weight_dtype = conv_weight.shape, conv_weight.dtype
+        return torch.batch_norm(x, gamma, beta, mean, var, False, 0.0, eps, False)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, gamma, mean, var, inv_count, q_scale, *comp = ctx.saved_tensors
+        eps = ctx.eps
+        grad_x, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+            grad_out.contiguous(), x, gamma, mean, var, None, None, False, eps,
+            [ctx.needs_input_grad[0], True, True])
+        invstd = (var + eps).rsqrt()
+        g = invstd if gamma is None else gamma * invstd
+        q = invstd if q_scale is None else q_scale
+        m = x.numel() // x.shape[1]
+        if grad_x is not None:
+            k = g * inv_count / m
+            slope = (-k * q * sum_dy_xhat).to(grad_x.dtype)
+            offset = (-k * sum_dy - slope * mean).to(grad_x.dtype)
+            grad_x.addcmul_(x, slope.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1))
+        grad_w = None
+        if ctx.has_comp and ctx.needs_input_grad[1]:
+            d_mean = -g * sum_dy  # ∂L/∂μ̄
+            d_var = -0.5 * g * q * sum_dy_xhat  # ∂L/∂σ̄²
+            a, e = comp
+            coeff = inv_count
+            grad_w = (a * (coeff * d_mean)[:, None] + e * (coeff * d_var)[:, None])
+            grad_w = grad_w.reshape(ctx.weight_shape).to(ctx.weight_dtype)
+        grad_gamma = sum_dy_xhat if ctx.needs_input_grad[2] else None
+        grad_beta = sum_dy if ctx.needs_input_grad[3] else None
+        return grad_x, grad_w, grad_gamma, grad_beta, None, None, None, None, None, None
 
 
 @MODELS.register_module('CBN')
@@ -31,61 +93,106 @@ class CBN(_BatchNorm):
     Small batches give noisy BN statistics. CBN also uses the statistics of the last ``k``
     iterations, but those were computed with older weights ``W_{t-τ}`` of the conv that
     produced the input; they are moved to the current weights ``W_t`` by a first-order Taylor
-    expansion. For channel ``c`` at iteration ``t``, with ``μ = E[x]`` and ``ν = E[x²]`` over
-    ``(N, H, W)``:
+    expansion. For channel ``c`` at iteration ``t``, with ``μ = E[x]`` and ``σ² = Var[x]`` over
+    ``(N, H, W)`` and ``ΔW = W_t[c] − W_{t-τ}[c]``:
 
     .. math::
-        \hat\mu_{t-τ,c} &= \mu_{t-τ,c} + ρ\,\langle ∂\mu_{t-τ,c}/∂W[c],\; W_t[c]-W_{t-τ}[c]\rangle \\
-        \hat\nu_{t-τ,c} &= \nu_{t-τ,c} + ρ\,\langle ∂\nu_{t-τ,c}/∂W[c],\; W_t[c]-W_{t-τ}[c]\rangle \\
-        \bar\mu_c &= \frac{1}{n_c}\sum_{τ\in V_c} \hat\mu_{t-τ,c}, \qquad
-        \bar\sigma^2_c = \frac{1}{n_c}\sum_{τ\in V_c} \hat\nu_{t-τ,c} - \bar\mu_c^2 \\
-        y &= γ\,\frac{x - \bar\mu}{\sqrt{\bar\sigma^2 + ε}} + β
+        \hat\mu_{t-τ} &= \mu_{t-τ} + ρ\,\langle ∂\mu_{t-τ}/∂W,\; ΔW\rangle, \qquad
+        \hat\sigma^2_{t-τ} = \sigma^2_{t-τ} + ρ\,\langle ∂\sigma^2_{t-τ}/∂W,\; ΔW\rangle
+            - (\hat\mu_{t-τ} - \mu_{t-τ})^2 \\
+        \bar\mu &= \frac{1}{n}\sum_{τ\in V} \hat\mu_{t-τ}, \qquad
+        \bar\sigma^2 = \frac{1}{n}\sum_{τ\in V}
+            \big(\hat\sigma^2_{t-τ} + (\hat\mu_{t-τ} - \bar\mu)^2\big), \qquad
+        y = γ\,\frac{x - \bar\mu}{\sqrt{\bar\sigma^2 + ε}} + β
 
-    ``V_c`` holds the current batch (``τ = 0``, always) and every past ``τ ≤ k`` whose
-    compensated variance ``ν̂ − μ̂²`` is non-negative (the official code drops invalid past
-    entries per channel instead of clamping them); ``n_c = |V_c|``. Gradients flow through the
-    current batch's ``μ_t, ν_t`` only (as in the official code); history and compensation are
-    constants. ``σ̄²`` is evaluated as the law of total variance, ``mean(ν̂−μ̂²) + mean((μ̂−μ̄)²)``,
-    with a two-pass variance for the current batch: the same function, but ``buffer_num=0``
-    then coincides with :class:`torch.nn.BatchNorm2d` to rounding, and ``σ̄² ≥ 0`` by
-    construction.
+    ``V`` holds the current batch (``τ = 0``, always) and every past ``τ ≤ k`` whose
+    compensated variance is non-negative and finite (the official code drops invalid past
+    entries per channel instead of clamping them); ``n = |V|`` per channel. ``σ̂²`` is the
+    official ``ν̂ − μ̂²`` (``ν = E[x²]``) rearranged so that nothing of size ``μ²`` is ever
+    subtracted: float32 stays exact for ``|μ|/σ ≫ 1`` (``E[x²] − E[x]²`` cancels at
+    ``|μ|/σ ≈ 1e4``). With ``buffer_num=0`` (or during burn-in) CBN is
+    :class:`torch.nn.BatchNorm2d`.
+
+    **Gradient (a deliberate difference from the official code).** Forward, ``μ̄`` and ``σ̄²``
+    depend on the current batch (weight ``1/n``) and, through the compensation, on the conv
+    weight ``W_t``; the compensated past statistics are the past batches' statistics *as
+    functions of* ``W_t``. The default (``grad_through_compensation=True``) backpropagates
+    through both, i.e. uses the exact derivative of the forward. The official code detaches
+    the compensation and backpropagates through the current batch only
+    (``grad_through_compensation=False``). That gradient is not the derivative of what the
+    layer computes, and it loses the property that makes BN trainable with SGD: BN's output
+    does not change when ``W`` is scaled, so its gradient is orthogonal to ``W``. With the
+    official gradient it is not (measured: cosine between ``∂L/∂W`` and ``W`` of −0.03…−0.08
+    per layer, |cosine| up to 0.2, against exactly 0 with the full gradient), so every step
+    grows the weights: on the small-batch study (``tools/analysis/small_batch_study.py``,
+    digits, batch 1, one seed) conv weight norms ended 1.4–1.7× larger, the effective
+    learning rate shrank accordingly, the training loss stayed at 0.48 (full gradient: 0.03)
+    and test accuracy was 91.4 % against 98.1 % — below BN at batch 1 (95.0 %), which is the
+    small-batch failure this layer exists to fix. Training longer made it worse, as weights
+    keep growing. The full gradient costs ``2k`` weight-sized multiply-adds per iteration.
 
     **Derivatives, cheaply and exactly.** Only the producing conv's weight is compensated (the
     paper's approximation: earlier layers are ignored). Output channel ``c`` depends on filter
     ``W[c]`` only, so per channel: ``∂μ_c/∂W[c]`` is the mean input patch, identical for every
-    channel of a conv group (``G × C_in/G·kh·kw`` numbers), and ``∂ν_c/∂W[c] = (2/M) Σ x_c ·
-    patch`` is one weight-gradient convolution with ``grad_output = 2x/M``. The official code
-    runs two full ``autograd.grad`` calls instead. Since
-    ``⟨D, W_t − W_{t−τ}⟩ = ⟨D, W_t⟩ − ⟨D, W_{t−τ}⟩`` and the second term is known at ``t−τ``,
-    a past iteration costs one weight-sized tensor (``∂ν/∂W``) plus ``O(C + C_in k²)`` numbers,
-    against three weight-sized tensors in the official layout. For a bias-free conv ``μ`` is
-    linear in ``W`` and its compensation is exact; ``ν``'s error is second order in the step.
+    channel of a conv group (``G × C_in/G·kh·kw`` numbers), and ``∂σ²_c/∂W[c] =
+    (2/M) Σ (x_c − μ_c) · patch`` is one weight-gradient convolution. The official code runs two
+    full ``autograd.grad`` calls instead. Since ``⟨D, W_t − W_{t−τ}⟩ = ⟨D, W_t⟩ − ⟨D, W_{t−τ}⟩``
+    and the second term is known at ``t−τ``, a past iteration costs one weight-sized tensor
+    plus ``O(C + C_in k²)`` numbers (the official layout keeps three weight-sized tensors).
+    For a bias-free conv ``μ`` is linear in ``W`` and its compensation is exact; ``σ²``'s
+    error is second order in the step. A conv bias is not compensated (as in the official
+    code; mmdet's convs before a norm have none).
 
     **Finding the conv.** Layers are called as ``norm(conv(x))`` everywhere in OpenMMLab, so
     the producing conv is read from the input's autograd graph
     (:func:`~mmnorm_plugin.norms.functional.find_producing_conv`): the weight *as used* (after
     AMP casts or a re-parameterisation such as weight centralization) is what the statistics
-    are linear in, so it is the weight that is compensated. When the input has no autograd
-    history or the conv weight is frozen, nothing needs compensating and the plain
-    cross-iteration average is exact w.r.t. that conv. When another op produced the input
-    (pooling, addition, deformable or transposed conv), CBN warns once and uses the
-    uncompensated cross-iteration average.
+    are linear in, so it is the weight that is compensated and that receives the gradient.
+    When the input has no autograd history or the conv weight is frozen, nothing needs
+    compensating and the plain cross-iteration average is exact w.r.t. that conv. When another
+    op produced the input (pooling, addition, deformable or transposed conv), CBN warns once
+    and uses the uncompensated cross-iteration average.
 
     **Modes.** In eval mode (``model.eval()``, mmdet's ``norm_eval=True``, frozen stages) CBN is
     exactly ``BatchNorm2d`` with running statistics, hence foldable into the conv. Running
     statistics are updated, as in the official code and in BN, with the *current* batch (mean
     and unbiased variance), not with the cross-iteration estimate: they then mean the same as
     in a BN checkpoint. During burn-in CBN is plain BN. An empty input (0 RoIs) is normalized
-    with the running statistics and leaves statistics and history untouched.
+    with the running statistics, leaves all state untouched and does not count as an
+    iteration.
 
-    **State.** Everything lives in registered buffers (iteration counter, ring buffer of the
-    last ``buffer_num`` iterations), so ``.to()``, DDP's initial broadcast and checkpoints carry
-    it and a run resumed at iteration ``t`` reproduces iteration ``t+1``. The two
-    weight-shaped history buffers are allocated, in place, at the first training forward
-    (the conv is unknown at construction); loading a checkpoint resizes them. A plain BN
-    checkpoint (ImageNet backbones) has no CBN buffers: it loads without missing keys and
-    starts an empty history. Parameter/buffer names and the ``bn`` abbreviation are BN's, so
-    mmdet's ``norm_eval``, zero-init, mmengine's ``norm_decay_mult`` and BN checkpoints work.
+    **Bad batches.** A channel whose statistics are not finite (an fp16 overflow upstream)
+    updates neither its running statistics nor, in later iterations, the window: such entries
+    fail the validity test and their derivatives are stored as zeros, so the next clean
+    batch is normalized as if the bad one never happened.
+
+    **Iterations and call sites.** The window is cross-*iteration*, so CBN must know where an
+    iteration ends: there the optimizer updates the weights, and the version counter of the
+    producing conv's weight (or, when that is frozen, of the layer's ``γ``) changes (a Python
+    int, no device sync). Calls between two updates are *call sites* of one iteration, each with
+    its own window: a head shared across 5 FPN levels (RetinaNet, FCOS, RPN) keeps 5 windows,
+    one per level, and its burn-in counts iterations, not calls. The number of sites is learned
+    in the first iteration; an iteration with more calls (an optimizer step skipped by AMP's
+    loss scaler) wraps around. With gradient accumulation every micro-batch is a site of its
+    own. Activation checkpointing (``with_cp=True``) re-runs the forward during backward,
+    which would push every batch twice: CBN raises there, naming the fix.
+
+    **State.** The iteration counter and BN's running statistics are registered buffers. The
+    windows (statistics ``(S, k, C)``, ring pointers ``(S,)``, derivative histories
+    ``(S, G | C, k, P)``) have a shape that only training reveals (sites, producing conv), so
+    they are plain tensor attributes that ``_apply`` moves (``.to()``, ``.cuda()``) and
+    ``state_dict`` saves once they exist, deliberately *not* registered buffers: a buffer whose
+    shape changes after construction breaks every wrapper that copies buffers before the first
+    step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by order or
+    alias the state dict at construction), and DDP would broadcast rank 0's per-rank windows.
+    Checkpoints carry everything, and a run resumed at iteration ``t`` reproduces iteration
+    ``t+1``. The counters are mirrored in Python (re-read on ``load_state_dict``), so a
+    training step never reads a tensor back to the host. A plain BN checkpoint (ImageNet
+    backbones) has no CBN state: it loads without missing keys and starts empty windows; a CBN
+    checkpoint with another ``buffer_num`` keeps its running statistics and iteration count
+    and restarts the windows (with a warning naming both sizes). A load that fails leaves the
+    layer untouched. Parameter/buffer names and the ``bn`` abbreviation are BN's, so mmdet's
+    ``norm_eval``, zero-init, mmengine's ``norm_decay_mult`` and BN checkpoints work.
 
     Args:
         num_features (int): channels ``C``.
@@ -97,10 +204,10 @@ class CBN(_BatchNorm):
         track_running_stats (bool): keep running statistics for eval. Default True.
         buffer_num (int): number of past iterations ``k`` in the window (window = ``k + 1``
             batches). Default 3, the released detection configs' value.
-        burnin_iters (int): training forward calls during which CBN is plain BN; the window is
-            used from call ``burnin_iters + 1`` on. Early in training the weights move too fast
-            for a first-order compensation. Default 0 (the official layer's default). A config
-            expresses a burn-in in epochs with
+        burnin_iters (int): training iterations (optimizer steps, not calls) during which
+            CBN is plain BN; the window is used from iteration ``burnin_iters + 1`` on. Early in training the weights move
+            too fast for a first-order compensation. Default 0 (the official layer's
+            default). A config expresses a burn-in in epochs with
             :class:`~mmnorm_plugin.engine.cbn_hooks.CBNBurnInHook`, which sets this from the
             dataloader length at the start of training (the official ``tools/train.py``
             converted epochs to iterations the same way).
@@ -109,17 +216,26 @@ class CBN(_BatchNorm):
         eps_outside_sqrt (bool): normalize with ``sqrt(σ²) + ε`` as the official code does, in
             training and eval. Default False: the paper writes BN's ``sqrt(σ² + ε)``, which keeps
             BN checkpoints and BN folding exact.
+        grad_through_compensation (bool): backpropagate through the compensated past
+            statistics into the producing conv's weight (the exact derivative of the forward).
+            Default True; False is the official code's gradient (see above for why it is not
+            the default).
+        max_call_sites (int): most call sites (windows) per iteration. Default 8: FPN heads
+            are shared over 5 levels; more calls without a weight update start a new
+            iteration, which bounds the memory of loops that never step an optimizer.
 
     Notes:
-        * Each training forward counts as one iteration; a layer applied several times per
-          iteration (a head shared across FPN levels) mixes levels in its window, as in the
-          official code. Activation checkpointing (``with_cp=True``) re-runs forwards and
-          would update the state twice; do not combine them.
+        * The official code counts every call as an iteration, so a shared head mixes FPN
+          levels in one window and ends its burn-in 5× early; here each call site has its own
+          window (see above).
         * mmengine's ``sync_bn='torch'`` converts every ``_BatchNorm`` (CBN included) into
           ``nn.SyncBatchNorm``, which silently replaces the method: do not set it.
+        * Histories are per rank (per GPU). DDP with ``broadcast_buffers=True`` overwrites the
+          window statistics from rank 0 each step; mmengine's default is ``False``.
         * The burn-in is two-stage only (the official default ``two_stage=True``).
     """
     _abbr_ = 'bn'
+    _version = 3
 
     def __init__(self,
                  num_features: int,
@@ -131,6 +247,8 @@ class CBN(_BatchNorm):
                  burnin_iters: int = 0,
                  rho: float = 1.0,
                  eps_outside_sqrt: bool = False,
+                 grad_through_compensation: bool = True,
+                 max_call_sites: int = 8,
                  device=None,
                  dtype=None) -> None:
         if int(buffer_num) != buffer_num or buffer_num < 0:
@@ -144,55 +262,186 @@ class CBN(_BatchNorm):
         self.burnin_iters = int(burnin_iters)
         self.rho = float(rho)
         self.eps_outside_sqrt = bool(eps_outside_sqrt)
-        k, c = self.buffer_num, num_features
-        kw = dict(device=device, dtype=dtype)
-        long = dict(device=device, dtype=torch.long)
-        self.register_buffer('num_iters', torch.zeros((), **long))
-        self.register_buffer('hist_len', torch.zeros((), **long))
-        self.register_buffer('hist_ptr', torch.zeros((), **long))
-        self.register_buffer('hist_mean', torch.zeros(k, c, **kw))
-        self.register_buffer('hist_sqmean', torch.zeros(k, c, **kw))
-        # <dμ/dW, W>, <dν/dW, W> with the weights of the iteration that stored the entry
-        self.register_buffer('hist_mean_proj', torch.zeros(k, c, **kw))
-        self.register_buffer('hist_sqmean_proj', torch.zeros(k, c, **kw))
-        # (k, G, C_in/G·kh·kw) and (k, C, C_in/G·kh·kw), sized at the first training forward
-        self.register_buffer('hist_mean_grad', torch.zeros(0, **kw))
-        self.register_buffer('hist_sqmean_grad', torch.zeros(0, **kw))
+        self.grad_through_compensation = bool(grad_through_compensation)
+        if int(max_call_sites) != max_call_sites or max_call_sites < 1:
+            raise ValueError(f'CBN max_call_sites must be a positive integer, got {max_call_sites}')
+        self.max_call_sites = int(max_call_sites)
+        self.register_buffer('num_iters', torch.zeros((), device=device, dtype=torch.long))
+        self._empty_window(device=device, dtype=dtype)
 
     # ----------------------------------------------------------------------------- state
+    def _empty_window(self, device=None, dtype=None) -> None:
+        """No call site seen yet: window tensors with 0 sites, no derivative history."""
+        like = getattr(self, 'hist_mean', None)
+        if like is not None:
+            device, dtype = like.device, like.dtype
+        k, c = self.buffer_num, self.num_features
+        for name in _STAT_BUFFERS:
+            setattr(self, name, torch.zeros(0, k, c, device=device, dtype=dtype))
+        for name in _POINTERS:
+            setattr(self, name, torch.zeros(0, device=device, dtype=torch.long))
+        for name in _LAZY_BUFFERS:
+            setattr(self, name, torch.zeros(0, device=device, dtype=dtype))
+        self._sync_counters()
+
+    def _sync_counters(self) -> None:
+        """Re-read the Python mirrors of the counters (only at construction, reset, load)."""
+        self._iters = int(self.num_iters)
+        self._lens = self.hist_len.tolist()
+        self._ptrs = self.hist_ptr.tolist()
+        self._last_version = None  # the next training call starts an iteration
+        self._site = -1
+        # the number of call sites per iteration is known once an iteration has ended
+        self._sites_known = self._iters >= 2 and len(self._lens) > 0
+
+    @property
+    def num_sites(self) -> int:
+        """Call sites per training iteration (a head shared over 5 FPN levels has 5)."""
+        return len(self._lens)
+
     def reset_history(self) -> None:
-        """Forget the cross-iteration window and restart the burn-in counter."""
-        for name in _HISTORY_BUFFERS:
-            getattr(self, name).zero_()
+        """Forget the cross-iteration windows and restart the burn-in counter."""
+        self.num_iters.zero_()
+        self._empty_window()
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
-        if hasattr(self, 'hist_sqmean_grad'):  # _NormBase.__init__ calls this before ours
+        if hasattr(self, 'hist_var_grad'):  # _NormBase.__init__ calls this before ours
             self.reset_history()
+
+    def _apply(self, fn, recurse=True):
+        # .to() / .cuda() / .double(): the window moves with the buffers
+        super()._apply(fn, recurse)
+        for name in _WINDOW:
+            setattr(self, name, fn(getattr(self, name)))
+        return self
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if not self.num_sites:
+            return
+        names = _STAT_BUFFERS + _POINTERS
+        if self.hist_var_grad.numel():
+            names = names + _LAZY_BUFFERS
+        for name in names:
+            tensor = getattr(self, name)
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        for name in _LAZY_BUFFERS:
-            saved = state_dict.get(prefix + name)
-            buf = getattr(self, name)
-            if isinstance(saved, Tensor) and saved.shape != buf.shape:
-                buf.resize_(saved.shape)  # in place: DDP keeps references to buffer objects
-        absent = [prefix + n for n in _HISTORY_BUFFERS if prefix + n not in state_dict]
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+        keys = {name: prefix + name for name in _WINDOW}
+        window = {name: state_dict[key] for name, key in keys.items() if key in state_dict}
+        if any(prefix + name in state_dict for name in _V1_BUFFERS):
+            # The first layout (one site, E[x²], iteration-major derivatives) cannot be reused:
+            # keep BN's state and the iteration count, restart the window.
+            warn_once(f'cbn-v1-{prefix}', f'{prefix}: CBN checkpoint of an older layout; '
+                      'running statistics and iteration count are loaded, the '
+                      'cross-iteration window restarts.')
+            window = {}
+        errors = self._validate_window(window, prefix)
+        own = {k: v for k, v in state_dict.items()
+               if not (k in keys.values() or k[len(prefix):] in _V1_BUFFERS
+                       and k.startswith(prefix))}
+        for name, tensor in dict(self._parameters, **self._buffers).items():
+            key = prefix + name
+            if tensor is not None and key in own and own[key].shape != tensor.shape:
+                errors.append(f'{key}: checkpoint shape {tuple(own[key].shape)}, '
+                              f'CBN({self.num_features}) needs {tuple(tensor.shape)}.')
+        if errors:  # refuse before anything changes: a failed load leaves the layer as it was
+            error_msgs.extend(errors)
+            return
+        if window and window['hist_mean'].shape[1] != self.buffer_num:
+            # A window of another length cannot be reused slot by slot: keep the running
+            # statistics and the iteration count, restart the window.
+            warn_once(f'cbn-k-{prefix}', f'{prefix}: the checkpoint\'s CBN window has buffer_num='
+                      f'{window["hist_mean"].shape[1]}, this layer has buffer_num='
+                      f'{self.buffer_num}; running statistics and iteration count are loaded, '
+                      'the cross-iteration window restarts.')
+            window = {}
+        if prefix + 'num_iters' not in own:  # a BN checkpoint: nothing is missing
+            own[prefix + 'num_iters'] = torch.zeros_like(self.num_iters)
+        super()._load_from_state_dict(own, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-        if len(absent) == len(_HISTORY_BUFFERS):
-            # A BN checkpoint: a CBN model starts with an empty window, nothing is missing.
-            for key in absent:
-                if key in missing_keys:
-                    missing_keys.remove(key)
-            for name in _LAZY_BUFFERS:
-                getattr(self, name).resize_(0)
-            self.reset_history()
+        self._empty_window()
+        like = self.hist_mean
+        for name, saved in window.items():
+            dtype = torch.long if name in _POINTERS else like.dtype
+            setattr(self, name, saved.detach().to(like.device, dtype, copy=True))
+        self._sync_counters()
+
+    def _validate_window(self, window, prefix) -> list:
+        """Every reason to refuse a saved window, checked before the layer is modified."""
+        if not window:
+            return []
+        missing = [n for n in _STAT_BUFFERS + _POINTERS if n not in window]
+        if missing or (set(_LAZY_BUFFERS) & set(window)
+                       and not set(_LAZY_BUFFERS) <= set(window)):
+            missing += [n for n in _LAZY_BUFFERS if n not in window]
+            return [f'{prefix}: CBN checkpoint without {", ".join(missing)} (a BN checkpoint '
+                    'has no CBN window, a CBN checkpoint all of it).']
+        s, k = window['hist_mean'].shape[:2]
+        errors = [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
+                  f'({s}, {k}, {self.num_features})' for name in _STAT_BUFFERS
+                  if window[name].dim() != 3 or window[name].shape != (s, k, self.num_features)]
+        errors += [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
+                   f'({s},)' for name in _POINTERS if window[name].shape != (s, )]
+        if errors or 'hist_var_grad' not in window or k != self.buffer_num:
+            return errors
+        mean_grad, var_grad = window['hist_mean_grad'], window['hist_var_grad']
+        if (var_grad.dim() == 4 and mean_grad.dim() == 4
+                and tuple(var_grad.shape[:3]) == (s, self.num_features, k)
+                and tuple(mean_grad.shape) == (s, mean_grad.shape[1], k, var_grad.shape[3])
+                and mean_grad.shape[1] > 0 and self.num_features % mean_grad.shape[1] == 0):
+            return []
+        return [f'{prefix}: CBN({self.num_features}) derivative history of shapes '
+                f'{tuple(mean_grad.shape)} and {tuple(var_grad.shape)}; expected '
+                f'({s}, groups, {k}, P) and ({s}, {self.num_features}, {k}, P).']
 
     @property
     def window_active(self) -> bool:
         """Whether the current training iteration uses past statistics (after burn-in)."""
-        return self.buffer_num > 0 and int(self.num_iters) > self.burnin_iters
+        return self.buffer_num > 0 and self._iters > self.burnin_iters
+
+    def _next_call_site(self, x: Tensor) -> int:
+        """The call site of this training call; counts an iteration when one starts.
+
+        An iteration ends when the optimizer changes the weights: the producing conv's weight
+        (or, when it is frozen or derived, this layer's ``γ``) gets a new version counter (a
+        Python int, no device sync). Calls with unchanged weights are further call sites of
+        the same iteration. With nothing trainable to watch, every call is an iteration.
+        """
+        origin = find_producing_conv(x)
+        param = origin.parameter if origin is not None else None
+        if param is None and self.weight is not None and self.weight.requires_grad:
+            param = self.weight
+        version = None if param is None else (id(param), param._version)
+        new_iteration = version is None or version != self._last_version
+        if not new_iteration and self._site + 1 >= (self.num_sites if self._sites_known else
+                                                    self.max_call_sites):
+            # more calls than sites: an optimizer step skipped by AMP's loss scaler, or a loop
+            # that never updates the weights
+            new_iteration = True
+        if new_iteration:
+            if self._site >= 0:
+                self._sites_known = True
+            self._site = 0
+            self._iters += 1
+            self.num_iters.add_(1)
+        else:
+            self._site += 1
+        self._last_version = version
+        if self._site >= self.num_sites:
+            self._add_site()
+        return self._site
+
+    def _add_site(self) -> None:
+        for name in _STAT_BUFFERS + _POINTERS + _LAZY_BUFFERS:
+            tensor = getattr(self, name)
+            if tensor.dim() > 1 or name in _POINTERS:
+                setattr(self, name, torch.cat((tensor, tensor.new_zeros((1, ) +
+                                                                      tensor.shape[1:]))))
+        self._lens.append(0)
+        self._ptrs.append(0)
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -202,9 +451,13 @@ class CBN(_BatchNorm):
         if not self.training:  # eval without running statistics: current batch, no state
             mean, var = self._batch_moments(x)
             return self._normalize(x, mean, var)
-
-        self.num_iters += 1
-        if x.numel() == 0:
+        if torch._C._current_graph_task_id() != -1:
+            raise RuntimeError(
+                f'CBN({self.num_features}) ran a training forward inside a backward pass: '
+                'activation checkpointing (with_cp=True, torch.utils.checkpoint) recomputes '
+                'forwards, which would push every batch into the window twice. Set '
+                'with_cp=False in the modules that contain CBN.')
+        if x.numel() == 0:  # 0 RoIs: no statistics, no call site, state untouched
             mean = self.running_mean if self.running_mean is not None else x.new_zeros(
                 self.num_features)
             var = self.running_var if self.running_var is not None else x.new_ones(
@@ -214,30 +467,58 @@ class CBN(_BatchNorm):
         if m < 2:
             raise ValueError(f'CBN expects more than 1 value per channel when training, got '
                              f'input of shape {tuple(x.shape)}')
+        if self.buffer_num:
+            site = self._next_call_site(x)
+        else:  # plain BN: every call is an iteration
+            site = 0
+            self._iters += 1
+            self.num_iters.add_(1)
 
-        mean, var = self._batch_moments(x)
-        if self.track_running_stats:
-            self.num_batches_tracked += 1
-            update_running_stats(self.running_mean, mean.detach(), self.momentum,
-                                 self.num_batches_tracked)
-            update_running_stats(self.running_var, var.detach() * (m / (m - 1)), self.momentum,
-                                 self.num_batches_tracked)
-        if not self.window_active:
-            return self._normalize(x, mean, var)
-
-        weight, grads = self._conv_terms(x)
-        if grads is not None:
-            self._prepare_history(grads)
-        mean_bar, var_bar = self._aggregate(mean, var, weight)
-        self._push(mean.detach(), (var + mean * mean).detach(), weight, grads)
-        return self._normalize(x, mean_bar, var_bar)
+        with torch.no_grad():
+            mean, var = self._batch_moments(x)
+            if self.track_running_stats:
+                self._update_running_stats(mean, var * (m / (m - 1)))
+            origin = weight = comp = None
+            inv_count = torch.ones_like(mean)
+            mean_bar, var_bar = mean, var
+            if self.window_active:
+                origin, weight, grads = self._conv_terms(x)
+                if grads is not None:
+                    self._prepare_history(grads)
+                mean_bar, var_bar, inv_count, comp = self._aggregate(site, mean, var, weight)
+                self._push(site, mean, var, weight, grads)
+        live_weight = None
+        if comp is not None and self.grad_through_compensation:
+            live_weight = self._live_weight(origin, x)
+            if live_weight is None or not live_weight.requires_grad:
+                live_weight, comp = None, None
+        else:
+            comp = None
+        return self._normalize_train(x, mean_bar, var_bar, inv_count, live_weight, comp)
 
     def _normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
-        if not self.eps_outside_sqrt and not (mean.requires_grad or var.requires_grad):
-            # constants: native BN kernel, which is also what conv-BN folding reproduces
-            return F.batch_norm(x, mean, var, self.weight, self.bias, False, 0.0, self.eps)
-        return normalize_with_stats(x, mean, var, self.weight, self.bias, self.eps,
-                                    self.eps_outside_sqrt)
+        """Constant statistics: one native inference-mode ``batch_norm``."""
+        var, _ = self._effective_var(var)
+        return torch.batch_norm(x, self.weight, self.bias, mean, var, False, 0.0, self.eps,
+                                False)
+
+    def _effective_var(self, var: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """``var'`` with ``sqrt(var' + ε) = sqrt(var) + ε`` for the official ε placement, and
+        ``q = ∂(1/std)/∂var ÷ (−½ invstd²)`` that the backward needs for it."""
+        if not self.eps_outside_sqrt:
+            return var, None
+        std = var.sqrt()
+        return (std + self.eps)**2 - self.eps, std.clamp_min(1e-30).reciprocal()
+
+    def _normalize_train(self, x: Tensor, mean: Tensor, var: Tensor, inv_count: Tensor,
+                         live_weight: Optional[Tensor],
+                         comp: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
+        var, q_scale = self._effective_var(var)
+        dtype = self._state_dtype()
+        if comp is not None:
+            comp = tuple(t * self.rho for t in comp)
+        return _WindowBatchNorm.apply(x, live_weight, self.weight, self.bias, mean.to(dtype),
+                                      var.to(dtype), inv_count, q_scale, comp, self.eps)
 
     def _state_dtype(self) -> torch.dtype:
         return self.hist_mean.dtype
@@ -249,10 +530,21 @@ class CBN(_BatchNorm):
         var, mean = torch.var_mean(xs, dim=(0, 2, 3), unbiased=False)
         return mean, var
 
-    def _conv_terms(self, x: Tensor) -> Tuple[Optional[Tensor], Optional[Tuple[Tensor, Tensor]]]:
-        """The producing conv's weight (C, P) as used, and (∂μ/∂W, ∂ν/∂W) of this batch.
+    @torch.no_grad()
+    def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor) -> None:
+        """BN's EMA, skipping channels whose batch statistics are not finite."""
+        self.num_batches_tracked.add_(1)
+        momentum = (self.num_batches_tracked.reciprocal().to(mean.dtype)
+                    if self.momentum is None else self.momentum)
+        finite = torch.isfinite(mean) & torch.isfinite(var_unbiased)
+        for running, value in ((self.running_mean, mean), (self.running_var, var_unbiased)):
+            value = torch.where(finite, value.to(running.dtype), running)
+            running.lerp_(value, momentum)
 
-        Returns ``(None, None)`` when nothing can or needs to be compensated.
+    def _conv_terms(self, x: Tensor):
+        """The producing conv, its weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
+
+        Returns ``(origin, None, None)`` when nothing can or needs to be compensated.
         """
         origin = find_producing_conv(x)
         if origin is None:
@@ -263,15 +555,16 @@ class CBN(_BatchNorm):
                     f'{type(x.grad_fn).__name__}, not by a Conv2d, so past statistics cannot be '
                     'compensated for weight changes; using the uncompensated cross-iteration '
                     'average for such layers.')
-            return None, None
+            return None, None, None
         if x.grad_fn.next_functions[1][0] is None or origin.input is None:
-            return None, None  # frozen conv weight: past statistics need no compensation
+            return origin, None, None  # frozen conv weight: nothing to compensate
         dtype = self._state_dtype()
         weight = origin.weight.to(dtype)
         c = weight.shape[0]
         if c != self.num_features:
             raise ValueError(f'CBN({self.num_features}) follows a conv with {c} output channels')
-        return weight.reshape(c, -1), self._stat_grads(x.detach().to(dtype), origin, dtype)
+        return origin, weight.reshape(c, -1), self._stat_grads(x.detach().to(dtype), origin,
+                                                               dtype)
 
     @staticmethod
     def _stat_grads(x: Tensor, origin: ConvOrigin, dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
@@ -285,86 +578,166 @@ class CBN(_BatchNorm):
         # per group and grad_output 1/M; batch-summed first since grad_output ignores n.
         ones = z.new_full((1, g, h, w), 1.0 / m)
         d_mean = conv2d_weight(z.sum(0, keepdim=True), (g, c_in, kh, kw), ones, *geometry)
-        # ∂ν_c/∂W[c] = (2/M) Σ x_c · patch: one weight-gradient conv with grad_output 2x/M.
-        d_sq = conv2d_weight(z, (c, c_in, kh, kw), x * (2.0 / m), *geometry)
-        return d_mean.reshape(g, -1), d_sq.reshape(c, -1)
+        # ∂σ²_c/∂W[c] = (2/M) Σ (x_c − μ_c) · patch: one weight-gradient conv. Centring x first
+        # keeps float32 exact when |μ| ≫ σ (the uncentred form subtracts two O(μ²) terms).
+        centred = x - x.mean(dim=(0, 2, 3), keepdim=True)
+        d_var = conv2d_weight(z, (c, c_in, kh, kw), centred.mul_(2.0 / m), *geometry)
+        # a non-finite batch must not poison later windows through its derivatives
+        return (torch.nan_to_num(d_mean.reshape(g, -1), 0.0, 0.0, 0.0),
+                torch.nan_to_num(d_var.reshape(c, -1), 0.0, 0.0, 0.0))
 
     @staticmethod
-    def _inner(d_mean: Tensor, d_sq: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
-        """Per channel ⟨∂μ/∂W[c], W[c]⟩ and ⟨∂ν/∂W[c], W[c]⟩ without weight-sized temporaries."""
-        c, p = weight.shape
-        g = d_mean.shape[0]
-        mean_proj = torch.bmm(weight.reshape(g, c // g, p), d_mean.reshape(g, p, 1)).reshape(c)
-        sq_proj = torch.bmm(d_sq.reshape(c, 1, p), weight.reshape(c, p, 1)).reshape(c)
-        return mean_proj, sq_proj
+    def _live_weight(origin: Optional[ConvOrigin], x: Tensor) -> Optional[Tensor]:
+        """The producing conv's weight as used, attached to autograd (None if unreachable)."""
+        if origin is None:
+            return None
+        live = x.grad_fn._saved_weight
+        if live is None:  # only saved when the conv input needs a gradient
+            live = origin.parameter
+        return live
 
     def _prepare_history(self, grads: Tuple[Tensor, Tensor]) -> None:
-        """Size the derivative history for this conv; restart the window if the conv changed."""
-        shapes = [(self.buffer_num, ) + tuple(d.shape) for d in grads]
+        """Size the derivative history for this conv; restart the windows if the conv changed."""
+        d_mean, d_var = grads
+        s, k = self.num_sites, self.buffer_num
+        shapes = [(s, d_mean.shape[0], k, d_mean.shape[1]), (s, d_var.shape[0], k, d_var.shape[1])]
         current = [tuple(getattr(self, name).shape) for name in _LAZY_BUFFERS]
         if current == shapes:
             return
-        if self.hist_sqmean_grad.numel():
+        if self.hist_var_grad.numel():
             warn_once(
                 f'cbn-shape-{id(self)}',
-                f'CBN({self.num_features}): the producing conv changed from weight shape '
-                f'{current[1][1:]} to {shapes[1][1:]}; restarting the cross-iteration window.')
+                f'CBN({self.num_features}): the producing conv changed (derivative history '
+                f'{current[1]} -> {shapes[1]}); restarting the cross-iteration window.')
             self.hist_len.zero_()
             self.hist_ptr.zero_()
-        # in place, so that references held by DDP stay valid
+            self._lens = [0] * s
+            self._ptrs = [0] * s
         for name, shape in zip(_LAZY_BUFFERS, shapes):
-            getattr(self, name).resize_(shape).zero_()
+            setattr(self, name, self.hist_mean.new_zeros(shape))
 
-    def _aggregate(self, mean: Tensor, var: Tensor,
-                   weight: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        n_past = int(self.hist_len)
+    def _projections(self, weight: Tensor, site: int, n_past: int) -> Tuple[Tensor, Tensor]:
+        """⟨∂μ_τ/∂W[c], W[c]⟩ and ⟨∂σ²_τ/∂W[c], W[c]⟩ for the first ``n_past`` slots: (n, C)."""
+        d_mean = self.hist_mean_grad[site, :, :n_past]  # (G, n, P)
+        d_var = self.hist_var_grad[site, :, :n_past]  # (C, n, P)
+        c, p = weight.shape
+        g = d_mean.shape[0]
+        mean_proj = torch.bmm(weight.reshape(g, c // g, p), d_mean.transpose(1, 2))  # (G,C/G,n)
+        var_proj = torch.bmm(d_var, weight.reshape(c, p, 1))  # (C, n, 1)
+        return mean_proj.reshape(c, n_past).t(), var_proj.reshape(c, n_past).t()
+
+    def _aggregate(self, site: int, mean: Tensor, var: Tensor, weight: Optional[Tensor]):
+        """Window statistics, per-channel 1/n, and the compensation's weight-gradient terms."""
+        n_past = self._lens[site]
+        ones = torch.ones_like(mean)
         if n_past == 0:
-            return mean, var
-        past_mean = self.hist_mean[:n_past]
-        past_sq = self.hist_sqmean[:n_past]
-        if weight is not None and self.rho != 0:
-            comp_mean, comp_sq = [], []
-            for k in range(n_past):
-                mean_proj, sq_proj = self._inner(self.hist_mean_grad[k],
-                                                 self.hist_sqmean_grad[k], weight)
-                comp_mean.append(mean_proj - self.hist_mean_proj[k])
-                comp_sq.append(sq_proj - self.hist_sqmean_proj[k])
-            past_mean = past_mean + self.rho * torch.stack(comp_mean)
-            past_sq = past_sq + self.rho * torch.stack(comp_sq)
-        past_var = past_sq - past_mean * past_mean
-        valid = (past_var >= 0).to(past_var.dtype)
-        count = 1 + valid.sum(0)
-        mean_bar = (mean + (valid * past_mean).sum(0)) / count
+            return mean, var, ones, None
+        past_mean = self.hist_mean[site, :n_past]
+        past_var = self.hist_var[site, :n_past]
+        compensated = weight is not None and self.rho != 0 and self.hist_var_grad.numel() > 0
+        if compensated:
+            mean_proj, var_proj = self._projections(weight, site, n_past)
+            shift = self.rho * (mean_proj - self.hist_mean_proj[site, :n_past])
+            past_var = (past_var + self.rho * (var_proj - self.hist_var_proj[site, :n_past])
+                        - shift**2)
+            past_mean = past_mean + shift
+        valid = (past_var >= 0) & torch.isfinite(past_var) & torch.isfinite(past_mean)
+        past_mean = torch.where(valid, past_mean, 0.0)
+        past_var = torch.where(valid, past_var, 0.0)
+        count = 1 + valid.sum(0).to(mean.dtype)
+        mean_bar = (mean + past_mean.sum(0)) / count
         spread = var + (mean - mean_bar)**2
-        past_spread = valid * (past_var + (past_mean - mean_bar)**2)
+        past_spread = torch.where(valid, past_var + (past_mean - mean_bar)**2, 0.0)
         var_bar = (spread + past_spread.sum(0)) / count
-        return mean_bar, var_bar
+        comp = None
+        if compensated and self.grad_through_compensation:
+            comp = self._compensation_grad_terms(site, valid, mean_bar, n_past)
+        return mean_bar, var_bar, count.reciprocal(), comp
+
+    def _compensation_grad_terms(self, site: int, valid: Tensor, mean_bar: Tensor,
+                                 n_past: int) -> Tuple[Tensor, Tensor]:
+        """``A = Σ_τ v_τ ∂μ_τ/∂W`` and ``E = Σ_τ v_τ (2(μ_τ − μ̄)∂μ_τ/∂W + ∂σ²_τ/∂W)``, (C, P).
+
+        ``∂L/∂W = (ρ/n)(∂L/∂μ̄ · A + ∂L/∂σ̄² · E)``: ``μ̂_τ`` moves ``μ̄`` (weight 1/n) and
+        ``σ̄²`` through ``(μ̂_τ − μ̄)²``; ``σ̂²_τ``'s ``−(μ̂_τ − μ_τ)²`` term turns ``μ̂_τ − μ̄``
+        into ``μ_τ − μ̄``.
+        """
+        d_mean = self.hist_mean_grad[site, :, :n_past]  # (G, n, P)
+        d_var = self.hist_var_grad[site, :, :n_past]  # (C, n, P)
+        g = d_mean.shape[0]
+        c = d_var.shape[0]
+        v = valid.to(d_var.dtype).t()  # (C, n)
+        centred = v * 2 * (self.hist_mean[site, :n_past].t() - mean_bar[:, None])
+        centred = torch.where(valid.t(), centred, 0.0)
+        coeffs = torch.stack((v, centred))  # (2, C, n)
+        a_e = torch.matmul(coeffs.reshape(2, g, c // g, n_past), d_mean)  # (2, G, C/G, P)
+        a, e = a_e.reshape(2, c, -1).unbind(0)
+        e = e + torch.bmm(v.unsqueeze(1), d_var).squeeze(1)
+        return a, e
 
     @torch.no_grad()
-    def _push(self, mean: Tensor, sqmean: Tensor, weight: Optional[Tensor],
+    def _push(self, site: int, mean: Tensor, var: Tensor, weight: Optional[Tensor],
               grads: Optional[Tuple[Tensor, Tensor]]) -> None:
-        slot = int(self.hist_ptr)
-        self.hist_mean[slot] = mean
-        self.hist_sqmean[slot] = sqmean
+        slot = self._ptrs[site]
+        self.hist_mean[site, slot] = mean
+        self.hist_var[site, slot] = var
         if grads is not None:
-            d_mean, d_sq = grads
-            self.hist_mean_grad[slot] = d_mean
-            self.hist_sqmean_grad[slot] = d_sq
+            d_mean, d_var = grads
+            self.hist_mean_grad[site, :, slot] = d_mean
+            self.hist_var_grad[site, :, slot] = d_var
             # computed exactly as the later ⟨D, W_t⟩, so unchanged weights compensate by 0
-            mean_proj, sq_proj = self._inner(d_mean, d_sq, weight)
-            self.hist_mean_proj[slot] = mean_proj
-            self.hist_sqmean_proj[slot] = sq_proj
+            c, p = weight.shape
+            g = d_mean.shape[0]
+            self.hist_mean_proj[site, slot] = torch.bmm(weight.reshape(g, c // g, p),
+                                                        d_mean.reshape(g, p, 1)).reshape(c)
+            self.hist_var_proj[site, slot] = torch.bmm(d_var.reshape(c, 1, p),
+                                                       weight.reshape(c, p, 1)).reshape(c)
         else:
             # no conv to compensate this time: a zero derivative keeps the entry as measured
-            if self.hist_sqmean_grad.numel():
-                self.hist_mean_grad[slot] = 0
-                self.hist_sqmean_grad[slot] = 0
-            self.hist_mean_proj[slot] = 0
-            self.hist_sqmean_proj[slot] = 0
-        self.hist_ptr.fill_((slot + 1) % self.buffer_num)
-        self.hist_len.fill_(min(int(self.hist_len) + 1, self.buffer_num))
+            if self.hist_var_grad.numel():
+                self.hist_mean_grad[site, :, slot] = 0
+                self.hist_var_grad[site, :, slot] = 0
+            self.hist_mean_proj[site, slot] = 0
+            self.hist_var_proj[site, slot] = 0
+        self._ptrs[site] = (slot + 1) % self.buffer_num
+        self._lens[site] = min(self._lens[site] + 1, self.buffer_num)
+        self.hist_ptr[site] = self._ptrs[site]
+        self.hist_len[site] = self._lens[site]
+
+    def __prepare_scriptable__(self):
+        """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.
+
+        Training needs the autograd graph (to find the producing conv) and a custom autograd
+        function, neither of which TorchScript has: scripting a training-mode CBN raises, and
+        the scripted module refuses training mode.
+        """
+        if self.training:
+            raise RuntimeError('CBN can only be scripted in eval mode (call .eval() first): '
+                               'its training step reads the autograd graph.')
+        bn = _EvalOnlyCBN(self.num_features, self.eps, self.momentum, self.affine,
+                          self.track_running_stats, device=self.hist_mean.device,
+                          dtype=self.hist_mean.dtype)
+        state = {k: v for k, v in self.state_dict().items() if k not in _WINDOW + ('num_iters', )}
+        if self.eps_outside_sqrt and self.running_var is not None:
+            state['running_var'] = self._effective_var(self.running_var)[0]
+        bn.load_state_dict(state)
+        return bn.eval()
 
     def extra_repr(self) -> str:
         return (f'{super().extra_repr()}, buffer_num={self.buffer_num}, '
                 f'burnin_iters={self.burnin_iters}, rho={self.rho}, '
-                f'eps_outside_sqrt={self.eps_outside_sqrt}')
+                f'eps_outside_sqrt={self.eps_outside_sqrt}, '
+                f'grad_through_compensation={self.grad_through_compensation}')
+
+
+class _EvalOnlyCBN(torch.nn.BatchNorm2d):
+    """What ``torch.jit.script`` makes of an eval-mode CBN: BN with its statistics, eval only."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError('CBN expects a 4-D NCHW input')
+        if self.training:
+            raise RuntimeError('CBN training was ignored by TorchScript: a scripted CBN is '
+                               'eval-only (train the eager module).')
+        return torch.batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var,
+                                False, 0.0, self.eps, False)

@@ -5,7 +5,7 @@ Propagation of Batch Normalization", ICLR 2020, arXiv 2001.06838. Official code:
 ``megvii-model/MABN`` (``MABN.py``, the layer the authors recommend; the detection layer has
 the same logic).
 """
-from typing import Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +13,9 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (check_input_4d, normalize_with_stats, update_running_stats,
-                         warn_once)
+from .functional import (GuardedNormMixin, check_input_4d, check_input_dtype, check_nchw,
+                         check_values_per_statistic, normalize_with_stats,
+                         update_running_stats, warn_once)
 
 __all__ = ['MABN']
 
@@ -41,15 +42,17 @@ class _MABNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                chi2: Tensor, r: Tensor, psi_history: Tensor, slot: int, use_sma: bool,
-                eps: float) -> Tensor:
+                chi2: Tensor, r: Tensor, psi_history: Tensor, slot: int, prev_slot: int,
+                use_sma: bool, eps: float, nonfinite_count: Tensor) -> Tensor:
         inv_std = (chi2 + eps).rsqrt()
         gamma_r = r if weight is None else weight * r
         ctx.save_for_backward(x, weight, inv_std, r)
         # The ring buffer is written in backward, in place, so it is held as an attribute
         # (save_for_backward would reject the in-place update through its version check).
         ctx.psi_history = psi_history
+        ctx.nonfinite_count = nonfinite_count
         ctx.slot = slot
+        ctx.prev_slot = prev_slot
         ctx.use_sma = use_sma
         ctx.psi_written = False
         return normalize_with_stats(x, None, chi2, gamma_r, bias, eps)
@@ -65,6 +68,10 @@ class _MABNFunction(torch.autograd.Function):
                                                                               torch.float32))
         # Psi_t = mean(g_hat * z) with g_hat = gamma * r * dL/dy and z = x * inv_std
         psi = (gamma_r * inv_std * sum_gx / m_count).to(history.dtype)
+        # A non-finite gradient (NaN loss, fp16 overflow) must not enter the window: those
+        # channels repeat the previous iteration's Psi, finite by induction.
+        finite = torch.isfinite(psi)
+        psi = torch.where(finite, psi, history[ctx.prev_slot])
         if ctx.use_sma:
             # The window with this iteration's slot holding this backward's Psi: identical
             # to "write, then average", but a second backward through the same graph
@@ -75,6 +82,7 @@ class _MABNFunction(torch.autograd.Function):
         if not ctx.psi_written:
             with torch.no_grad():
                 history[ctx.slot].copy_(psi)
+                ctx.nonfinite_count.add_(finite.logical_not().any())
             ctx.psi_written = True
 
         grad_x = grad_weight = grad_bias = None
@@ -86,12 +94,13 @@ class _MABNFunction(torch.autograd.Function):
         if weight is not None and ctx.needs_input_grad[1]:
             grad_weight = (r * inv_std * sum_gx).to(weight.dtype)
         if ctx.needs_input_grad[2]:
-            grad_bias = grad_out.sum(dim=_DIMS)
-        return grad_x, grad_weight, grad_bias, None, None, None, None, None, None
+            # float32 accumulation under autocast (a bfloat16 sum over N*H*W loses digits)
+            grad_bias = grad_out.sum(dim=_DIMS, dtype=sum_gx.dtype)
+        return (grad_x, grad_weight, grad_bias) + (None, ) * 8
 
 
 @MODELS.register_module()
-class MABN(_BatchNorm):
+class MABN(GuardedNormMixin, _BatchNorm):
     r"""Moving Average Batch Normalization, for NCHW inputs.
 
     No centering: weight centralization of the producing conv (:class:`CenConv2d`) keeps
@@ -166,12 +175,33 @@ class MABN(_BatchNorm):
           ``_BatchNorm`` into ``nn.SyncBatchNorm``, which would silently replace MABN: do not
           set it. DDP must keep ``broadcast_buffers=False`` (mmengine's default), otherwise
           rank 0's ring buffers overwrite the other ranks' at every forward.
-        * Loading a plain BN state dict: a non-zero ``running_mean`` cannot be represented
-          (MABN never centers) and is reset to 0 with a warning, and a non-zero iteration
-          counter without the ring buffers is reset to 0 so warm-up starts over. Convert BN
-          checkpoints with ``tools/model_converters/resnet_to_mabn.py`` instead.
+        * Loading a plain BN state dict (strict or not): a non-zero ``running_mean`` cannot
+          be represented (MABN never centers) and is reset to 0 with a warning; the missing
+          ring buffers are not an error: the window restarts empty and the iteration counter
+          is reset to 0, so warm-up and the renorm hold start over (averaging empty slots
+          would shrink chi2 and drag R down). The same holds for a MABN checkpoint with
+          another ``buffer_size`` (the warning names both sizes); R and the affine parameters
+          are kept. Convert BN checkpoints with ``tools/model_converters/resnet_to_mabn.py``
+          instead. A load that does not fit (other channel count, wrong shapes) raises before
+          anything is modified (:class:`~.functional.GuardedNormMixin`).
+        * Non-finite statistics (a NaN/Inf batch, an fp16 overflow in forward or backward)
+          never enter the state: for the affected channels the window slot repeats the
+          previous iteration's chi2 / Psi and R keeps its value, so the next finite batch
+          trains normally (without this, the bad chi2 entered R and every later output was
+          NaN). The skip is a tensor select (no device sync); ``nonfinite_count`` counts
+          such steps and the log says so once.
         * Empty inputs (0 RoIs) pass through with the inference formula and leave the state
-          untouched.
+          untouched. One value per channel in training (batch 1 with a 1x1 map, a single
+          RoI) raises ValueError as ``nn.BatchNorm2d`` does: during warm-up the current
+          chi2 is the statistic and would normalize that value to +-1.
+        * The input must have the layer's dtype, or be float16/bfloat16 into a float32
+          layer (autocast; statistics in float32); a float64 input into a float32 layer
+          raises.
+        * No host synchronisation in a training step: ring slots and phases come from a
+          Python mirror of ``num_batches_tracked``, re-read once after a load.
+        * ``torch.jit.script`` works for the eval-mode layer (the inference formula); the
+          scripted module refuses training mode (the training step is a custom autograd
+          function, which TorchScript cannot compile).
     """
 
     _abbr_ = 'bn'
@@ -215,6 +245,9 @@ class MABN(_BatchNorm):
         factory = dict(device=device, dtype=dtype)
         self.register_buffer('chi2_history', torch.zeros(buffer_size, num_features, **factory))
         self.register_buffer('psi_history', torch.zeros(buffer_size, num_features, **factory))
+        self._init_guard()
+
+    _optional_state = ('num_batches_tracked', 'chi2_history', 'psi_history')
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
@@ -233,48 +266,84 @@ class MABN(_BatchNorm):
                 f'eps={self.eps}, affine={self.affine}')
 
     def forward(self, x: Tensor) -> Tensor:
-        self._check_input_dim(x)
+        check_nchw(x, self.num_features, self._layer_name)
         if not self.training or x.numel() == 0:
             # running_mean is 0: this is exactly gamma * x / sqrt(R + eps) + beta
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight,
                                 self.bias, False, 0.0, self.eps)
+        return self._forward_train(x)
 
+    @torch.jit.unused
+    def _forward_train(self, x: Tensor) -> Tensor:
+        check_input_dtype(x, self.chi2_history.dtype, self._layer_name)
+        check_values_per_statistic(x.numel() // x.shape[1], self._layer_name, list(x.shape))
         with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            t = int(self.num_batches_tracked.item())
+            t = self._count_batch()
             slot = t % self.buffer_size
-            chi2_t = _second_moment(x)
+            prev_slot = (t - 1) % self.buffer_size
+            chi2_t = _second_moment(x).to(self.chi2_history.dtype)
+            # A non-finite channel repeats the previous iteration's chi2 (finite by induction;
+            # at t = 1 the slot is rewritten before any average reads it) and leaves R alone.
+            finite = torch.isfinite(chi2_t)
+            chi2_t = torch.where(finite, chi2_t, self.chi2_history[prev_slot])
+            self._note_nonfinite(finite)
             self.chi2_history[slot].copy_(chi2_t)
             use_sma = t > self.buffer_size and t >= self.warmup_iters
-            chi2 = self.chi2_history.mean(0) if use_sma else chi2_t.to(
-                self.chi2_history.dtype)
+            chi2 = self.chi2_history.mean(0) if use_sma else chi2_t
             if t <= max(self.renorm_hold_iters, self.warmup_iters):
                 r = torch.ones_like(chi2)
             else:
                 r = ((chi2 + self.eps) / (self.running_var + self.eps)).sqrt().clamp_(
                     1.0 / self.r_max, self.r_max)
             # r above uses R before this iteration's update, as in the official layer
-            update_running_stats(self.running_var, chi2, self.momentum,
-                                 self.num_batches_tracked)
+            update_running_stats(self.running_var, torch.where(finite, chi2, self.running_var),
+                                 self.momentum, t)
         return _MABNFunction.apply(x, self.weight, self.bias, chi2, r, self.psi_history,
-                                   slot, use_sma, self.eps)
+                                   slot, prev_slot, use_sma, self.eps, self.nonfinite_count)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs):
-        has_history = prefix + 'chi2_history' in state_dict
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
-        with torch.no_grad():
-            if self.running_mean.any():
-                warn_once('mabn-running-mean',
+    def _adapt_state(self, state: Dict[str, Any],
+                     notes: List[Tuple[str, str]]) -> Dict[str, Any]:
+        mean = state.get('running_mean')
+        if isinstance(mean, Tensor) and mean.shape == self.running_mean.shape and bool(
+                mean.any()):
+            notes.append(('mabn-running-mean',
                           'MABN: loaded a non-zero running_mean (a BatchNorm checkpoint?); '
                           'MABN does not center, so it is reset to 0. Convert BN checkpoints '
                           'with tools/model_converters/resnet_to_mabn.py, which folds the '
-                          'mean into the bias.')
-                self.running_mean.zero_()
-            if not has_history and self.num_batches_tracked.item() > 0:
-                warn_once('mabn-no-history',
+                          'mean into the bias.'))
+            state['running_mean'] = torch.zeros_like(mean)
+        names = ('chi2_history', 'psi_history')
+        rings = [state.get(n) for n in names]
+        own = tuple(self.chi2_history.shape)
+        if all(isinstance(r, Tensor) and tuple(r.shape) == own for r in rings):
+            return state  # a MABN checkpoint with this window
+        sizes = set()
+        for name, ring in zip(names, rings):
+            if ring is None:
+                continue
+            if not isinstance(ring, Tensor) or ring.dim() != 2 or (ring.shape[1] !=
+                                                                   self.num_features):
+                raise ValueError(f'{name} of shape {tuple(getattr(ring, "shape", ()))} '
+                                 f'cannot belong to a MABN({self.num_features}) (expected '
+                                 f'(buffer_size, {self.num_features}))')
+            sizes.add(int(ring.shape[0]))
+        # A BN checkpoint (no rings) or another window size: restart the window, and with it
+        # the counter, so that warm-up (current statistics) refills it before any average
+        # reads it and the renorm hold waits for R again. R and the affine are kept.
+        count = state.get('num_batches_tracked')
+        if sizes:
+            notes.append(('mabn-window-size',
+                          f'MABN: the checkpoint was trained with buffer_size='
+                          f'{"/".join(map(str, sorted(sizes)))}, this layer has buffer_size='
+                          f'{self.buffer_size}: its window is restarted empty and the '
+                          f'iteration count reset to 0 (warm-up and renorm hold start over); '
+                          f'R (running_var) and the affine parameters are loaded.'))
+        elif isinstance(count, Tensor) and bool(count.ne(0).any()):
+            notes.append(('mabn-no-history',
                           'MABN: the checkpoint has an iteration count but no MABN ring '
                           'buffers (chi2_history/psi_history); the count is reset to 0 so '
-                          'that warm-up starts over instead of averaging empty buffers.')
-                self.num_batches_tracked.zero_()
+                          'that warm-up starts over instead of averaging empty buffers.'))
+        for name in names:
+            state[name] = torch.zeros(own, dtype=getattr(self, name).dtype)
+        state['num_batches_tracked'] = torch.zeros((), dtype=torch.long)
+        return state

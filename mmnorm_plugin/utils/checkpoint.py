@@ -11,12 +11,17 @@ allow-listed, and everything else is still refused by torch.
 ``getattr(HistoryBuffer, 'mean')``. It is inert under the weights-only unpickler: that unpickler
 only *calls* allow-listed callables, so an attribute fetched through ``getattr`` cannot be
 invoked.
+
+:func:`compare_checkpoint_with_model` backs ``tools/test.py``'s check that a checkpoint fits
+the config it is evaluated with (mmengine loads non-strictly and only logs the mismatch, so a
+wrong pairing evaluates a half-random model: mAP 0.005 instead of an error).
 """
 from typing import List
 
 import torch
 
-__all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints']
+__all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints', 'CheckpointMismatch',
+           'compare_checkpoint_with_model', 'config_differences', 'format_mismatch']
 
 
 def mmengine_checkpoint_globals() -> List[object]:
@@ -35,3 +40,105 @@ def mmengine_checkpoint_globals() -> List[object]:
 def allow_mmengine_checkpoints() -> None:
     """Register :func:`mmengine_checkpoint_globals` as torch safe globals (idempotent)."""
     torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
+
+
+class CheckpointMismatch(RuntimeError):
+    """The checkpoint does not fit the model built from the config (see the message)."""
+
+
+def _flatten(cfg, path=''):
+    if isinstance(cfg, dict):
+        out = {}
+        for key, value in cfg.items():
+            out.update(_flatten(value, f'{path}.{key}' if path else str(key)))
+        return out or {path: {}}
+    if isinstance(cfg, (list, tuple)):
+        out = {}
+        for i, value in enumerate(cfg):
+            out.update(_flatten(value, f'{path}[{i}]'))
+        return out or {path: type(cfg)()}
+    return {path: cfg}
+
+
+# training-only or initialization settings: they do not change the evaluated model
+_NOT_COMPARED = ('train_cfg', 'init_cfg', 'pretrained')
+
+
+def config_differences(saved_model_cfg, model_cfg, limit: int = 12) -> List[str]:
+    """Lines ``path: checkpoint <a> vs config <b>`` for the model configs' differing leaves."""
+    saved, now = _flatten(saved_model_cfg, 'model'), _flatten(model_cfg, 'model')
+    lines = []
+    for key in sorted(set(saved) | set(now)):
+        if any(part in key for part in _NOT_COMPARED):
+            continue
+        a, b = saved.get(key, '<absent>'), now.get(key, '<absent>')
+        if a != b:
+            lines.append(f'  {key}: checkpoint {a!r} vs config {b!r}')
+    if len(lines) > limit:
+        lines = lines[:limit] + [f'  ... and {len(lines) - limit} more']
+    return lines
+
+
+def compare_checkpoint_with_model(model, checkpoint: dict, model_cfg=None) -> dict:
+    """What differs between ``checkpoint`` and ``model`` (built from ``model_cfg``).
+
+    Returns ``dict(missing, unexpected, shapes, config)``: model keys absent from the
+    checkpoint, checkpoint keys the model does not have, ``(key, ckpt shape, model shape)``
+    mismatches, and the differing leaves of the checkpoint's saved ``meta['cfg'].model`` vs
+    ``model_cfg``. Training-only norm state (CBN windows, MABN rings: see
+    :mod:`mmnorm_plugin.converters.release`) and ``num_batches_tracked`` are not compared:
+    a stripped checkpoint, or a CBN checkpoint under its BN twin config, is a match.
+    """
+    from ..converters.release import is_training_only_key
+    state = checkpoint.get('state_dict', checkpoint)
+    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    own = model.state_dict()
+    ckpt_keys, own_keys = set(state), set(own)
+
+    def relevant(key, keys):
+        return not (is_training_only_key(key, keys) or key.endswith('num_batches_tracked'))
+
+    missing = sorted(k for k in own_keys - ckpt_keys if relevant(k, own_keys))
+    unexpected = sorted(k for k in ckpt_keys - own_keys if relevant(k, ckpt_keys))
+    shapes = [(k, tuple(state[k].shape), tuple(own[k].shape))
+              for k in sorted(ckpt_keys & own_keys)
+              if relevant(k, own_keys) and hasattr(state[k], 'shape')
+              and tuple(state[k].shape) != tuple(own[k].shape)]
+    config = []
+    saved_cfg = (checkpoint.get('meta') or {}).get('cfg')
+    if isinstance(saved_cfg, str) and model_cfg is not None:
+        try:
+            from mmengine.config import Config
+            saved_model = Config.fromstring(saved_cfg, '.py').get('model')
+            if saved_model is not None:
+                config = config_differences(saved_model.to_dict(), _to_dict(model_cfg))
+        except Exception as err:  # an unparsable saved config must not block evaluation
+            config = [f'  (the saved config could not be parsed: {err})']
+    return dict(missing=missing, unexpected=unexpected, shapes=shapes, config=config)
+
+
+def _to_dict(cfg):
+    return cfg.to_dict() if hasattr(cfg, 'to_dict') else cfg
+
+
+def format_mismatch(report: dict, checkpoint_path: str, config_path: str,
+                    limit: int = 8) -> str:
+    """A readable account of :func:`compare_checkpoint_with_model`'s report."""
+    def some(items):
+        items = list(items)
+        head = ', '.join(str(i) for i in items[:limit])
+        return head + (f' ... ({len(items)} in all)' if len(items) > limit else '')
+    lines = [f'checkpoint {checkpoint_path} does not match the model built from {config_path}:']
+    if report['missing']:
+        lines.append(f"- {len(report['missing'])} model weights are not in the checkpoint (they "
+                     f"would stay randomly initialized): {some(report['missing'])}")
+    if report['shapes']:
+        lines.append('- shape mismatches (checkpoint vs model): ' + some(
+            f'{k} {a} vs {b}' for k, a, b in report['shapes']))
+    if report['unexpected']:
+        lines.append(f"- {len(report['unexpected'])} checkpoint entries the model does not have: "
+                     f"{some(report['unexpected'])}")
+    if report['config']:
+        lines.append("- the checkpoint's saved config differs in:")
+        lines.extend(report['config'])
+    return '\n'.join(lines)

@@ -140,7 +140,8 @@ def test_chain_fusion_matches_formula():
     the 1st layer's fused stats (momentum=1 exposes the fused stats in the running buffers)."""
     torch.manual_seed(0)
     p = 0.7
-    model = chain(BatchKalmanNorm2d, prior_weight=p, momentum=1.0, gate_ratio=None)
+    model = chain(BatchKalmanNorm2d, prior_weight=p, momentum=1.0, gate_ratio=None,
+                  prior_input='estimated')
     x = torch.randn(2, 3, 8, 8)
     captured = {}
     model[3].register_forward_hook(lambda m, i, o: captured.update(z=o))
@@ -170,7 +171,8 @@ def test_chain_fusion_matches_formula():
 
 def test_gate_skips_fusion():
     torch.manual_seed(0)
-    model = chain(BatchKalmanNorm2d, prior_weight=0.9, gate_ratio=100.0)
+    # the official prior (pre-normalization statistics) is the one a wild layer can blow up
+    model = chain(BatchKalmanNorm2d, prior_weight=0.9, gate_ratio=100.0, prior_input='estimated')
     x = torch.randn(2, 3, 8, 8)
     model(x)
     assert int(model[4].prior_status) == FUSED
@@ -211,7 +213,8 @@ def test_chain_inside_mmdet_resnet():
     model = ResNet(depth=50, stem_channels=8, base_channels=4, norm_eval=False,
                    norm_cfg=dict(type='BKN', requires_grad=True))
     model.train()  # mmdet's ResNet.train() returns None
-    model(torch.randn(1, 3, 32, 32))
+    # 64x64: stage 4 is 2x2, more than one value per channel (1x1 raises, as BN does)
+    model(torch.randn(1, 3, 64, 64))
     status = {name: int(m.prior_status) for name, m in model.named_modules()
               if isinstance(m, BatchKalmanNorm2d)}
     assert status.pop('bn1') == NO_PRIOR  # stem: image input
@@ -229,8 +232,9 @@ def test_residual_merge_state_is_sum():
     p = 0.5
     conv_a, conv_b = nn.Conv2d(3, 4, 1, bias=False), nn.Conv2d(3, 4, 1, bias=False)
     conv_c = nn.Conv2d(4, 4, 3, padding=1, bias=False)
-    na, nb = BatchKalmanNorm2d(4, momentum=1.0), BatchKalmanNorm2d(4, momentum=1.0)
-    nc = BatchKalmanNorm2d(4, prior_weight=p, momentum=1.0, gate_ratio=None)
+    kw = dict(momentum=1.0, prior_input='estimated')  # the official prior: summed input stats
+    na, nb = BatchKalmanNorm2d(4, **kw), BatchKalmanNorm2d(4, **kw)
+    nc = BatchKalmanNorm2d(4, prior_weight=p, gate_ratio=None, **kw)
     x = torch.randn(2, 3, 6, 6)
     ha, hb = conv_a(x), conv_b(x)
     s = F.relu(na(ha) + nb(hb))

@@ -39,7 +39,7 @@ def _assert_all_compensated(module, expected_layers, steps=3):
         assert layer.num_iters == steps
         assert layer.hist_len == min(steps, layer.buffer_num)
         # the producing conv was found: derivative history allocated and non-zero
-        assert layer.hist_sqmean_grad.numel() > 0 and layer.hist_sqmean_grad.abs().sum() > 0
+        assert layer.hist_var_grad.numel() > 0 and layer.hist_var_grad.abs().sum() > 0
 
 
 def test_build_norm_layer_from_root_registry():
@@ -106,7 +106,7 @@ def test_shared4conv1fc_bbox_head(num_rois):
     if num_rois:
         _assert_all_compensated(head, 4)
     else:  # 0 RoIs: no crash, no statistics
-        assert all(m.hist_len == 0 and m.num_iters == 3 for m in _cbn_layers(head))
+        assert all(m.num_sites == 0 and m.num_iters == 0 for m in _cbn_layers(head))
 
 
 @pytest.mark.parametrize('num_rois', [3, 0])
@@ -136,3 +136,31 @@ def test_burnin_hook_is_registered_in_root_hooks():
     from mmengine.registry import HOOKS
     hook = HOOKS.build(dict(type='CBNBurnInHook', burnin_epochs=8))
     assert isinstance(hook, CBNBurnInHook)
+
+
+def test_retinanet_shared_head_has_one_window_per_level_and_burns_in_by_step():
+    """RetinaNet's head runs its convs once per FPN level: 5 call sites per iteration. The
+    burn-in (2 steps) must end at step 3, not after 2 calls."""
+    from mmdet.models.dense_heads import RetinaHead
+    head = RetinaHead(num_classes=3, in_channels=8, feat_channels=8, stacked_convs=2,
+                      norm_cfg=dict(type='CBN', buffer_num=2, burnin_iters=2),
+                      anchor_generator=dict(type='AnchorGenerator', octave_base_scale=4,
+                                            scales_per_octave=3, ratios=[0.5, 1.0, 2.0],
+                                            strides=[8, 16, 32, 64, 128]))
+    layers = _cbn_layers(head)
+    assert len(layers) == 4
+    opt = torch.optim.SGD(head.parameters(), lr=0.01)
+    sizes = (16, 8, 4, 2, 2)
+    for step in range(3):
+        cls_scores, bbox_preds = head([torch.randn(1, 8, s, s) for s in sizes])
+        loss = sum(c.square().mean() + b.square().mean() for c, b in zip(cls_scores, bbox_preds))
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        for layer in layers:
+            assert layer.num_iters == step + 1
+            assert layer.window_active == (step + 1 > 2)
+    for layer in layers:
+        assert layer.num_sites == 5
+        assert layer.hist_len.tolist() == [1] * 5  # one windowed iteration per level
+        assert layer.hist_var_grad.shape[:3] == (5, 8, 2)

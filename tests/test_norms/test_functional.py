@@ -76,3 +76,45 @@ def test_check_input_4d_names_the_layer_and_shape():
         check_input_4d(layer, torch.zeros(2, 4))
     with pytest.raises(ValueError, match='got an input with 3 channels'):
         check_input_4d(layer, torch.zeros(1, 3, 2, 2))
+
+
+def test_update_running_stats_skips_non_finite_entries_without_sync():
+    from mmnorm_plugin.utils.sync_count import count_host_syncs
+    running = torch.tensor([1.0, 2.0, 3.0])
+    tracked = torch.tensor(2)
+    with count_host_syncs() as syncs:
+        finite = update_running_stats(running, torch.tensor([3.0, float('nan'),
+                                                             float('inf')]), None, tracked)
+    assert syncs.total == 0  # before: num_batches_tracked.item() for momentum=None
+    torch.testing.assert_close(running, torch.tensor([2.0, 2.0, 3.0]))
+    assert finite.tolist() == [True, False, False]
+    update_running_stats(running, torch.ones(3), None, 4)  # a Python count works too
+    torch.testing.assert_close(running, torch.tensor([1.75, 1.75, 2.5]))
+
+
+def test_input_checks_dtype_and_values_per_statistic():
+    from mmnorm_plugin.norms.functional import check_input_dtype, check_values_per_statistic
+    check_input_dtype(torch.zeros(1, dtype=torch.bfloat16), torch.float32, 'L')  # autocast
+    check_input_dtype(torch.zeros(1, dtype=torch.float64), torch.float64, 'L')
+    with pytest.raises(ValueError, match='L holds its statistics in torch.float32'):
+        check_input_dtype(torch.zeros(1, dtype=torch.float64), torch.float32, 'L')
+    with pytest.raises(ValueError, match='L holds its statistics in torch.float16'):
+        check_input_dtype(torch.zeros(1, dtype=torch.bfloat16), torch.float16, 'L')
+    check_values_per_statistic(2, 'L', [2, 1, 1, 1])
+    with pytest.raises(ValueError, match=r'input size \(1, 4, 1, 1\)'):
+        check_values_per_statistic(1, 'L', [1, 4, 1, 1])
+
+
+@pytest.mark.parametrize('shape', [(2, 5, 4, 3), (1, 3, 1, 1), (3, 4, 1, 1), (7, 2, 2, 5)])
+def test_batch_moments_equal_var_mean(shape):
+    from mmnorm_plugin.norms.functional import batch_moments
+    # a large common offset: a sum-of-squares formula would lose the variance to cancellation
+    x = torch.randn(shape, dtype=torch.float64) * 1e-3 + 1e3
+    var, mean = batch_moments(x)
+    ref_var, ref_mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+    torch.testing.assert_close(mean, ref_mean, rtol=1e-12, atol=0)
+    torch.testing.assert_close(var, ref_var, rtol=1e-6, atol=1e-15)
+    # constant channels have variance 0 (rstd is inf with eps=0), half inputs give float32
+    var, mean = batch_moments(torch.full((2, 3, 2, 2), 2.0, dtype=torch.float16))
+    assert var.dtype == torch.float32 and torch.equal(var, torch.zeros(3))
+    assert torch.equal(mean, torch.full((3,), 2.0))

@@ -252,17 +252,23 @@ def test_empty_input():
     assert layer.eval()(torch.randn(0, 4, 7, 7)).shape == (0, 4, 7, 7)
 
 
-def test_load_plain_bn_state_dict():
+@pytest.mark.parametrize('strict', [False, True])
+def test_load_plain_bn_state_dict(strict):
+    """A BN checkpoint loads even strictly (issue 10 item 5): the window starts empty."""
     bn = nn.BatchNorm2d(4)
     bn.running_mean.fill_(0.5)
+    bn.running_var.fill_(3.0)
     bn.num_batches_tracked.fill_(1000)
     layer = MABN(4)
+    layer.chi2_history.fill_(7.0)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter('always')
-        result = layer.load_state_dict(bn.state_dict(), strict=False)
-    assert set(result.missing_keys) == {'chi2_history', 'psi_history'}
+        result = layer.load_state_dict(bn.state_dict(), strict=strict)
+    assert not result.missing_keys and not result.unexpected_keys
     assert not layer.running_mean.any()
+    assert torch.equal(layer.running_var, bn.running_var)
     assert layer.num_batches_tracked.item() == 0  # warm-up starts over
+    assert not layer.chi2_history.any() and not layer.psi_history.any()
 
 
 def test_norm_eval_and_decay_rules_in_mmdet_resnet():

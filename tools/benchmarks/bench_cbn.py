@@ -10,6 +10,9 @@ Time and memory come from :func:`mmnorm_plugin.utils.benchmark.compare_norms` (n
 * ``x layer``: fwd+bwd of ``Conv3x3 + norm`` against ``Conv3x3 + BN`` (a 3x3 conv's own
   fwd+bwd is measured as the candidate ``conv3x3``). CBN's exact ``∂ν/∂W`` is a weight-gradient
   convolution, so against BN's elementwise work alone the ratio is large by nature.
+* ``x BN - floor``: the norm alone minus one weight-gradient convolution of the producing
+  conv (timed as the candidate ``wgrad floor``), against BN: what CBN costs beyond the one
+  operation its exact ``∂σ²/∂W`` cannot avoid.
 * history: bytes of the cross-iteration state, ours (registered buffers minus BN's running
   statistics) against the official layout (Python lists holding ∂μ/∂W, ∂ν/∂W and a copy of W,
   three weight-sized tensors per past iteration).
@@ -25,6 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from mmnorm_plugin.norms.cbn import CBN
+from torch.nn.grad import conv2d_weight
+
 from mmnorm_plugin.norms.functional import find_producing_conv
 from mmnorm_plugin.utils.benchmark import (DETECTION_SHAPES, buffer_bytes, compare_norms,
                                            format_rows)
@@ -69,6 +74,16 @@ class OfficialStyleCBN(nn.Module):
         return x * scale.view(1, -1, 1, 1) + (self.bias - mean * scale).view(1, -1, 1, 1)
 
 
+class WeightGradientFloor(nn.Module):
+    """Identity that runs one weight-gradient conv of the producing conv: CBN's floor."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        o = find_producing_conv(x)
+        conv2d_weight(o.input, o.weight.shape, x.detach(), o.stride, o.padding, o.dilation,
+                      o.groups)
+        return x
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--shapes', nargs='+', choices=sorted(SHAPES), default=['fpn', 'roi'])
@@ -87,7 +102,8 @@ def main() -> None:
         return factory
 
     candidates = {'BN': keep('BN', nn.BatchNorm2d),
-                  'conv3x3': keep('conv3x3', lambda c: nn.Conv2d(c, c, 3, padding=1, bias=False))}
+                  'conv3x3': keep('conv3x3', lambda c: nn.Conv2d(c, c, 3, padding=1, bias=False)),
+                  'wgrad floor': keep('wgrad floor', lambda c: WeightGradientFloor())}
     for k in args.buffer_nums:
         candidates[f'CBN k={k}'] = keep(f'CBN k={k}', lambda c, k=k: CBN(c, buffer_num=k))
         candidates[f'official k={k}'] = keep(f'official k={k}',
@@ -99,8 +115,8 @@ def main() -> None:
     print(format_rows(rows))
 
     print('\nper layer (Conv3x3 + norm) fwd+bwd vs Conv3x3 + BN, and history memory')
-    header = (f'{"shape (N,C,H,W)":<22}{"norm":<16}{"x layer":>9}{"history MB":>12}'
-              f'{"official MB":>13}{"x official":>12}')
+    header = (f'{"shape (N,C,H,W)":<22}{"norm":<16}{"x layer":>9}{"x BN - floor":>14}'
+              f'{"history MB":>12}{"official MB":>13}{"x official":>12}')
     print(header + '\n' + '-' * len(header))
     by_key = {(r['shape'], r['name']): r for r in rows}
     for i, shape in enumerate(shapes):
@@ -109,6 +125,8 @@ def main() -> None:
         for k in args.buffer_nums:
             for name in (f'CBN k={k}', f'official k={k}'):
                 layer = (conv_ms + by_key[(shape, name)]['ms']) / bn_layer
+                beyond = ((by_key[(shape, name)]['ms'] - by_key[(shape, 'wgrad floor')]['ms'])
+                          / by_key[(shape, 'BN')]['ms'])
                 module = made[name][i]
                 if isinstance(module, CBN):
                     history = buffer_bytes(module) - buffer_bytes(made['BN'][i])
@@ -117,7 +135,7 @@ def main() -> None:
                            f'{history / official:>12.2f}')
                 else:
                     mem = f'{module.history_bytes() / 2**20:>12.2f}{"":>13}{"":>12}'
-                print(f'{str(shape):<22}{name:<16}{layer:>9.2f}{mem}')
+                print(f'{str(shape):<22}{name:<16}{layer:>9.2f}{beyond:>14.2f}{mem}')
 
 
 if __name__ == '__main__':

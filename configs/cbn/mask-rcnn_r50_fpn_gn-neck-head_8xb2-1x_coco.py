@@ -1,0 +1,11 @@
+# Mask R-CNN R50-FPN with GroupNorm (32 groups, trainable affine) in the FPN and the 4conv1fc box
+# head and the 4-conv mask head, frozen-BN ImageNet backbone: the "GN" row of the CBN release's
+# table (configs/cbn/mask_rcnn_r50_fpn_gn_1x.py). Solver and RPN settings of the release: see the
+# base. 8 GPUs x 2 images, lr 0.02, 1x.
+_base_ = './mask-rcnn_r50_fpn_4conv1fc_8xb2-1x_coco.py'
+norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
+model = dict(
+    neck=dict(norm_cfg=norm_cfg),
+    roi_head=dict(
+        bbox_head=dict(norm_cfg=norm_cfg),
+        mask_head=dict(norm_cfg=norm_cfg)))

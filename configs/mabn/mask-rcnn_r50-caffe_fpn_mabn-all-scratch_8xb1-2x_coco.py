@@ -1,0 +1,17 @@
+# mask-rcnn_r50-caffe_fpn_mabn-all-scratch at 8 GPUs x 1 image, 2x.
+_base_ = './mask-rcnn_r50-caffe_fpn_mabn-all-scratch_8xb2-2x_coco.py'
+
+train_dataloader = dict(batch_size=1)
+# Linear LR rule: lr 0.02 per 16 images, so 8 GPUs x 1 image = 8 images -> lr 0.01.
+# `tools/train.py --auto-scale-lr` rescales from base_batch_size=8 for other GPU counts.
+optim_wrapper = dict(optimizer=dict(lr=0.01))
+auto_scale_lr = dict(base_batch_size=8)
+# The SMA window keeps the 32 images of the 8xb2 configs: 32 iterations of 1 image. This is the
+# official parametrization, MABN2d(B, real_B=32) with window real_B / B, at B=1.
+window = dict(buffer_size=32)
+model = dict(
+    backbone=dict(norm_cfg=window),
+    neck=dict(norm_cfg=window),
+    roi_head=dict(
+        mask_head=dict(norm_cfg=window),
+        bbox_head=dict(norm_cfg=window)))

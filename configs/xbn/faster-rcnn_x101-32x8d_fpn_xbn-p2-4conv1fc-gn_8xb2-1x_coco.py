@@ -1,0 +1,9 @@
+# XBNBlock-P2 ResNeXt-101 32x8d Faster R-CNN with GN (32 groups) in the FPN and the official
+# 4conv1fc box head (one ReLU after the fourth conv). 8 GPUs x 2 images, lr 0.02, 1x.
+_base_ = './faster-rcnn_x101-32x8d_fpn_xbn-p2_8xb2-1x_coco.py'
+norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
+model = dict(
+    neck=dict(norm_cfg=norm_cfg),
+    roi_head=dict(
+        bbox_head=dict(
+            type='Shared4Conv1FCLastReLUBBoxHead', conv_out_channels=256, norm_cfg=norm_cfg)))

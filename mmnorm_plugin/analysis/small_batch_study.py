@@ -1,0 +1,268 @@
+"""Accuracy vs. batch size of normalization layers: the papers' small-batch figure, on CPU.
+
+Every method paper in this plugin shows one figure first: accuracy of the same network
+trained at decreasing batch sizes, where BN collapses and the proposed norm does not. This
+module reproduces that experiment at a scale a CPU does in minutes, on a real image dataset
+shipped inside a Python package (scikit-learn's ``load_digits``: 1,797 handwritten digits,
+8 × 8 grey levels, 10 classes; no download):
+
+* the network is a small all-convolutional classifier built from mmcv bricks
+  (``build_conv_layer`` + ``build_norm_layer``, exactly what mmdet does with a ``norm_cfg``):
+  five ``conv3×3 → norm → ReLU`` layers (widths 32, 32, 64 stride 2, 64, 64), global average
+  pooling and a linear classifier. At batch 1 a norm after the stride-2 conv sees 16 values
+  per channel, which starves BN the way a detector's 1-image batches do;
+* every arm trains for the same number of epochs with SGD (momentum 0.9, weight decay 5e-4)
+  and a one-cycle schedule whose peak learning rate follows the linear scaling rule
+  ``lr = base_lr × batch / 32`` (the rule the detection configs use);
+* evaluation is in eval mode, i.e. with each layer's running (population) statistics, as a
+  trained detector is evaluated.
+
+:func:`run_study` returns one record per (method, batch size, seed), :func:`summarize` the
+mean ± std over seeds, :func:`format_table` a text table, :func:`plot_study` the PNG (accuracy
+vs. batch size, log-x, one line per method). ``tools/analysis/small_batch_study.py`` is the CLI.
+"""
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmcv.cnn import build_conv_layer, build_norm_layer
+from torch import Tensor, nn
+
+__all__ = [
+    'METHODS', 'StudyRecord', 'SmallConvNet', 'load_digits_split', 'train_and_evaluate',
+    'run_study', 'summarize', 'format_table', 'plot_study'
+]
+
+# The arms users compare. Each is the norm_cfg (+ conv_cfg) a config would carry; 'XBN' puts
+# the batch-free norm (GN) where XBNBlock does in a block: after every other conv.
+METHODS: Dict[str, Dict] = {
+    'BN': dict(norm_cfg=dict(type='BN')),
+    'GN': dict(norm_cfg=dict(type='GN', num_groups=8)),
+    'CBN': dict(norm_cfg=dict(type='CBN', buffer_num=3)),
+    'MABN': dict(norm_cfg=dict(type='MABN'), conv_cfg=dict(type='CenConv2d')),
+    'BGN': dict(norm_cfg=dict(type='BGN', num_groups=8)),
+    'BKN': dict(norm_cfg=dict(type='BKN')),
+    'XBN': dict(norm_cfg=dict(type='BN'), bfn_cfg=dict(type='GN', num_groups=8)),
+}
+
+WIDTHS = (32, 32, 64, 64, 64)
+STRIDES = (1, 1, 2, 1, 1)
+
+
+class SmallConvNet(nn.Module):
+    """Five ``conv3×3 → norm → ReLU`` layers, global average pooling, linear classifier.
+
+    Args:
+        norm_cfg (dict): the norm under study, as in an mmdet config.
+        conv_cfg (dict, optional): conv layer config (``CenConv2d`` for MABN).
+        bfn_cfg (dict, optional): a batch-free norm used instead of ``norm_cfg`` in layers
+            2 and 4 (XBNBlock's placement: one BFN per pair of convs).
+        in_channels, num_classes: data geometry.
+    """
+
+    def __init__(self, norm_cfg: Dict, conv_cfg: Optional[Dict] = None,
+                 bfn_cfg: Optional[Dict] = None, in_channels: int = 1,
+                 num_classes: int = 10) -> None:
+        super().__init__()
+        layers = []
+        for i, (width, stride) in enumerate(zip(WIDTHS, STRIDES)):
+            cfg = bfn_cfg if bfn_cfg is not None and i in (1, 3) else norm_cfg
+            layers += [
+                build_conv_layer(conv_cfg, in_channels, width, 3, stride=stride, padding=1,
+                                 bias=False),
+                build_norm_layer(cfg, width)[1],
+                nn.ReLU(inplace=True)
+            ]
+            in_channels = width
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(in_channels, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.features(x).mean((2, 3)))
+
+
+def load_digits_split(test_fraction: float = 0.2,
+                      seed: int = 0) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """scikit-learn's digits as NCHW float tensors, a stratified split fixed by ``seed``.
+
+    Pixels are standardized with the training set's mean and std (one scalar each).
+    """
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError('the small-batch study needs scikit-learn (its digits dataset ships '
+                          "with the package): pip install -e '.[analysis]'") from e
+    digits = load_digits()
+    images = digits.images.astype(np.float32)
+    labels = digits.target.astype(np.int64)
+    rng = np.random.default_rng(seed)
+    test_idx = []
+    for label in np.unique(labels):
+        idx = np.flatnonzero(labels == label)
+        test_idx.extend(rng.permutation(idx)[:int(round(len(idx) * test_fraction))])
+    test_mask = np.zeros(len(labels), dtype=bool)
+    test_mask[test_idx] = True
+    train_x, test_x = images[~test_mask], images[test_mask]
+    mean, std = train_x.mean(), train_x.std()
+    to_tensor = lambda a: torch.from_numpy((a - mean) / std).unsqueeze(1)  # noqa: E731
+    return (to_tensor(train_x), torch.from_numpy(labels[~test_mask]), to_tensor(test_x),
+            torch.from_numpy(labels[test_mask]))
+
+
+@dataclass
+class StudyRecord:
+    """One training run: the arm, its hyperparameters and its eval-mode test accuracy."""
+    method: str
+    batch_size: int
+    seed: int
+    accuracy: float
+    epochs: float
+    peak_lr: float
+    seconds: float
+    final_loss: float
+    extra: Dict = field(default_factory=dict)
+
+    def as_dict(self) -> Dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> float:
+    model.eval()
+    correct = 0
+    for i in range(0, len(x), batch_size):
+        correct += (model(x[i:i + batch_size]).argmax(1) == y[i:i + batch_size]).sum().item()
+    return correct / len(x)
+
+
+def train_and_evaluate(method: Dict, batch_size: int, seed: int, data: Sequence[Tensor],
+                       epochs: float = 4, base_lr: float = 0.1, weight_decay: float = 5e-4,
+                       name: str = '', progress: Optional[Callable[[], None]] = None
+                       ) -> StudyRecord:
+    """Train :class:`SmallConvNet` with ``method`` (its kwargs) at ``batch_size``, evaluate.
+
+    ``epochs`` may be fractional (tests use a tiny budget). The peak learning rate is
+    ``base_lr × batch_size / 32``; the last, incomplete batch of an epoch is dropped so every
+    training batch has exactly ``batch_size`` images.
+    """
+    train_x, train_y, test_x, test_y = data
+    torch.manual_seed(seed)
+    model = SmallConvNet(in_channels=train_x.shape[1], **copy.deepcopy(method))
+    peak_lr = base_lr * batch_size / 32
+    steps_per_epoch = len(train_x) // batch_size
+    total_steps = max(1, int(round(epochs * steps_per_epoch)))
+    optimizer = torch.optim.SGD(model.parameters(), lr=peak_lr, momentum=0.9,
+                                weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peak_lr,
+                                                    total_steps=total_steps)
+    generator = torch.Generator().manual_seed(seed)
+    start, step, loss = time.perf_counter(), 0, torch.zeros(())
+    model.train()
+    while step < total_steps:
+        order = torch.randperm(len(train_x), generator=generator)
+        for i in range(steps_per_epoch):
+            if step == total_steps:
+                break
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            if progress is not None:
+                progress()
+    seconds = time.perf_counter() - start
+    return StudyRecord(method=name, batch_size=batch_size, seed=seed,
+                       accuracy=_accuracy(model, test_x, test_y), epochs=epochs,
+                       peak_lr=peak_lr, seconds=seconds, final_loss=float(loss.detach()))
+
+
+def run_study(methods: Dict[str, Dict], batch_sizes: Iterable[int] = (1, 2, 4, 32),
+              seeds: Iterable[int] = (0, 1, 2), epochs: float = 4, base_lr: float = 0.1,
+              data: Optional[Sequence[Tensor]] = None, progress: bool = True
+              ) -> List[StudyRecord]:
+    """Train every (method, batch size, seed) arm; return the records in that order.
+
+    Args:
+        methods: name → ``SmallConvNet`` kwargs (``norm_cfg``, optional ``conv_cfg``,
+            ``bfn_cfg``), e.g. a subset of :data:`METHODS` or your own norm configs.
+        progress: an mmengine progress bar over all training steps of all arms.
+    """
+    data = load_digits_split() if data is None else data
+    batch_sizes, seeds = list(batch_sizes), list(seeds)
+    arms = [(name, b, s) for name in methods for b in batch_sizes for s in seeds]
+    tick = None
+    if progress:
+        from mmengine.utils import ProgressBar
+        n = len(data[0])
+        bar = ProgressBar(sum(max(1, int(round(epochs * (n // b)))) for _, b, _ in arms))
+        tick = bar.update
+    records = []
+    for name, batch_size, seed in arms:
+        records.append(
+            train_and_evaluate(methods[name], batch_size, seed, data, epochs=epochs,
+                               base_lr=base_lr, name=name, progress=tick))
+    if progress:
+        print()
+    return records
+
+
+def summarize(records: Sequence[StudyRecord]) -> Dict[str, Dict[int, Tuple[float, float, int]]]:
+    """method → batch size → (mean accuracy, std over seeds, number of seeds)."""
+    groups: Dict[str, Dict[int, List[float]]] = {}
+    for r in records:
+        groups.setdefault(r.method, {}).setdefault(r.batch_size, []).append(r.accuracy)
+    return {
+        method: {b: (float(np.mean(a)), float(np.std(a)), len(a))
+                 for b, a in sorted(by_batch.items())}
+        for method, by_batch in groups.items()
+    }
+
+
+def format_table(records: Sequence[StudyRecord]) -> str:
+    """Markdown table: one row per method, one column per batch size, mean ± std (%)."""
+    summary = summarize(records)
+    batch_sizes = sorted({b for by_batch in summary.values() for b in by_batch})
+    lines = ['| method | ' + ' | '.join(f'batch {b}' for b in batch_sizes) + ' |',
+             '|---|' + '---|' * len(batch_sizes)]
+    for method, by_batch in summary.items():
+        cells = []
+        for b in batch_sizes:
+            if b in by_batch:
+                mean, std, _ = by_batch[b]
+                cells.append(f'{100 * mean:.1f} ± {100 * std:.1f}')
+            else:
+                cells.append('–')
+        lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def plot_study(records: Sequence[StudyRecord], path: str, title: str = '') -> str:
+    """Accuracy vs. batch size (log-x), mean ± std over seeds, one line per method."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    summary = summarize(records)
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    batch_sizes = sorted({b for by_batch in summary.values() for b in by_batch})
+    for method, by_batch in summary.items():
+        b = np.array(list(by_batch))
+        mean = np.array([v[0] for v in by_batch.values()]) * 100
+        std = np.array([v[1] for v in by_batch.values()]) * 100
+        ax.errorbar(b, mean, yerr=std, marker='o', capsize=3, label=method)
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax.set_xlabel('images per batch (log scale)')
+    ax.set_ylabel('test accuracy (%), eval mode')
+    ax.set_title(title or 'Accuracy vs. batch size')
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize='small', loc='center left', bbox_to_anchor=(1.0, 0.5))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,116 @@
+"""cfg.sync_bn with the plugin's norms: refused by our tools, kept (with a warning) elsewhere."""
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+import torch
+from mmcv.cnn import build_norm_layer
+from mmengine.config import Config
+from mmengine.registry import MODELS
+from torch import nn
+
+import mmnorm_plugin  # noqa: F401
+from mmnorm_plugin.utils import sync_bn as sync_mod
+from mmnorm_plugin.utils.norm_cfg import norm_cfg_types
+from mmnorm_plugin.utils.sync_bn import check_sync_bn_cfg, guarded_convert_sync_batchnorm
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CBN_DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')
+BN_DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py')
+
+
+def _net(norm_type):
+    return nn.Sequential(nn.Conv2d(3, 32, 3), build_norm_layer(dict(type=norm_type), 32)[1],
+                         nn.Conv2d(32, 8, 3), nn.BatchNorm2d(8))
+
+
+def test_config_check_refuses_plugin_norms_and_names_the_fix():
+    cfg = Config.fromfile(CBN_DEMO)
+    cfg.sync_bn = 'torch'
+    with pytest.raises(ValueError) as err:
+        check_sync_bn_cfg(cfg, norm_cfg_types(cfg.model))
+    message = str(err.value)
+    assert "'backbone.norm_cfg' (CBN)" in message and 'remove sync_bn' in message
+    assert "type='SyncBN'" in message
+    bn = Config.fromfile(BN_DEMO)
+    bn.sync_bn = 'torch'
+    check_sync_bn_cfg(bn, norm_cfg_types(bn.model))  # plain BN: mmengine's conversion is fine
+    cfg.sync_bn = None
+    check_sync_bn_cfg(cfg, norm_cfg_types(cfg.model))
+
+
+@pytest.mark.parametrize('norm_type', ['CBN', 'MABN', 'BGN', 'BKN'])
+def test_guarded_conversion_keeps_plugin_norms_and_converts_bn(norm_type):
+    net = _net(norm_type)
+    ours = net[1]
+    state = {k: v.clone() for k, v in ours.state_dict().items()}
+    with pytest.warns(UserWarning, match=f"{norm_type}.*kept UNCONVERTED.*: 1"):
+        out = guarded_convert_sync_batchnorm(net, 'torch')
+    assert out[1] is ours and type(out[1]) is MODELS.get(norm_type)
+    assert all(torch.equal(v, out[1].state_dict()[k]) for k, v in state.items())
+    assert isinstance(out[3], nn.SyncBatchNorm)  # everything else: mmengine's conversion
+
+
+def test_runner_uses_the_guarded_conversion():
+    from mmengine.runner import Runner
+    assert getattr(Runner.wrap_model.__globals__['convert_sync_batchnorm'], '_mmnorm_guard')
+
+
+def test_a_synced_variant_in_the_table_replaces_refusal_by_conversion(monkeypatch):
+    from mmnorm_plugin.norms.cbn import CBN
+
+    class FakeSyncCBN(CBN):
+        @classmethod
+        def from_unsynced(cls, module):
+            new = cls(module.num_features)
+            new.load_state_dict(module.state_dict())
+            return new
+
+    MODELS.register_module('FakeSyncCBN_test', module=FakeSyncCBN, force=True)
+    monkeypatch.setitem(sync_mod.SYNC_VARIANTS, 'CBN', 'FakeSyncCBN_test')
+    cfg = Config.fromfile(CBN_DEMO)
+    cfg.sync_bn = 'torch'
+    check_sync_bn_cfg(cfg, norm_cfg_types(cfg.model))  # no refusal any more
+    out = guarded_convert_sync_batchnorm(_net('CBN'), 'torch')
+    assert type(out[1]) is FakeSyncCBN and isinstance(out[3], nn.SyncBatchNorm)
+
+
+def test_train_tool_refuses_sync_bn_with_plugin_norms_when_distributed(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), CBN_DEMO, '--launcher', 'pytorch',
+         '--work-dir', str(tmp_path), '--cfg-options', 'sync_bn=torch'],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "cfg.sync_bn='torch' converts every _BatchNorm subclass" in proc.stderr
+    assert 'Fix: remove sync_bn' in proc.stderr
+
+
+def test_a_runner_built_with_sync_bn_keeps_plugin_norms_and_warns(tmp_path):
+    """mmdet's shipped train.py path: Runner.from_cfg with sync_bn='torch', distributed."""
+    code = f"""
+import socket, warnings
+import torch.distributed as dist
+from mmengine.config import Config
+from mmengine.runner import Runner
+s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{{port}}', rank=0, world_size=1)
+import os; os.environ.setdefault('LOCAL_RANK', '0')
+cfg = Config.fromfile({CBN_DEMO!r})  # its custom_imports import the plugin, as in mmdet's tool
+cfg.update(dict(launcher='pytorch', sync_bn='torch', work_dir={str(tmp_path)!r},
+                model_wrapper_cfg=dict(type='AnyDeviceDDP')))
+import mmnorm_plugin.apis  # AnyDeviceDDP (CPU); mmdet's tool on GPU needs nothing of this
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter('always')
+    runner = Runner.from_cfg(cfg)
+types = {{type(m).__name__ for m in runner.model.module.modules()}}
+print('TYPES', sorted(t for t in types if 'Norm' in t or t == 'CBN'))
+print('WARNED', any('kept UNCONVERTED' in str(w.message) for w in caught))
+dist.destroy_process_group()
+"""
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=180, cwd=str(tmp_path),
+                          env=dict(__import__('os').environ, PYTHONPATH=ROOT))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "TYPES ['CBN']" in proc.stdout and 'WARNED True' in proc.stdout
+    assert 'kept UNCONVERTED' in proc.stdout + proc.stderr  # in the Runner's log too
