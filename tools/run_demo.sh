@@ -3,26 +3,58 @@
 # one of the plugin's norms (CBN by default) on CPU, evaluate it with tools/test.py (COCO mAP).
 #   bash tools/run_demo.sh                      # CBN demo
 #   CONFIG=configs/demo/faster-rcnn_r18-w16_fpn_bn_tiny-coco.py bash tools/run_demo.sh
+#   CONFIG=configs/small_batch/<arm>.py bash tools/run_demo.sh     # one arm of the small-batch study
+#   BASELINE=<config> ...                       # train and evaluate this one too, print both
+# A config from configs/small_batch is printed next to the study's BN arms measured the same way
+# (docs/small_batch_detection.json), so the gap to BN at 1 and at 8 images per batch is visible.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 CONFIG=${CONFIG:-configs/demo/faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py}
 WORK_DIR=${WORK_DIR:-work_dirs/demo/$(basename "$CONFIG" .py)}
+BASELINE=${BASELINE:-}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 source tools/python_env.sh  # the Python setup_env.sh installs into (.venv unless one is active)
 
 bash tools/setup_env.sh
-if [ ! -f data/tiny_coco/annotations/instances_val.json ]; then
-  "$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco
+
+run_one() {  # CONFIG WORK_DIR: dataset if missing, train, test
+  local config=$1 work_dir=$2 data_root variant checkpoint
+  # the dataset the config reads: data/tiny_coco, or data/tiny_coco_hard (configs/small_batch)
+  data_root=$("$PY" -c 'import sys; from mmengine.config import Config
+print(Config.fromfile(sys.argv[1]).train_dataloader.dataset.data_root.rstrip("/"))' "$config")
+  case "$data_root" in *_hard) variant=hard ;; *) variant=default ;; esac
+  if [ ! -f "$data_root/annotations/instances_val.json" ]; then
+    "$PY" tools/misc/make_tiny_coco.py --out-dir "$data_root" --variant "$variant"
+  fi
+  "$PY" tools/train.py "$config" --work-dir "$work_dir/train"
+  checkpoint=$(cat "$work_dir/train/last_checkpoint")
+  "$PY" tools/test.py "$config" "$checkpoint" --work-dir "$work_dir/test"
+}
+
+runs=("$CONFIG=$WORK_DIR")
+if [ -n "$BASELINE" ]; then
+  runs+=("$BASELINE=work_dirs/demo/$(basename "$BASELINE" .py)")
 fi
-start=$(date +%s)
-"$PY" tools/train.py "$CONFIG" --work-dir "$WORK_DIR/train"
-checkpoint=$(cat "$WORK_DIR/train/last_checkpoint")
-"$PY" tools/test.py "$CONFIG" "$checkpoint" --work-dir "$WORK_DIR/test"
-"$PY" - "$WORK_DIR/test" "$CONFIG" "$(( $(date +%s) - start ))" <<'PY'
-import glob, json, sys
-work_dir, config, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3])
-metrics = json.loads(open(sorted(glob.glob(f'{work_dir}/*/*.json'))[-1]).read().splitlines()[-1])
-print(f'\n{config}\ntrain + test wall time: {seconds // 60} min {seconds % 60} s')
-for key in sorted(k for k in metrics if k.startswith('coco/') and 'mAP' in k):
-    print(f'  {key:<22} {metrics[key]:.3f}')
+for run in "${runs[@]}"; do
+  run_one "${run%%=*}" "${run#*=}"
+done
+"$PY" - "${runs[@]}" <<'PY'
+import glob, json, os.path as osp, sys
+from mmnorm_plugin.analysis.detection_study import read_arm
+reference = 'docs/small_batch_detection.json'
+for spec in sys.argv[1:]:
+    config, work_dir = spec.split('=', 1)
+    arm = read_arm(config, work_dir)
+    metrics = json.loads(open(sorted(glob.glob(f'{work_dir}/test/*/*.json'))[-1]).read().splitlines()[-1])
+    sec = int(arm['seconds'])
+    print(f'\n{config}\ntrain + test wall time: {sec // 60} min {sec % 60} s')
+    for key in sorted(k for k in metrics if k.startswith('coco/') and 'mAP' in k):
+        print(f'  {key:<22} {metrics[key]:.3f}')
+    if '/small_batch/' in config and osp.exists(reference):
+        rows = json.load(open(reference))
+        print(f'\nbbox mAP: this run next to the study ({reference}, same configs, same commands):')
+        print(f"  {'this run':<58} {arm['mAP']:.3f}")
+        for row in rows:
+            if row['config'] == osp.basename(config) or row['name'].startswith('BN-'):
+                print(f"  {row['name'] + ' (' + row['config'] + ')':<58} {row['mAP']:.3f}")
 PY

@@ -1,0 +1,113 @@
+"""The small-batch detection study (configs/small_batch): collect each arm's COCO metrics from the
+work directory ``tools/run_demo.sh`` wrote, tabulate them and plot them as bars.
+
+Each arm is ``name=work_dir`` where ``work_dir`` is run_demo.sh's ``WORK_DIR``: the training run
+under ``work_dir/train/<timestamp>/`` and the ``tools/test.py`` run under
+``work_dir/test/<timestamp>/<timestamp>.json`` (its last line holds the metrics). The wall time
+is from the training run's start (its timestamp folder name) to the test's metrics file: train +
+test, without install and dataset generation.
+"""
+import datetime
+import glob
+import json
+import os
+import os.path as osp
+from typing import Dict, List, Optional, Sequence
+
+__all__ = ['read_arm', 'parse_arms', 'format_table', 'plot_study']
+
+_STAMP = '%Y%m%d_%H%M%S'
+
+
+def _timestamp(path: str) -> Optional[float]:
+    try:
+        return datetime.datetime.strptime(osp.basename(path), _STAMP).timestamp()
+    except ValueError:
+        return None
+
+
+def read_arm(name: str, work_dir: str) -> Dict:
+    """Metrics of one arm: ``name``, ``config`` (file name of the config the training dumped
+    into ``work_dir/train``, None if absent), ``mAP``, ``AP50``, ``AP75``, ``seconds`` (None if
+    unknown).
+
+    Raises ``FileNotFoundError`` naming ``work_dir`` when no test result is there.
+    """
+    results = sorted(glob.glob(osp.join(work_dir, 'test', '*', '*.json')))
+    if not results:
+        raise FileNotFoundError(f'no tools/test.py result under {work_dir}/test/*/')
+    with open(results[-1]) as f:
+        metrics = json.loads(f.read().splitlines()[-1])
+    starts = [t for t in map(_timestamp, glob.glob(osp.join(work_dir, 'train', '*')))
+              if t is not None]
+    seconds = round(os.path.getmtime(results[-1]) - max(starts)) if starts else None
+    configs = glob.glob(osp.join(work_dir, 'train', '*.py'))
+    return dict(name=name, config=osp.basename(configs[0]) if configs else None,
+                mAP=metrics['coco/bbox_mAP'], AP50=metrics['coco/bbox_mAP_50'],
+                AP75=metrics['coco/bbox_mAP_75'], seconds=seconds)
+
+
+def format_table(arms: Sequence[Dict]) -> str:
+    """A markdown table, one row per arm, in the given order."""
+    lines = ['| arm | bbox mAP | AP50 | AP75 | train + test wall time |', '|---|---|---|---|---|']
+    for arm in arms:
+        sec = arm.get('seconds')
+        wall = '–' if sec is None else f'{int(sec) // 60} min {int(sec) % 60:02d} s'
+        lines.append(f"| {arm['name']} | {arm['mAP']:.3f} | {arm['AP50']:.3f} | "
+                     f"{arm['AP75']:.3f} | {wall} |")
+    return '\n'.join(lines)
+
+
+def plot_study(arms: Sequence[Dict], path: str, title: str = '',
+               references: Sequence[str] = ()) -> str:
+    """Bar chart of bbox mAP (bars) and AP50 (markers) per arm; the arms named in
+    ``references`` (e.g. BN at 8 and at 1 image per batch) are grey bars and a dashed line across
+    the chart. Returns ``path``."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    names = [a['name'] for a in arms]
+    by_name = {a['name']: a for a in arms}
+    missing = [r for r in references if r not in by_name]
+    if missing:
+        raise KeyError(f'reference arms {missing} are not among {names}')
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(arms) + 1.5), 3.6))
+    xs = list(range(len(arms)))
+    colours = ['tab:gray' if a['name'] in references else 'tab:blue' for a in arms]
+    bars = ax.bar(xs, [a['mAP'] for a in arms], color=colours)
+    from matplotlib.patches import Patch
+    handles = [Patch(color='tab:blue', label='bbox mAP')]
+    if references:
+        handles.append(Patch(color='tab:gray', label='bbox mAP, reference arm'))
+    ax.plot(xs, [a['AP50'] for a in arms], 'o', color='tab:orange', label='AP50')
+    for bar, arm in zip(bars, arms):
+        ax.annotate(f"{arm['mAP']:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha='center', va='bottom', fontsize=7)
+    for style, ref in zip(('--', ':', '-.'), references):
+        ax.axhline(by_name[ref]['mAP'], color='gray', linestyle=style, linewidth=1,
+                   label=f'{ref} mAP')
+    ax.set_xticks(xs)
+    ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
+    ax.set_ylabel('COCO bbox mAP / AP50')
+    ax.set_ylim(0, min(1.0, 1.25 * max(max(a['AP50'], a['mAP']) for a in arms) + 0.02))
+    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc='upper left',
+              ncol=2)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def parse_arms(specs: List[str]) -> List[Dict]:
+    """``['BN-8=work_dirs/sb/bn8', ...]`` -> the arms' metrics (see :func:`read_arm`)."""
+    arms = []
+    for spec in specs:
+        name, sep, work_dir = spec.partition('=')
+        if not sep or not name or not work_dir:
+            raise ValueError(f'expected NAME=WORK_DIR, got {spec!r}')
+        arms.append(read_arm(name, work_dir))
+    return arms

@@ -1,0 +1,47 @@
+"""The detection-study collector reads run_demo.sh's work dirs, tabulates and plots."""
+import json
+import os
+
+import pytest
+
+from mmnorm_plugin.analysis.detection_study import (format_table, parse_arms, plot_study,
+                                                    read_arm)
+
+
+def _fake_run(work_dir, mAP, start='20261201_120000'):
+    """What run_demo.sh leaves: a training timestamp folder, a test metrics JSON."""
+    os.makedirs(work_dir / 'train' / start)
+    (work_dir / 'train' / 'arm.py').write_text('')  # the config mmengine dumps
+    test = work_dir / 'test' / '20261201_120500'
+    os.makedirs(test)
+    metrics = {'coco/bbox_mAP': mAP, 'coco/bbox_mAP_50': mAP + 0.2, 'coco/bbox_mAP_75': mAP - 0.1}
+    path = test / '20261201_120500.json'
+    path.write_text('{"ignored": 1}\n' + json.dumps(metrics) + '\n')
+    return path
+
+
+def test_read_arm_takes_last_line_and_wall_time(tmp_path):
+    path = _fake_run(tmp_path / 'bn8', 0.5)
+    start = __import__('datetime').datetime(2026, 12, 1, 12, 0, 0).timestamp()
+    os.utime(path, (start + 321, start + 321))
+    arm = read_arm('BN-8', str(tmp_path / 'bn8'))
+    assert arm == dict(name='BN-8', config='arm.py', mAP=0.5, AP50=0.7, AP75=0.4, seconds=321)
+    assert '| BN-8 | 0.500 | 0.700 | 0.400 | 5 min 21 s |' in format_table([arm])
+
+
+def test_missing_run_and_bad_spec_are_reported(tmp_path):
+    with pytest.raises(FileNotFoundError, match='nothing'):
+        read_arm('x', str(tmp_path / 'nothing'))
+    with pytest.raises(ValueError, match='NAME=WORK_DIR'):
+        parse_arms(['no-equals-sign'])
+
+
+def test_plot_writes_png_and_checks_references(tmp_path):
+    for name, value in (('bn8', 0.5), ('bn1', 0.3)):
+        _fake_run(tmp_path / name, value)
+    arms = parse_arms([f'BN-8={tmp_path / "bn8"}', f'BN-1={tmp_path / "bn1"}'])
+    out = plot_study(arms, str(tmp_path / 'plot.png'), references=['BN-8', 'BN-1'])
+    with open(out, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    with pytest.raises(KeyError, match='GN-1'):
+        plot_study(arms, str(tmp_path / 'other.png'), references=['GN-1'])
