@@ -11,7 +11,6 @@ import os.path as osp
 import pytest
 import torch
 from mmengine.config import Config
-from mmengine.model import ExponentialMovingAverage, StochasticWeightAverage
 from mmengine.registry import MODELS, init_default_scope
 
 import mmnorm_plugin  # noqa: F401
