@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # The main job: install if needed, generate the tiny COCO-format dataset, train a detector with
-# one of the plugin's norms (CBN by default) on CPU, evaluate it with tools/test.py (COCO mAP).
-#   bash tools/run_demo.sh                      # CBN demo
-#   CONFIG=configs/demo/faster-rcnn_r18-w16_fpn_bn_tiny-coco.py bash tools/run_demo.sh
+# one of the plugin's norms on CPU, evaluate it with tools/test.py (COCO mAP). By default: CBN at
+# 1 image per batch on the hard tiny set, printed next to BN at 1 and at 8 images per batch.
+#   bash tools/run_demo.sh                      # CBN, 1 image per batch (the small-batch story)
+#   CONFIG=configs/demo/faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py bash tools/run_demo.sh
 #   CONFIG=configs/small_batch/<arm>.py bash tools/run_demo.sh     # one arm of the small-batch study
 #   BASELINE=<config> ...                       # train and evaluate this one too, print both
 # A config from configs/small_batch is printed next to the study's BN arms measured the same way
 # (docs/small_batch_detection.json), so the gap to BN at 1 and at 8 images per batch is visible.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-CONFIG=${CONFIG:-configs/demo/faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py}
+CONFIG=${CONFIG:-configs/small_batch/faster-rcnn_r18-w16_fpn_cbn_1xb1_tiny-coco-hard.py}
 WORK_DIR=${WORK_DIR:-work_dirs/demo/$(basename "$CONFIG" .py)}
 BASELINE=${BASELINE:-}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}

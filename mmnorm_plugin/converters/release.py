@@ -45,7 +45,9 @@ def is_training_only_key(key: str, keys) -> bool:
     prefix, _, name = key.rpartition('.')
     layer = f'{prefix}.' if prefix else ''
     if name.startswith('hist_') or name in _CBN_COUNTERS:
-        return f'{layer}{_CBN_SIGNATURE}' in keys
+        # a CBN that has not trained yet saves its counter but no window
+        return (f'{layer}{_CBN_SIGNATURE}' in keys
+                or name == 'num_iters' and f'{layer}running_mean' in keys)
     if name in _MABN_RINGS:
         return f'{layer}{_MABN_RINGS[name]}' in keys
     return False
