@@ -158,11 +158,11 @@ class CBN(_BatchNorm):
 
     **Modes.** In eval mode (``model.eval()``, mmdet's ``norm_eval=True``, frozen stages) CBN is
     exactly ``BatchNorm2d`` with running statistics, hence foldable into the conv. Running
-    statistics are updated, as in the official code and in BN, with the *current* batch (mean
-    and unbiased variance), not with the cross-iteration estimate: they then mean the same as
-    in a BN checkpoint. During burn-in CBN is plain BN. An empty input (0 RoIs) is normalized
-    with the running statistics, leaves all state untouched and does not count as an
-    iteration.
+    statistics average, by default, the window statistics training normalized with
+    (``running_stats='window'``); the official code averages the current batch's
+    (``running_stats='batch'``, see the argument for the measurement). During burn-in CBN is
+    plain BN. An empty input (0 RoIs) is normalized with the running statistics, leaves all
+    state untouched and does not count as an iteration.
 
     **Bad batches.** A channel whose statistics are not finite (an fp16 overflow upstream)
     updates neither its running statistics nor, in later iterations, the window: such entries
@@ -225,11 +225,15 @@ class CBN(_BatchNorm):
             statistics into the producing conv's weight (the exact derivative of the forward).
             Default True; False is the official code's gradient (see above for why it is not
             the default).
-        running_stats (str): what the running (eval) statistics average. ``'batch'``
-            (default, official): the current batch's mean and unbiased variance, as in BN, so
-            a CBN checkpoint's statistics mean what a BN checkpoint's do. ``'window'``: the
-            window statistics training normalized with (mean and total variance of the
-            window), closer to the population when single images differ a lot.
+        running_stats (str): what the running (eval) statistics average. ``'window'``
+            (default): the window statistics training normalized with (mean and total variance
+            over the window), so evaluation normalizes as training did. ``'batch'`` (official):
+            the current batch's mean and unbiased variance, as BN. Measured on the hard tiny
+            detection set at 1 image per batch (one run each, seed 0): bbox mAP 0.468 with
+            ``'window'``, 0.409 with ``'batch'`` (BN at 1 image 0.207, at 8 images 0.284);
+            the same checkpoints' gap to per-image statistics shows where BN-1 loses (0.207 vs
+            0.607): at evaluation. On the classification study the two agreed (1 seed, 98.1 %).
+            During burn-in (plain BN) both are the current batch's statistics.
         max_call_sites (int): most call sites (windows) per iteration. Default 8: FPN heads
             are shared over 5 levels; more calls without a weight update start a new
             iteration, which bounds the memory of loops that never step an optimizer.
@@ -259,7 +263,7 @@ class CBN(_BatchNorm):
                  eps_outside_sqrt: bool = False,
                  grad_through_compensation: bool = True,
                  max_call_sites: int = 8,
-                 running_stats: str = 'batch',
+                 running_stats: str = 'window',
                  device=None,
                  dtype=None) -> None:
         if int(buffer_num) != buffer_num or buffer_num < 0:

@@ -667,3 +667,25 @@ def test_activation_checkpointing_is_refused(use_reentrant):
     y = checkpoint(lambda t: cbn(conv(t)), z, use_reentrant=use_reentrant)
     with pytest.raises(RuntimeError, match='with_cp=False'):
         y.sum().backward()
+
+
+@pytest.mark.parametrize('running_stats', ['window', 'batch'])
+def test_running_statistics_follow_the_chosen_source(running_stats):
+    """'window' (default): the statistics training normalized with; 'batch': BN's update."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 4, 3, padding=1).double()
+    cbn = CBN(4, buffer_num=2, momentum=1.0, affine=False, eps=0.0,
+              running_stats=running_stats).double()
+    for _ in range(3):
+        x = conv(torch.randn(2, 3, 5, 5, dtype=torch.float64) * 2 + 1)
+        y = cbn(x)
+        _step(conv)
+    mean, var = _used_stats(x.detach(), y.detach())
+    m = x[:, 0].numel()
+    if running_stats == 'window':
+        count = 3 * m  # a full window: the current batch and 2 past ones
+        torch.testing.assert_close(cbn.running_mean, mean)
+        torch.testing.assert_close(cbn.running_var, var * count / (count - 1))
+    else:
+        torch.testing.assert_close(cbn.running_mean, x.detach().mean(dim=(0, 2, 3)))
+        torch.testing.assert_close(cbn.running_var, x.detach().var(dim=(0, 2, 3)))
