@@ -172,4 +172,13 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
         if message and rank == 0:
             warnings.warn(message)
     tool['main'].__globals__['Config'] = _PluginConfig(cpu_dist)
-    tool['main']()
+    try:
+        tool['main']()
+    finally:
+        if cpu_dist:
+            # The gloo group we created is ours to close: left to interpreter exit, its
+            # threads can be torn down while joinable, and the process aborts ('terminate
+            # called without an active exception') after the run has succeeded.
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()

@@ -12,7 +12,7 @@ from torch.nn.grad import conv2d_weight
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (ConvOrigin, batch_moments, check_input_4d, find_producing_conv,
-                         warn_once)
+                         update_running_stats, warn_once)
 
 __all__ = ['CBN']
 
@@ -20,10 +20,10 @@ __all__ = ['CBN']
 # pointers (S,), derivative history (S, G | C, buffer_num, P). Its shape depends on how often
 # the layer is called per iteration and on the producing conv, both unknown until training
 # runs: saved in the state dict once it exists, not registered as buffers (see CBN, State).
-_STAT_BUFFERS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
+_WINDOW_STATS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
 _POINTERS = ('hist_len', 'hist_ptr')
 _LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
-_WINDOW = _STAT_BUFFERS + _POINTERS + _LAZY_BUFFERS
+_WINDOW = _WINDOW_STATS + _POINTERS + _LAZY_BUFFERS
 # The layout of version 1 (E[x²] history, derivative rows per iteration); not migratable.
 _V1_BUFFERS = ('hist_sqmean', 'hist_sqmean_proj', 'hist_sqmean_grad')
 
@@ -295,7 +295,7 @@ class CBN(_BatchNorm):
         if like is not None:
             device, dtype = like.device, like.dtype
         k, c = self.buffer_num, self.num_features
-        for name in _STAT_BUFFERS:
+        for name in _WINDOW_STATS:
             setattr(self, name, torch.zeros(0, k, c, device=device, dtype=dtype))
         for name in _POINTERS:
             setattr(self, name, torch.zeros(0, device=device, dtype=torch.long))
@@ -339,7 +339,7 @@ class CBN(_BatchNorm):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if not self.num_sites:
             return
-        names = _STAT_BUFFERS + _POINTERS
+        names = _WINDOW_STATS + _POINTERS
         if self.hist_var_grad.numel():
             names = names + _LAZY_BUFFERS
         for name in names:
@@ -392,7 +392,7 @@ class CBN(_BatchNorm):
         """Every reason to refuse a saved window, checked before the layer is modified."""
         if not window:
             return []
-        missing = [n for n in _STAT_BUFFERS + _POINTERS if n not in window]
+        missing = [n for n in _WINDOW_STATS + _POINTERS if n not in window]
         if missing or (set(_LAZY_BUFFERS) & set(window)
                        and not set(_LAZY_BUFFERS) <= set(window)):
             missing += [n for n in _LAZY_BUFFERS if n not in window]
@@ -400,7 +400,7 @@ class CBN(_BatchNorm):
                     'has no CBN window, a CBN checkpoint all of it).']
         s, k = window['hist_mean'].shape[:2]
         errors = [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
-                  f'({s}, {k}, {self.num_features})' for name in _STAT_BUFFERS
+                  f'({s}, {k}, {self.num_features})' for name in _WINDOW_STATS
                   if window[name].dim() != 3 or window[name].shape != (s, k, self.num_features)]
         errors += [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
                    f'({s},)' for name in _POINTERS if window[name].shape != (s, )]
@@ -454,7 +454,7 @@ class CBN(_BatchNorm):
         return self._site
 
     def _add_site(self) -> None:
-        for name in _STAT_BUFFERS + _POINTERS + _LAZY_BUFFERS:
+        for name in _WINDOW_STATS + _POINTERS + _LAZY_BUFFERS:
             tensor = getattr(self, name)
             if tensor.dim() > 1 or name in _POINTERS:
                 setattr(self, name, torch.cat((tensor, tensor.new_zeros((1, ) +
@@ -555,14 +555,10 @@ class CBN(_BatchNorm):
 
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor) -> None:
-        """BN's EMA, skipping channels whose batch statistics are not finite."""
+        """BN's EMA; non-finite entries keep their value (functional.update_running_stats)."""
         self.num_batches_tracked.add_(1)
-        momentum = (self.num_batches_tracked.reciprocal().to(mean.dtype)
-                    if self.momentum is None else self.momentum)
-        finite = torch.isfinite(mean) & torch.isfinite(var_unbiased)
         for running, value in ((self.running_mean, mean), (self.running_var, var_unbiased)):
-            value = torch.where(finite, value.to(running.dtype), running)
-            running.lerp_(value, momentum)
+            update_running_stats(running, value, self.momentum, self.num_batches_tracked)
 
     def _conv_terms(self, x: Tensor, mean: Tensor):
         """The producing conv, its weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
@@ -753,7 +749,8 @@ class CBN(_BatchNorm):
         return (f'{super().extra_repr()}, buffer_num={self.buffer_num}, '
                 f'burnin_iters={self.burnin_iters}, rho={self.rho}, '
                 f'eps_outside_sqrt={self.eps_outside_sqrt}, '
-                f'grad_through_compensation={self.grad_through_compensation}')
+                f'grad_through_compensation={self.grad_through_compensation}, '
+                f'running_stats={self.running_stats}, max_call_sites={self.max_call_sites}')
 
 
 class _EvalOnlyCBN(torch.nn.BatchNorm2d):

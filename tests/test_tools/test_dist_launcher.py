@@ -34,13 +34,14 @@ from mmengine.registry import HOOKS
 
 @HOOKS.register_module()
 class DumpRankStateHook(Hook):
-    """Each rank saves its own parameters and buffers after training."""
+    """Each rank saves its own parameters and the rest of its state (buffers, CBN windows)."""
 
     def after_train(self, runner):
         model = getattr(runner.model, 'module', runner.model)
+        params = dict(model.named_parameters())
         torch.save(dict(wrapper=type(runner.model).__name__,
-                        params={k: v.detach() for k, v in model.named_parameters()},
-                        buffers={k: v for k, v in model.named_buffers()}),
+                        params={k: v.detach() for k, v in params.items()},
+                        buffers={k: v for k, v in model.state_dict().items() if k not in params}),
                    f'{runner.work_dir}/rank{get_rank()}_state.pth')
 '''
 
