@@ -421,7 +421,7 @@ class CBN(_BatchNorm):
         """Whether the current training iteration uses past statistics (after burn-in)."""
         return self.buffer_num > 0 and self._iters > self.burnin_iters
 
-    def _next_call_site(self, x: Tensor) -> int:
+    def _next_call_site(self, origin: Optional[ConvOrigin]) -> int:
         """The call site of this training call; counts an iteration when one starts.
 
         An iteration ends when the optimizer changes the weights: the producing conv's weight
@@ -429,7 +429,6 @@ class CBN(_BatchNorm):
         Python int, no device sync). Calls with unchanged weights are further call sites of
         the same iteration. With nothing trainable to watch, every call is an iteration.
         """
-        origin = find_producing_conv(x)
         param = origin.parameter if origin is not None else None
         if param is None and self.weight is not None and self.weight.requires_grad:
             param = self.weight
@@ -486,8 +485,10 @@ class CBN(_BatchNorm):
         if m < 2:
             raise ValueError(f'CBN expects more than 1 value per channel when training, got '
                              f'input of shape {tuple(x.shape)}')
+        # read once: it locates iteration boundaries and the conv to compensate
+        origin = find_producing_conv(x) if self.buffer_num else None
         if self.buffer_num:
-            site = self._next_call_site(x)
+            site = self._next_call_site(origin)
         else:  # plain BN: every call is an iteration
             site = 0
             self._iters += 1
@@ -495,11 +496,11 @@ class CBN(_BatchNorm):
 
         with torch.no_grad():
             mean, var = self._batch_moments(x)
-            origin = weight = comp = None
+            weight = comp = None
             inv_count = torch.ones_like(mean)
             mean_bar, var_bar = mean, var
             if self.window_active:
-                origin, weight, grads = self._conv_terms(x, mean)
+                weight, grads = self._conv_terms(x, mean, origin)
                 if grads is not None:
                     self._prepare_history(grads)
                 mean_bar, var_bar, inv_count, comp = self._aggregate(site, mean, var, weight)
@@ -560,12 +561,11 @@ class CBN(_BatchNorm):
         for running, value in ((self.running_mean, mean), (self.running_var, var_unbiased)):
             update_running_stats(running, value, self.momentum, self.num_batches_tracked)
 
-    def _conv_terms(self, x: Tensor, mean: Tensor):
-        """The producing conv, its weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
+    def _conv_terms(self, x: Tensor, mean: Tensor, origin: Optional[ConvOrigin]):
+        """The producing conv's weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
 
-        Returns ``(origin, None, None)`` when nothing can or needs to be compensated.
+        Returns ``(None, None)`` when nothing can or needs to be compensated.
         """
-        origin = find_producing_conv(x)
         if origin is None:
             if x.grad_fn is not None:
                 warn_once(
@@ -574,15 +574,15 @@ class CBN(_BatchNorm):
                     f'{type(x.grad_fn).__name__}, not by a Conv2d, so past statistics cannot be '
                     'compensated for weight changes; using the uncompensated cross-iteration '
                     'average for such layers.')
-            return None, None, None
+            return None, None
         if x.grad_fn.next_functions[1][0] is None or origin.input is None:
-            return origin, None, None  # frozen conv weight: nothing to compensate
+            return None, None  # frozen conv weight: nothing to compensate
         dtype = self._state_dtype()
         weight = origin.weight.to(dtype)
         c = weight.shape[0]
         if c != self.num_features:
             raise ValueError(f'CBN({self.num_features}) follows a conv with {c} output channels')
-        return origin, weight.reshape(c, -1), self._stat_grads(x.detach(), mean, origin, dtype)
+        return weight.reshape(c, -1), self._stat_grads(x.detach(), mean, origin, dtype)
 
     @staticmethod
     def _stat_grads(x: Tensor, mean: Tensor, origin: ConvOrigin,

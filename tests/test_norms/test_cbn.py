@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from mmnorm_plugin.norms.cbn import CBN
+from mmnorm_plugin.norms.functional import find_producing_conv
 
 
 def _pair(cin=3, c=4, k=3, groups=1, bias=False, buffer_num=3, dtype=torch.float64, **kw):
@@ -153,7 +154,8 @@ def test_statistic_derivatives_match_autograd(geometry):
     cbn = CBN(6, buffer_num=1).double()
     z = torch.randn(2, 6, 9, 8, dtype=torch.float64)
     x = conv(z)
-    _, weight, (d_mean, d_var) = cbn._conv_terms(x, x.detach().mean(dim=(0, 2, 3)))
+    weight, (d_mean, d_var) = cbn._conv_terms(x, x.detach().mean(dim=(0, 2, 3)),
+                                              find_producing_conv(x))
     ref_mean = torch.autograd.grad(x.mean(dim=(0, 2, 3)).sum(), conv.weight, retain_graph=True)[0]
     ref_var = torch.autograd.grad(x.var(dim=(0, 2, 3), unbiased=False).sum(), conv.weight)[0]
     g = geometry['groups']
