@@ -11,3 +11,41 @@ torch.set_num_threads(int(os.environ.get('OMP_NUM_THREADS', '1')))
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def run_ranks(tmp_path):
+    """``run_ranks(test_file, function, world_size=2)``: run ``function(rank, world_size)`` of
+    ``test_file`` in ``world_size`` processes joined in a gloo group; returns what each rank's
+    call returned (a dict, plus ``_all_reduce_calls``), in rank order."""
+    import socket
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    worker = os.path.join(root, 'tests', 'gloo_worker.py')
+
+    def run(test_file, function, world_size=2, timeout=300):
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            port = str(s.getsockname()[1])
+        env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS='1')
+        outs = [tmp_path / f'{function}_rank{r}.pth' for r in range(world_size)]
+        procs = [subprocess.Popen([sys.executable, worker, str(r), str(world_size), port,
+                                   str(test_file), function, str(outs[r])], env=env,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for r in range(world_size)]
+        logs = []
+        for proc in procs:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                for p in procs:
+                    p.kill()
+                raise
+            logs.append(out + err)
+        for r, proc in enumerate(procs):
+            assert proc.returncode == 0, f'rank {r} failed:\n' + logs[r][-6000:]
+        return [torch.load(out, weights_only=False) for out in outs]
+
+    return run

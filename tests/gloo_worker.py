@@ -1,0 +1,45 @@
+"""One rank of a gloo process group, for the tests' ``run_ranks`` fixture (tests/conftest.py).
+
+    python tests/gloo_worker.py RANK WORLD PORT TEST_FILE FUNCTION OUT
+
+Joins the group, loads ``TEST_FILE`` by path (the suite runs with ``--import-mode=importlib``,
+so test modules are not importable by name), calls ``FUNCTION(rank, world_size)`` and saves
+what it returns with ``torch.save`` to ``OUT``. Counts the all-reduces the function issues:
+``result['_all_reduce_calls']``.
+"""
+import importlib.util
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+
+def main(rank: str, world: str, port: str, test_file: str, function: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=int(rank),
+                            world_size=int(world))
+    calls = [0]
+    reduce = dist.all_reduce
+
+    def counting_all_reduce(*args, **kwargs):
+        calls[0] += 1
+        return reduce(*args, **kwargs)
+
+    dist.all_reduce = counting_all_reduce
+    try:
+        spec = importlib.util.spec_from_file_location('ranked_test_module', test_file)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        torch.manual_seed(0)
+        result = getattr(module, function)(int(rank), int(world))
+        result = dict(result or {}, _all_reduce_calls=calls[0])
+        torch.save(result, out)
+    finally:
+        dist.all_reduce = reduce
+        dist.destroy_process_group()
+
+
+if __name__ == '__main__':
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    main(*sys.argv[1:])
