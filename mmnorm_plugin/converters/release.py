@@ -4,7 +4,7 @@ A Runner checkpoint holds everything needed to *resume* training: the optimizer 
 parameter schedulers, the message hub (loss history) and, for the plugin's stateful norms,
 their cross-iteration state. None of it is used at inference:
 
-* CBN: the window ``hist_*`` (means, second moments, their weight projections and gradients:
+* CBN: the window ``hist_*`` (means, variances, element counts, their weight projections and gradients:
   ``buffer_num x C`` per statistic, plus ``buffer_num x C x C_in k^2`` weight gradients — 63 %
   of the CBN demo checkpoint) and the counters ``num_iters``, ``hist_len``, ``hist_ptr``.
   Eval uses ``running_mean``/``running_var``/``weight``/``bias`` only, exactly like BN; a CBN

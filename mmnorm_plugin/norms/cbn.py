@@ -11,19 +11,23 @@ from torch import Tensor
 from torch.nn.grad import conv2d_weight
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (ConvOrigin, batch_moments, check_input_4d, find_producing_conv,
+from .functional import (ConvOrigin, all_reduce_moments, all_reduce_sum, batch_moments,
+                         check_input_4d, convert_norm, find_producing_conv, sync_world_size,
                          update_running_stats, warn_once)
 
-__all__ = ['CBN']
+__all__ = ['CBN', 'SyncCBN']
 
-# The cross-iteration window, one per call site (S sites): statistics (S, buffer_num, C), ring
-# pointers (S,), derivative history (S, G | C, buffer_num, P). Its shape depends on how often
+# The cross-iteration window, one per call site (S sites): statistics (S, buffer_num, C), the
+# element count of each entry (S, buffer_num; what SyncCBN weights ranks by), ring pointers
+# (S,), derivative history (S, G | C, buffer_num, P). Its shape depends on how often
 # the layer is called per iteration and on the producing conv, both unknown until training
 # runs: saved in the state dict once it exists, not registered as buffers (see CBN, State).
 _WINDOW_STATS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
+_COUNTS = ('hist_count', )
 _POINTERS = ('hist_len', 'hist_ptr')
+_INTEGER = _COUNTS + _POINTERS  # int64: immune to .half() and exact at any count
 _LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
-_WINDOW = _WINDOW_STATS + _POINTERS + _LAZY_BUFFERS
+_WINDOW = _WINDOW_STATS + _COUNTS + _POINTERS + _LAZY_BUFFERS
 # The layout of version 1 (E[x²] history, derivative rows per iteration); not migratable.
 _V1_BUFFERS = ('hist_sqmean', 'hist_sqmean_proj', 'hist_sqmean_grad')
 
@@ -49,42 +53,56 @@ class _WindowBatchNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, conv_weight: Optional[Tensor], gamma: Optional[Tensor],
                 beta: Optional[Tensor], mean: Tensor, var: Tensor, inv_count: Tensor,
                 q_scale: Optional[Tensor], comp: Optional[Tuple[Tensor, Tensor]],
-                eps: float) -> Tensor:
-        ctx.save_for_backward(x, gamma, mean, var, inv_count, q_scale,
+                eps: float, group=None, total: Optional[Tensor] = None) -> Tensor:
+        ctx.save_for_backward(x, gamma, mean, var, inv_count, q_scale, total,
                               *(comp if comp is not None else ()))
         ctx.has_comp = comp is not None
         ctx.eps = eps
+        ctx.group = group
         if conv_weight is not None:
             ctx.weight_shape, ctx.weight_dtype = conv_weight.shape, conv_weight.dtype
         return torch.batch_norm(x, gamma, beta, mean, var, False, 0.0, eps, False)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, gamma, mean, var, inv_count, q_scale, *comp = ctx.saved_tensors
+        x, gamma, mean, var, inv_count, q_scale, total, *comp = ctx.saved_tensors
         eps = ctx.eps
-        grad_x, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
-            grad_out.contiguous(), x, gamma, mean, var, None, None, False, eps,
-            [ctx.needs_input_grad[0], True, True])
+        if x.numel():
+            grad_x, sum_dy_xhat, sum_dy = torch.ops.aten.native_batch_norm_backward(
+                grad_out.contiguous(), x, gamma, mean, var, None, None, False, eps,
+                [ctx.needs_input_grad[0], True, True])
+        else:  # a SyncCBN rank without images (the native kernel divides by 0 there)
+            grad_x = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+            sum_dy_xhat, sum_dy = torch.zeros_like(mean), torch.zeros_like(mean)
+        # the statistics' gradients need the sums over every image the statistics saw: this
+        # rank's (CBN), or all ranks' in one all-reduce (SyncCBN); γ and β get this rank's
+        # part, which DDP's gradient reduction adds up
+        all_dy, all_dy_xhat, m = sum_dy, sum_dy_xhat, x.numel() // x.shape[1]
+        if ctx.group is not None:
+            c = mean.shape[0]
+            packed = all_reduce_sum(torch.cat((sum_dy, sum_dy_xhat)).to(mean.dtype), ctx.group)
+            all_dy, all_dy_xhat = packed.split((c, c))
+            m = total
         invstd = (var + eps).rsqrt()
         g = invstd if gamma is None else gamma * invstd
         q = invstd if q_scale is None else q_scale
-        m = x.numel() // x.shape[1]
         if grad_x is not None:
             k = g * inv_count / m
-            slope = (-k * q * sum_dy_xhat).to(grad_x.dtype)
-            offset = (-k * sum_dy - slope * mean).to(grad_x.dtype)
+            slope = (-k * q * all_dy_xhat).to(grad_x.dtype)
+            offset = (-k * all_dy - slope * mean).to(grad_x.dtype)
             grad_x.addcmul_(x, slope.view(1, -1, 1, 1)).add_(offset.view(1, -1, 1, 1))
         grad_w = None
         if ctx.has_comp and ctx.needs_input_grad[1]:
-            d_mean = -g * sum_dy  # ∂L/∂μ̄
-            d_var = -0.5 * g * q * sum_dy_xhat  # ∂L/∂σ̄²
+            d_mean = -g * all_dy  # ∂L/∂μ̄
+            d_var = -0.5 * g * q * all_dy_xhat  # ∂L/∂σ̄²
             a, e = comp
             coeff = inv_count
             grad_w = (a * (coeff * d_mean)[:, None] + e * (coeff * d_var)[:, None])
             grad_w = grad_w.reshape(ctx.weight_shape).to(ctx.weight_dtype)
         grad_gamma = sum_dy_xhat if ctx.needs_input_grad[2] else None
         grad_beta = sum_dy if ctx.needs_input_grad[3] else None
-        return grad_x, grad_w, grad_gamma, grad_beta, None, None, None, None, None, None
+        return (grad_x, grad_w, grad_gamma, grad_beta, None, None, None, None, None, None,
+                None, None)
 
 
 @MODELS.register_module('CBN')
@@ -249,7 +267,7 @@ class CBN(_BatchNorm):
         * The burn-in is two-stage only (the official default ``two_stage=True``).
     """
     _abbr_ = 'bn'
-    _version = 3
+    _version = 4
 
     def __init__(self,
                  num_features: int,
@@ -297,6 +315,8 @@ class CBN(_BatchNorm):
         k, c = self.buffer_num, self.num_features
         for name in _WINDOW_STATS:
             setattr(self, name, torch.zeros(0, k, c, device=device, dtype=dtype))
+        for name in _COUNTS:
+            setattr(self, name, torch.zeros(0, k, device=device, dtype=torch.long))
         for name in _POINTERS:
             setattr(self, name, torch.zeros(0, device=device, dtype=torch.long))
         for name in _LAZY_BUFFERS:
@@ -339,7 +359,7 @@ class CBN(_BatchNorm):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if not self.num_sites:
             return
-        names = _WINDOW_STATS + _POINTERS
+        names = _WINDOW_STATS + _COUNTS + _POINTERS
         if self.hist_var_grad.numel():
             names = names + _LAZY_BUFFERS
         for name in names:
@@ -377,6 +397,10 @@ class CBN(_BatchNorm):
                       f'{self.buffer_num}; running statistics and iteration count are loaded, '
                       'the cross-iteration window restarts.')
             window = {}
+        if window and 'hist_count' not in window:
+            # version 3 saved no counts: only SyncCBN reads them, to weight the ranks of one
+            # entry; equal weights until those entries leave the window
+            window['hist_count'] = torch.ones(window['hist_mean'].shape[:2], dtype=torch.long)
         if prefix + 'num_iters' not in own:  # a BN checkpoint: nothing is missing
             own[prefix + 'num_iters'] = torch.zeros_like(self.num_iters)
         super()._load_from_state_dict(own, prefix, local_metadata, strict, missing_keys,
@@ -384,7 +408,7 @@ class CBN(_BatchNorm):
         self._empty_window()
         like = self.hist_mean
         for name, saved in window.items():
-            dtype = torch.long if name in _POINTERS else like.dtype
+            dtype = torch.long if name in _INTEGER else like.dtype
             setattr(self, name, saved.detach().to(like.device, dtype, copy=True))
         self._sync_counters()
 
@@ -404,6 +428,9 @@ class CBN(_BatchNorm):
                   if window[name].dim() != 3 or window[name].shape != (s, k, self.num_features)]
         errors += [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
                    f'({s},)' for name in _POINTERS if window[name].shape != (s, )]
+        errors += [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
+                   f'({s}, {k})' for name in _COUNTS
+                   if name in window and window[name].shape != (s, k)]
         if errors or 'hist_var_grad' not in window or k != self.buffer_num:
             return errors
         mean_grad, var_grad = window['hist_mean_grad'], window['hist_var_grad']
@@ -453,7 +480,7 @@ class CBN(_BatchNorm):
         return self._site
 
     def _add_site(self) -> None:
-        for name in _WINDOW_STATS + _POINTERS + _LAZY_BUFFERS:
+        for name in _WINDOW:
             tensor = getattr(self, name)
             if tensor.dim() > 1 or name in _POINTERS:
                 setattr(self, name, torch.cat((tensor, tensor.new_zeros((1, ) +
@@ -471,18 +498,20 @@ class CBN(_BatchNorm):
             return self._normalize(x, mean, var)
         if torch._C._current_graph_task_id() != -1:
             raise RuntimeError(
-                f'CBN({self.num_features}) ran a training forward inside a backward pass: '
-                'activation checkpointing (with_cp=True, torch.utils.checkpoint) recomputes '
-                'forwards, which would push every batch into the window twice. Set '
-                'with_cp=False in the modules that contain CBN.')
-        if x.numel() == 0:  # 0 RoIs: no statistics, no call site, state untouched
+                f'{type(self).__name__}({self.num_features}) ran a training forward inside a '
+                'backward pass: activation checkpointing (with_cp=True, '
+                'torch.utils.checkpoint) recomputes forwards, which would push every batch '
+                'into the window twice. Set with_cp=False in the modules that contain CBN.')
+        group = self._sync_group()
+        if x.numel() == 0 and group is None:
+            # 0 RoIs: no statistics, no call site, state untouched
             mean = self.running_mean if self.running_mean is not None else x.new_zeros(
                 self.num_features)
             var = self.running_var if self.running_var is not None else x.new_ones(
                 self.num_features)
             return self._normalize(x, mean, var)
         m = x.numel() // x.shape[1]
-        if m < 2:
+        if m == 1 and group is None:
             raise ValueError(f'CBN expects more than 1 value per channel when training, got '
                              f'input of shape {tuple(x.shape)}')
         # read once: it locates iteration boundaries and the conv to compensate
@@ -496,21 +525,25 @@ class CBN(_BatchNorm):
 
         with torch.no_grad():
             mean, var = self._batch_moments(x)
-            weight = comp = None
-            inv_count = torch.ones_like(mean)
-            mean_bar, var_bar = mean, var
+            weight = grads = past = None
             if self.window_active:
                 weight, grads = self._conv_terms(x, mean, origin)
                 if grads is not None:
                     self._prepare_history(grads)
-                mean_bar, var_bar, inv_count, comp = self._aggregate(site, mean, var, weight)
-                self._push(site, mean, var, weight, grads)
+                past = self._compensated_past(site, weight)
+            # the statistics of the batch (of every rank's batch, SyncCBN) and of the window
+            total, batch_mean, batch_var, past, share = self._pool(site, m, mean, var, past,
+                                                                   group)
+            mean_bar, var_bar, inv_count, comp = self._window_statistics(
+                site, batch_mean, batch_var, past, share)
+            if self.window_active:
+                self._push(site, mean, var, m, weight, grads)
             if self.track_running_stats:
                 if self.running_stats == 'window':  # what training normalized with
-                    values = m / inv_count
+                    values = total / inv_count
                     self._update_running_stats(mean_bar, var_bar * values / (values - 1))
                 else:
-                    self._update_running_stats(mean, var * (m / (m - 1)))
+                    self._update_running_stats(batch_mean, batch_var * (total / (total - 1)))
         live_weight = None
         if comp is not None and self.grad_through_compensation:
             live_weight = self._live_weight(origin, x)
@@ -518,7 +551,21 @@ class CBN(_BatchNorm):
                 live_weight, comp = None, None
         else:
             comp = None
-        return self._normalize_train(x, mean_bar, var_bar, inv_count, live_weight, comp)
+        return self._normalize_train(x, mean_bar, var_bar, inv_count, live_weight, comp,
+                                     group, None if group is None else total)
+
+    def _sync_group(self):
+        """The process group to pool statistics over; None: this rank's batch only (CBN)."""
+        return None
+
+    def _pool(self, site: int, m: int, mean: Tensor, var: Tensor,
+              past: Optional[Tuple[Tensor, Tensor, bool]], group):
+        """``(count, mean, var, past, share)`` of the batch and the window entries.
+
+        CBN: this rank's own, unchanged (``share`` None). SyncCBN pools every rank's (and
+        returns each past entry's share of this rank, which weights its gradient terms).
+        """
+        return m, mean, var, past, None
 
     def _normalize(self, x: Tensor, mean: Tensor, var: Tensor) -> Tensor:
         """Constant statistics: one native inference-mode ``batch_norm``."""
@@ -535,14 +582,15 @@ class CBN(_BatchNorm):
         return (std + self.eps)**2 - self.eps, std.clamp_min(1e-30).reciprocal()
 
     def _normalize_train(self, x: Tensor, mean: Tensor, var: Tensor, inv_count: Tensor,
-                         live_weight: Optional[Tensor],
-                         comp: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
+                         live_weight: Optional[Tensor], comp: Optional[Tuple[Tensor, Tensor]],
+                         group=None, total: Optional[Tensor] = None) -> Tensor:
         var, q_scale = self._effective_var(var)
         dtype = self._state_dtype()
         if comp is not None:
             comp = tuple(t * self.rho for t in comp)
         return _WindowBatchNorm.apply(x, live_weight, self.weight, self.bias, mean.to(dtype),
-                                      var.to(dtype), inv_count, q_scale, comp, self.eps)
+                                      var.to(dtype), inv_count, q_scale, comp, self.eps, group,
+                                      total)
 
     def _state_dtype(self) -> torch.dtype:
         return self.hist_mean.dtype
@@ -550,8 +598,11 @@ class CBN(_BatchNorm):
     def _batch_moments(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         # In (at least) the state precision and without E[x²]−E[x]² cancellation: one native
         # group-norm pass (var_mean over (0, 2, 3) is several times slower on CPU)
-        var, mean = batch_moments(x)
         dtype = self._state_dtype()
+        if x.numel() == 0:  # a SyncCBN rank without images: weight 0 in the pooled statistics
+            zeros = x.new_zeros(self.num_features, dtype=dtype)
+            return zeros, zeros
+        var, mean = batch_moments(x)
         return mean.to(dtype), var.to(dtype)
 
     @torch.no_grad()
@@ -592,6 +643,9 @@ class CBN(_BatchNorm):
         g = origin.groups
         c_in, kh, kw = origin.weight.shape[1:]
         m = n * h * w
+        if m == 0:  # a SyncCBN rank without images: its entries have weight 0
+            return (x.new_zeros((g, c_in * kh * kw), dtype=dtype),
+                    x.new_zeros((c, c_in * kh * kw), dtype=dtype))
         geometry = (origin.stride, origin.padding, origin.dilation, g)
         # ∂μ_c/∂W[c]: mean patch per group = weight-gradient of a conv with one output channel
         # per group and grad_output 1/M; batch-summed first since grad_output ignores n.
@@ -648,12 +702,13 @@ class CBN(_BatchNorm):
         var_proj = torch.bmm(d_var, weight.reshape(c, p, 1))  # (C, n, 1)
         return mean_proj.reshape(c, n_past).t(), var_proj.reshape(c, n_past).t()
 
-    def _aggregate(self, site: int, mean: Tensor, var: Tensor, weight: Optional[Tensor]):
-        """Window statistics, per-channel 1/n, and the compensation's weight-gradient terms."""
+    def _compensated_past(self, site: int,
+                          weight: Optional[Tensor]) -> Optional[Tuple[Tensor, Tensor, bool]]:
+        """This rank's past entries moved to the current weights: ``(μ̂, σ̂², compensated)``,
+        each ``(n_past, C)``; None while the window is empty."""
         n_past = self._lens[site]
-        ones = torch.ones_like(mean)
         if n_past == 0:
-            return mean, var, ones, None
+            return None
         past_mean = self.hist_mean[site, :n_past]
         past_var = self.hist_var[site, :n_past]
         compensated = weight is not None and self.rho != 0 and self.hist_var_grad.numel() > 0
@@ -663,6 +718,15 @@ class CBN(_BatchNorm):
             past_var = (past_var + self.rho * (var_proj - self.hist_var_proj[site, :n_past])
                         - shift**2)
             past_mean = past_mean + shift
+        return past_mean, past_var, compensated
+
+    def _window_statistics(self, site: int, mean: Tensor, var: Tensor,
+                           past: Optional[Tuple[Tensor, Tensor, bool]],
+                           share: Optional[Tensor]):
+        """Window statistics, per-channel 1/n, and the compensation's weight-gradient terms."""
+        if past is None:
+            return mean, var, torch.ones_like(mean), None
+        past_mean, past_var, compensated = past
         valid = (past_var >= 0) & torch.isfinite(past_var) & torch.isfinite(past_mean)
         past_mean = torch.where(valid, past_mean, 0.0)
         past_var = torch.where(valid, past_var, 0.0)
@@ -673,22 +737,29 @@ class CBN(_BatchNorm):
         var_bar = (spread + past_spread.sum(0)) / count
         comp = None
         if compensated and self.grad_through_compensation:
-            comp = self._compensation_grad_terms(site, valid, mean_bar, n_past)
+            comp = self._compensation_grad_terms(site, valid, mean_bar, share)
         return mean_bar, var_bar, count.reciprocal(), comp
 
     def _compensation_grad_terms(self, site: int, valid: Tensor, mean_bar: Tensor,
-                                 n_past: int) -> Tuple[Tensor, Tensor]:
+                                 share: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
         """``A = Σ_τ v_τ ∂μ_τ/∂W`` and ``E = Σ_τ v_τ (2(μ_τ − μ̄)∂μ_τ/∂W + ∂σ²_τ/∂W)``, (C, P).
 
         ``∂L/∂W = (ρ/n)(∂L/∂μ̄ · A + ∂L/∂σ̄² · E)``: ``μ̂_τ`` moves ``μ̄`` (weight 1/n) and
         ``σ̄²`` through ``(μ̂_τ − μ̄)²``; ``σ̂²_τ``'s ``−(μ̂_τ − μ_τ)²`` term turns ``μ̂_τ − μ̄``
-        into ``μ_τ − μ̄``.
+        into ``μ_τ − μ̄``. SyncCBN: each rank holds its own images' ``μ_τ`` and derivatives,
+        and the pooled terms are the sums over ranks of these terms weighted by the rank's
+        ``share`` ``m_{r,τ}/m_τ`` of the entry (the pooled ``∂σ²_τ/∂W`` is
+        ``Σ_r w_r (∂σ²_{r,τ}/∂W + 2(μ_{r,τ} − μ_τ)∂μ_{r,τ}/∂W)``): every rank returns its part,
+        and DDP's gradient reduction adds them.
         """
+        n_past = valid.shape[0]
         d_mean = self.hist_mean_grad[site, :, :n_past]  # (G, n, P)
         d_var = self.hist_var_grad[site, :, :n_past]  # (C, n, P)
         g = d_mean.shape[0]
         c = d_var.shape[0]
         v = valid.to(d_var.dtype).t()  # (C, n)
+        if share is not None:
+            v = v * share.to(v.dtype)
         centred = v * 2 * (self.hist_mean[site, :n_past].t() - mean_bar[:, None])
         centred = torch.where(valid.t(), centred, 0.0)
         coeffs = torch.stack((v, centred))  # (2, C, n)
@@ -698,11 +769,12 @@ class CBN(_BatchNorm):
         return a, e
 
     @torch.no_grad()
-    def _push(self, site: int, mean: Tensor, var: Tensor, weight: Optional[Tensor],
+    def _push(self, site: int, mean: Tensor, var: Tensor, count: int, weight: Optional[Tensor],
               grads: Optional[Tuple[Tensor, Tensor]]) -> None:
         slot = self._ptrs[site]
         self.hist_mean[site, slot] = mean
         self.hist_var[site, slot] = var
+        self.hist_count[site, slot] = count
         if grads is not None:
             d_mean, d_var = grads
             self.hist_mean_grad[site, :, slot] = d_mean
@@ -751,6 +823,102 @@ class CBN(_BatchNorm):
                 f'eps_outside_sqrt={self.eps_outside_sqrt}, '
                 f'grad_through_compensation={self.grad_through_compensation}, '
                 f'running_stats={self.running_stats}, max_call_sites={self.max_call_sites}')
+
+
+@MODELS.register_module('SyncCBN')
+class SyncCBN(CBN):
+    r"""CBN whose statistics pool the images of every process (GPU): ``type='SyncCBN'``.
+
+    What ``nn.SyncBatchNorm`` is to BN: in a process group of ``R > 1`` ranks, every entry of
+    the window (the current batch and each compensated past batch) is the statistic of the
+    union of the ranks' batches, so ``R`` GPUs × ``b`` images normalize exactly as CBN on one
+    GPU with ``R·b`` images (tested to 1e-5 with 2 gloo processes: outputs, input and
+    parameter gradients, running statistics, windows). Outside a process group (or in a group
+    of one, or in eval mode) it *is* :class:`CBN`: same code, no communication.
+
+    **What travels.** Each rank keeps its own images' window (statistics, element counts and
+    derivative history) and compensates it locally to the current weights, which DDP keeps
+    identical on every rank. The compensation is linear in the weights, so the compensated
+    statistics of the union are the count-weighted pools of the ranks' compensated statistics
+    (:math:`\hat\sigma^2` included: the pooled first-order variance correction equals the
+    ranks' corrections plus the spread of their mean shifts). Hence no weight-sized tensor
+    ever travels: per layer and iteration,
+
+    * forward, one ``all_reduce`` of ``[m, m·μ̂, m·(σ̂² + μ̂²)]`` for the current batch and
+      the ``n ≤ k`` past entries: ``(k+1)(2C+1)`` float64 numbers
+      (:func:`~mmnorm_plugin.norms.functional.all_reduce_moments`; float64 keeps the pooled
+      variance free of cancellation);
+    * backward, one ``all_reduce`` of ``[Σg, Σg·x̂]`` (``2C`` numbers in the statistics'
+      dtype): the input gradient and the conv-weight gradient through the compensation need
+      the sums over all images. Each rank returns its part of the parameter gradients (its own
+      ``Σg``, ``Σg·x̂`` for γ and β, its own images' derivative terms for the conv weight),
+      which DDP's gradient reduction adds up, as with ``nn.SyncBatchNorm``.
+
+    ``nn.SyncBatchNorm`` moves ``R(2C+1)`` float32 numbers forward (an ``all_gather``) and
+    ``2C`` backward: at ``k = 3``, ``C = 256`` SyncCBN sends 16,416 bytes forward and 2,048
+    backward, SyncBN 2,052·R bytes forward (16,416 at 8 GPUs) and 2,048 backward.
+
+    **Uneven and empty batches.** Each entry is weighted by its element count, so ranks with
+    different numbers of images (or RoIs) pool correctly; a rank with an empty input still
+    takes part in both collectives with weight 0, and its window keeps a weight-0 entry so
+    that slot ``τ`` means the same iteration on every rank. As with ``nn.SyncBatchNorm``, a
+    rank whose output never reaches the loss runs no backward and leaves the others waiting
+    in theirs. The one-value-per-channel check of training is left to the pooled batch (the
+    total count is on the device; reading it would stall every step): an entry pooled from 0
+    images is non-finite and skipped like a bad batch.
+
+    **Iterations** are detected per rank from the conv weight's version counter, exactly as in
+    CBN; DDP steps every rank's optimizer together, so all ranks agree on call sites and
+    window slots.
+
+    Args:
+        process_group: the ranks to pool over (None: the default group, every rank).
+        Every other argument is :class:`CBN`'s, with its default.
+
+    Checkpoints are CBN's (same keys and shapes): a CBN checkpoint loads into SyncCBN and
+    back. mmengine's ``sync_bn='torch'`` converts CBN into SyncCBN (``from_unsynced``) when
+    the plugin is imported, and mmengine's ``revert_sync_batchnorm`` reverts it
+    (``to_unsynced``); see :mod:`mmnorm_plugin.utils.sync_bn`.
+    """
+
+    def __init__(self, num_features: int, *args, process_group=None, **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
+        self.process_group = process_group
+
+    @classmethod
+    def from_unsynced(cls, module: CBN, process_group=None) -> 'SyncCBN':
+        """A SyncCBN with ``module``'s hyperparameters, parameters (the same objects) and state."""
+        return convert_norm(module, cls, process_group=process_group)
+
+    def to_unsynced(self) -> CBN:
+        """The CBN with this layer's hyperparameters, parameters and state."""
+        return convert_norm(self, CBN)
+
+    def _sync_group(self):
+        if sync_world_size(self.process_group) < 2:
+            return None
+        import torch.distributed as dist
+        return self.process_group if self.process_group is not None else dist.group.WORLD
+
+    def _pool(self, site, m, mean, var, past, group):
+        if group is None:
+            return super()._pool(site, m, mean, var, past, group)
+        counts = self.hist_count.new_full((1, ), m)
+        means, variances = mean.unsqueeze(0), var.unsqueeze(0)
+        if past is not None:
+            counts = torch.cat((counts, self.hist_count[site, :past[0].shape[0]]))
+            means = torch.cat((means, past[0]))
+            variances = torch.cat((variances, past[1]))
+        counts = counts.unsqueeze(1)
+        total, means, variances = all_reduce_moments(counts, means, variances, group)
+        if past is None:
+            return total[0], means[0], variances[0], None, None
+        # this rank's share of each past entry; an entry pooled from no image is invalid
+        share = counts[1:, 0].to(total.dtype) / total[1:, 0].clamp_min(1)
+        return total[0], means[0], variances[0], (means[1:], variances[1:], past[2]), share
+
+    def extra_repr(self) -> str:
+        return f'{super().extra_repr()}, process_group={self.process_group}'
 
 
 class _EvalOnlyCBN(torch.nn.BatchNorm2d):

@@ -16,7 +16,7 @@ __all__ = [
     'ConvOrigin', 'find_producing_conv', 'normalize_with_stats', 'update_running_stats',
     'check_input_4d', 'check_nchw', 'check_input_dtype', 'check_values_per_statistic',
     'GuardedNormMixin', 'warn_once', 'batch_moments', 'sync_world_size',
-    'all_reduce_moments', 'all_reduce_sum'
+    'all_reduce_moments', 'all_reduce_sum', 'convert_norm'
 ]
 
 
@@ -475,3 +475,29 @@ def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
     import torch.distributed as dist
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM, group=group)
     return tensor
+
+
+def convert_norm(module: torch.nn.Module, cls: type, **overrides) -> torch.nn.Module:
+    """``module`` as a layer of class ``cls`` (a norm and its synced variant, either way).
+
+    The new layer gets ``module``'s hyperparameters (every constructor argument of ``cls``
+    that ``module`` holds as an attribute of the same name, then ``overrides``), device and
+    dtype, its state (``load_state_dict``: running statistics, counters, windows), its very
+    ``Parameter`` objects (an optimizer built before the conversion keeps working, as with
+    ``nn.SyncBatchNorm.convert_sync_batchnorm``) and its train/eval mode.
+    """
+    import inspect
+    skip = ('self', 'device', 'dtype')
+    kwargs = {name: getattr(module, name)
+              for name, arg in inspect.signature(cls.__init__).parameters.items()
+              if name not in skip and arg.kind in (arg.POSITIONAL_OR_KEYWORD, arg.KEYWORD_ONLY)
+              and hasattr(module, name)}
+    kwargs.update(overrides)
+    like = next((t for t in list(module.parameters()) + list(module.buffers())
+                 if t.is_floating_point()), None)
+    factory = {} if like is None else dict(device=like.device, dtype=like.dtype)
+    new = cls(**kwargs, **factory)
+    new.load_state_dict(module.state_dict())
+    for name, param in module.named_parameters(recurse=False):
+        setattr(new, name, param)
+    return new.train(module.training)

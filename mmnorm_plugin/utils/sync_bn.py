@@ -2,25 +2,30 @@
 
 ``cfg.sync_bn = 'torch'`` (or ``'mmcv'``) makes mmengine's Runner call
 ``convert_sync_batchnorm`` on the model in distributed mode, which replaces every
-``torch.nn.modules.batchnorm._BatchNorm`` instance by ``SyncBatchNorm``. The plugin's norms
-subclass ``_BatchNorm`` (so that ``norm_eval``, ``norm_decay_mult`` and BN checkpoints work),
-so the conversion would silently turn CBN, MABN, BGN and BKN into plain SyncBN and drop their
-state (histories, ring buffers, groups).
+``torch.nn.modules.batchnorm._BatchNorm`` instance by ``SyncBatchNorm``; without a process
+group it calls ``revert_sync_batchnorm`` (so do mmdet's ``init_detector`` and
+``DetInferencer``), which turns ``SyncBatchNorm`` back into BN. The plugin's norms subclass
+``_BatchNorm`` (so that ``norm_eval``, ``norm_decay_mult`` and BN checkpoints work), so the
+conversion would silently turn CBN, MABN, BGN and BKN into plain SyncBN and drop their state
+(windows, ring buffers, groups).
 
-Two guards, one table:
+When the plugin is imported (``custom_imports``, or our ``tools/train.py``), both functions
+are replaced, in the modules that call them, by guarded versions driven by one table,
+:data:`SYNC_VARIANTS` (plugin norm type -> registered type of its synced variant, or None):
 
-* :data:`SYNC_VARIANTS` maps each plugin norm type to the registered name of its synced
-  variant, or ``None`` while there is none. A norm with a variant is converted to it, one
-  without is refused by our ``tools/train.py`` (:func:`check_sync_bn_cfg`, config level,
-  before anything is built) and kept unconverted with a loud warning on mmdet's shipped
-  ``tools/train.py`` path (:func:`guarded_convert_sync_batchnorm`, installed into mmengine's
-  Runner when the plugin is imported, i.e. through ``custom_imports``).
-* A synced variant class plugs in by being registered in mmengine's root ``MODELS`` and
-  providing ``classmethod from_unsynced(module) -> nn.Module`` that copies parameters and
-  state; filling its entry in :data:`SYNC_VARIANTS` then turns refusal into conversion
-  everywhere, with no other change here.
+* ``sync_bn`` converts CBN -> SyncCBN, BGN -> SyncBGN, BKN -> SyncBKN with the variant's
+  ``from_unsynced`` (same parameters, state and hyperparameters); synced variants already in
+  the model (``norm_cfg=dict(type='SyncCBN')``) are kept. MABN has no synced variant (see
+  :data:`NO_SYNC_REASON`): our ``tools/train.py`` refuses ``sync_bn`` with MABN before anything
+  is built (:func:`check_sync_bn_cfg`); mmdet's own ``tools/train.py`` keeps MABN
+  unconverted with a loud warning (:func:`guarded_convert_sync_batchnorm`).
+* the revert turns synced variants back into their unsynced layer (``to_unsynced``), which
+  they equal outside a process group anyway.
 
 Everything that is not a plugin norm (``BN``, ``GN``...) is converted by mmengine as before.
+A synced variant plugs in by being registered in mmengine's root ``MODELS``, providing
+``classmethod from_unsynced(module, process_group=None)`` and ``to_unsynced()``, and being
+named in :data:`SYNC_VARIANTS`.
 """
 import warnings
 from typing import Dict, Iterable, List, Optional, Tuple
@@ -28,17 +33,25 @@ from typing import Dict, Iterable, List, Optional, Tuple
 from mmengine.registry import MODELS
 from torch import nn
 
-__all__ = ['SYNC_VARIANTS', 'check_sync_bn_cfg', 'guarded_convert_sync_batchnorm',
-           'install_sync_bn_guard', 'plugin_norm_modules']
+__all__ = ['SYNC_VARIANTS', 'NO_SYNC_REASON', 'check_sync_bn_cfg',
+           'guarded_convert_sync_batchnorm', 'guarded_revert_sync_batchnorm',
+           'install_sync_bn_guard', 'plugin_norm_modules', 'synced_norm_modules']
 
-#: plugin norm type -> registered type of its cross-GPU synced variant (None: no variant yet)
-SYNC_VARIANTS: Dict[str, Optional[str]] = {'CBN': None, 'MABN': None, 'BGN': None, 'BKN': None}
+#: plugin norm type -> registered type of its cross-GPU synced variant (None: none)
+SYNC_VARIANTS: Dict[str, Optional[str]] = {
+    'CBN': 'SyncCBN', 'BGN': 'SyncBGN', 'BKN': 'SyncBKN', 'MABN': None}
+
+#: why a plugin norm has no synced variant
+NO_SYNC_REASON: Dict[str, str] = {
+    'MABN': ('MABN keeps per-GPU moving averages by design: its forward and backward '
+             'statistics are already averages over many iterations, and a synced form (pooling '
+             'E[x^2] and the gradient statistic Psi over GPUs, two all-reduces of C numbers) '
+             'would be an estimator the paper neither derives nor measures'),
+}
 
 
 def _why_unsynced(norm_type: str) -> str:
-    if norm_type == 'MABN':
-        return 'MABN keeps per-GPU moving averages by design'
-    return f'{norm_type} has no synced variant yet'
+    return NO_SYNC_REASON.get(norm_type, f'{norm_type} has no synced variant')
 
 
 def check_sync_bn_cfg(cfg, norm_types: Iterable[Tuple[str, str]]) -> None:
@@ -64,9 +77,8 @@ def check_sync_bn_cfg(cfg, norm_types: Iterable[Tuple[str, str]]) -> None:
         "norm_cfg of the layers you want synced across GPUs.")
 
 
-def plugin_norm_modules(model: nn.Module) -> List[Tuple[str, str, nn.Module]]:
-    """``(qualified name, registered type, module)`` of every plugin norm in ``model``."""
-    classes = [(t, MODELS.get(t)) for t in SYNC_VARIANTS]
+def _modules_of_types(model: nn.Module, types) -> List[Tuple[str, str, nn.Module]]:
+    classes = [(t, MODELS.get(t)) for t in types]
     found = []
     for name, module in model.named_modules():
         for norm_type, cls in classes:
@@ -74,6 +86,16 @@ def plugin_norm_modules(model: nn.Module) -> List[Tuple[str, str, nn.Module]]:
                 found.append((name, norm_type, module))
                 break
     return found
+
+
+def plugin_norm_modules(model: nn.Module) -> List[Tuple[str, str, nn.Module]]:
+    """``(qualified name, registered type, module)`` of every (unsynced) plugin norm."""
+    return _modules_of_types(model, SYNC_VARIANTS)
+
+
+def synced_norm_modules(model: nn.Module) -> List[Tuple[str, str, nn.Module]]:
+    """``(qualified name, registered type, module)`` of every synced plugin norm."""
+    return _modules_of_types(model, [v for v in SYNC_VARIANTS.values() if v is not None])
 
 
 def _set_child(model: nn.Module, name: str, new: nn.Module) -> None:
@@ -93,9 +115,13 @@ def guarded_convert_sync_batchnorm(module: nn.Module, implementation: str = 'tor
     if _convert is None:
         from mmengine.model.utils import convert_sync_batchnorm as _convert
     ours = plugin_norm_modules(module)
-    if any(name == '' for name, _, _ in ours):  # the model itself is one plugin norm
-        ours = []
-    kept, placed = [], []
+    synced = synced_norm_modules(module)
+    if synced and synced[0][0] == '':  # the model itself is a synced norm
+        return module
+    if ours and ours[0][0] == '':  # the model itself is a plugin norm
+        variant = SYNC_VARIANTS[ours[0][1]]
+        return MODELS.get(variant).from_unsynced(module) if variant else module
+    kept, placed = [], [(name, norm) for name, _, norm in synced]
     for name, norm_type, norm in ours:
         variant = SYNC_VARIANTS[norm_type]
         if variant is not None:
@@ -103,11 +129,7 @@ def guarded_convert_sync_batchnorm(module: nn.Module, implementation: str = 'tor
         else:
             placed.append((name, norm))
             kept.append((name, norm_type, norm))
-        # out of the tree while mmengine converts: a synced variant is a _BatchNorm too
-        _set_child(module, name, nn.Identity())
-    module = _convert(module, implementation)
-    for name, norm in placed:
-        _set_child(module, name, norm)
+    module = _without(module, placed, lambda m: _convert(m, implementation))
     if kept:
         types = sorted({t for _, t, _ in kept})
         names = ', '.join(name for name, _, _ in kept[:5])
@@ -128,25 +150,70 @@ def guarded_convert_sync_batchnorm(module: nn.Module, implementation: str = 'tor
     return module
 
 
+def _without(module: nn.Module, placed: List[Tuple[str, nn.Module]], convert) -> nn.Module:
+    """``convert(module)`` with the plugin norms out of the tree, then ``placed`` put back.
+
+    mmengine's functions recurse into every child and replace ``_BatchNorm``/``SyncBatchNorm``
+    instances; ours (all ``_BatchNorm`` subclasses) must not be seen by them.
+    """
+    for name, _ in placed:
+        _set_child(module, name, nn.Identity())
+    module = convert(module)
+    for name, norm in placed:
+        _set_child(module, name, norm)
+    return module
+
+
+def guarded_revert_sync_batchnorm(module: nn.Module, _revert=None) -> nn.Module:
+    """mmengine's ``revert_sync_batchnorm`` that also reverts the plugin's synced norms.
+
+    SyncCBN/SyncBGN/SyncBKN become CBN/BGN/BKN (``to_unsynced``: same parameters and state);
+    plugin norms are left alone; ``SyncBatchNorm`` is reverted by mmengine as before.
+    """
+    if _revert is None:
+        from mmengine.model.utils import revert_sync_batchnorm as _revert
+    synced = synced_norm_modules(module)
+    if synced and synced[0][0] == '':  # the model itself is a synced norm
+        return module.to_unsynced()
+    placed = [(name, norm.to_unsynced()) for name, _, norm in synced]
+    placed += [(name, norm) for name, _, norm in plugin_norm_modules(module)]
+    return _without(module, placed, _revert)
+
+
+# module -> the names in it that the guard replaces
+_CALLERS = {
+    'mmengine.runner.runner': ('convert_sync_batchnorm', 'revert_sync_batchnorm'),
+    'mmengine._strategy.distributed': ('convert_sync_batchnorm', ),
+    'mmengine._strategy.single_device': ('revert_sync_batchnorm', ),
+    'mmdet.apis.inference': ('revert_sync_batchnorm', ),
+    'mmdet.apis.det_inferencer': ('revert_sync_batchnorm', ),
+}
+
+
 def install_sync_bn_guard() -> None:
-    """Make mmengine's Runner (and FlexibleRunner's DDP strategy) use the guarded conversion.
+    """Make mmengine's Runner and strategies and mmdet's inference APIs use the guarded
+    conversion and revert.
 
     Only the *callers'* references are replaced; ``mmengine.model.utils`` keeps its own
-    recursive function, which the guard delegates to. Idempotent.
+    recursive functions, which the guards delegate to. Idempotent.
     """
     import importlib
-    for module_name in ('mmengine.runner.runner', 'mmengine._strategy.distributed'):
+    for module_name, names in _CALLERS.items():
         try:
             module = importlib.import_module(module_name)
         except ImportError:  # pragma: no cover (optional deps of the strategies)
             continue
-        current = getattr(module, 'convert_sync_batchnorm', None)
-        if current is None or getattr(current, '_mmnorm_guard', False):
-            continue
-
-        def guarded(model, implementation='torch', _convert=current):
-            return guarded_convert_sync_batchnorm(model, implementation, _convert)
-
-        guarded._mmnorm_guard = True
-        guarded.__doc__ = guarded_convert_sync_batchnorm.__doc__
-        setattr(module, 'convert_sync_batchnorm', guarded)
+        for name in names:
+            current = getattr(module, name, None)
+            if current is None or getattr(current, '_mmnorm_guard', False):
+                continue
+            if name == 'convert_sync_batchnorm':
+                def guarded(model, implementation='torch', _convert=current):
+                    return guarded_convert_sync_batchnorm(model, implementation, _convert)
+                guarded.__doc__ = guarded_convert_sync_batchnorm.__doc__
+            else:
+                def guarded(model, _revert=current):
+                    return guarded_revert_sync_batchnorm(model, _revert)
+                guarded.__doc__ = guarded_revert_sync_batchnorm.__doc__
+            guarded._mmnorm_guard = True
+            setattr(module, name, guarded)

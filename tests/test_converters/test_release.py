@@ -49,14 +49,15 @@ def test_strip_removes_exactly_the_training_only_state_and_evaluates_identically
                       meta=dict(cfg='x = 1', iter=4, seed=np.int64(3), hook_msgs=dict(a=1)))
     release, removed = strip_training_state(checkpoint)
     gone = set(checkpoint['state_dict']) - set(release['state_dict'])
-    assert gone == {'cbn.num_iters', 'cbn.hist_len', 'cbn.hist_ptr', 'cbn.hist_mean',
+    assert gone == {'cbn.num_iters', 'cbn.hist_count', 'cbn.hist_len', 'cbn.hist_ptr', 'cbn.hist_mean',
                     'cbn.hist_var', 'cbn.hist_mean_proj', 'cbn.hist_var_proj',
                     'cbn.hist_mean_grad', 'cbn.hist_var_grad', 'mabn.chi2_history',
                     'mabn.psi_history'}
     assert 'num_iters' in release['state_dict']  # the foreign buffer
     assert set(release) == {'state_dict', 'meta'}
     assert release['meta'] == dict(cfg='x = 1', iter=4, seed=3,
-                                   stripped=['chi2_history', 'hist_len', 'hist_mean',
+                                   stripped=['chi2_history', 'hist_count', 'hist_len',
+                                             'hist_mean',
                                              'hist_mean_grad', 'hist_mean_proj', 'hist_ptr',
                                              'hist_var', 'hist_var_grad', 'hist_var_proj',
                                              'num_iters', 'psi_history'])

@@ -1,4 +1,5 @@
-"""cfg.sync_bn with the plugin's norms: refused by our tools, kept (with a warning) elsewhere."""
+"""cfg.sync_bn with the plugin's norms: CBN/BGN/BKN become their synced variants (and revert
+back); MABN, which has none, is refused by our tools and kept (with a warning) elsewhere."""
 import os.path as osp
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from mmnorm_plugin.utils.sync_bn import check_sync_bn_cfg, guarded_convert_sync_
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CBN_DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')
+MABN_DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_mabn_tiny-coco.py')
 BN_DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py')
 
 
@@ -25,36 +27,68 @@ def _net(norm_type):
                          nn.Conv2d(32, 8, 3), nn.BatchNorm2d(8))
 
 
-def test_config_check_refuses_plugin_norms_and_names_the_fix():
-    cfg = Config.fromfile(CBN_DEMO)
+def test_config_check_refuses_mabn_only_and_names_the_fix():
+    cfg = Config.fromfile(MABN_DEMO)
     cfg.sync_bn = 'torch'
     with pytest.raises(ValueError) as err:
         check_sync_bn_cfg(cfg, norm_cfg_types(cfg.model))
     message = str(err.value)
-    assert "'backbone.norm_cfg' (CBN)" in message and 'remove sync_bn' in message
-    assert "type='SyncBN'" in message
-    bn = Config.fromfile(BN_DEMO)
-    bn.sync_bn = 'torch'
-    check_sync_bn_cfg(bn, norm_cfg_types(bn.model))  # plain BN: mmengine's conversion is fine
+    assert "'backbone.norm_cfg' (MABN)" in message and 'remove sync_bn' in message
+    assert "type='SyncBN'" in message and 'per-GPU moving averages by design' in message
+    for path in (BN_DEMO, CBN_DEMO):  # BN: mmengine's conversion; CBN: SyncCBN
+        other = Config.fromfile(path)
+        other.sync_bn = 'torch'
+        check_sync_bn_cfg(other, norm_cfg_types(other.model))
     cfg.sync_bn = None
     check_sync_bn_cfg(cfg, norm_cfg_types(cfg.model))
 
 
-@pytest.mark.parametrize('norm_type', ['CBN', 'MABN', 'BGN', 'BKN'])
-def test_guarded_conversion_keeps_plugin_norms_and_converts_bn(norm_type):
-    net = _net(norm_type)
+def test_guarded_conversion_keeps_mabn_and_converts_bn():
+    net = _net('MABN')
     ours = net[1]
     state = {k: v.clone() for k, v in ours.state_dict().items()}
-    with pytest.warns(UserWarning, match=f"{norm_type}.*kept UNCONVERTED.*: 1"):
+    with pytest.warns(UserWarning, match="MABN.*kept UNCONVERTED.*: 1"):
         out = guarded_convert_sync_batchnorm(net, 'torch')
-    assert out[1] is ours and type(out[1]) is MODELS.get(norm_type)
+    assert out[1] is ours and type(out[1]) is MODELS.get('MABN')
     assert all(torch.equal(v, out[1].state_dict()[k]) for k, v in state.items())
     assert isinstance(out[3], nn.SyncBatchNorm)  # everything else: mmengine's conversion
 
 
-def test_runner_uses_the_guarded_conversion():
+@pytest.mark.parametrize('norm_type', ['CBN', 'BGN', 'BKN'])
+def test_sync_bn_converts_to_the_synced_variant_and_revert_converts_back(norm_type):
+    net = _net(norm_type)
+    ours = net[1]
+    net(torch.randn(2, 3, 8, 8)).sum().backward()  # some state (CBN: a window)
+    state = {k: v.clone() for k, v in ours.state_dict().items()}
+    out = guarded_convert_sync_batchnorm(net, 'torch')
+    synced = out[1]
+    assert type(synced) is MODELS.get(f'Sync{norm_type}') and synced.weight is ours.weight
+    assert state.keys() == synced.state_dict().keys()
+    assert all(torch.equal(v, synced.state_dict()[k]) for k, v in state.items())
+    assert isinstance(out[3], nn.SyncBatchNorm)
+    # a synced variant already there is kept by a second conversion
+    assert guarded_convert_sync_batchnorm(out, 'torch')[1] is synced
+    from mmengine.model import revert_sync_batchnorm
+    from mmengine.runner import Runner
+    revert = Runner.wrap_model.__globals__['revert_sync_batchnorm']
+    assert revert._mmnorm_guard
+    back = revert(out)
+    assert type(back[1]) is MODELS.get(norm_type) and back[1].weight is ours.weight
+    assert all(torch.equal(v, back[1].state_dict()[k]) for k, v in state.items())
+    assert type(back[3]).__name__ == '_BatchNormXd'
+    # mmengine's own revert (unguarded) leaves ours alone: they are not SyncBatchNorm
+    assert type(revert_sync_batchnorm(guarded_convert_sync_batchnorm(_net(norm_type)))[1]) is \
+        MODELS.get(f'Sync{norm_type}')
+
+
+def test_runner_and_mmdet_apis_use_the_guarded_conversion_and_revert():
+    import importlib
     from mmengine.runner import Runner
     assert getattr(Runner.wrap_model.__globals__['convert_sync_batchnorm'], '_mmnorm_guard')
+    for name in ('mmengine.runner.runner', 'mmengine._strategy.single_device',
+                 'mmdet.apis.inference', 'mmdet.apis.det_inferencer'):
+        module = importlib.import_module(name)
+        assert getattr(module.revert_sync_batchnorm, '_mmnorm_guard', False), name
 
 
 def test_a_synced_variant_in_the_table_replaces_refusal_by_conversion(monkeypatch):
@@ -76,9 +110,9 @@ def test_a_synced_variant_in_the_table_replaces_refusal_by_conversion(monkeypatc
     assert type(out[1]) is FakeSyncCBN and isinstance(out[3], nn.SyncBatchNorm)
 
 
-def test_train_tool_refuses_sync_bn_with_plugin_norms_when_distributed(tmp_path):
+def test_train_tool_refuses_sync_bn_with_mabn_when_distributed(tmp_path):
     proc = subprocess.run(
-        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), CBN_DEMO, '--launcher', 'pytorch',
+        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), MABN_DEMO, '--launcher', 'pytorch',
          '--work-dir', str(tmp_path), '--cfg-options', 'sync_bn=torch'],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
@@ -86,7 +120,10 @@ def test_train_tool_refuses_sync_bn_with_plugin_norms_when_distributed(tmp_path)
     assert 'Fix: remove sync_bn' in proc.stderr
 
 
-def test_a_runner_built_with_sync_bn_keeps_plugin_norms_and_warns(tmp_path):
+@pytest.mark.parametrize('demo,expected,warned', [(CBN_DEMO, "['SyncCBN']", False),
+                                                   (MABN_DEMO, "['MABN']", True)])
+def test_a_runner_built_with_sync_bn_converts_or_keeps_plugin_norms(tmp_path, demo, expected,
+                                                                     warned):
     """mmdet's shipped train.py path: Runner.from_cfg with sync_bn='torch', distributed."""
     code = f"""
 import socket, warnings
@@ -96,7 +133,7 @@ from mmengine.runner import Runner
 s = socket.socket(); s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]; s.close()
 dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{{port}}', rank=0, world_size=1)
 import os; os.environ.setdefault('LOCAL_RANK', '0')
-cfg = Config.fromfile({CBN_DEMO!r})  # its custom_imports import the plugin, as in mmdet's tool
+cfg = Config.fromfile({demo!r})  # its custom_imports import the plugin, as in mmdet's tool
 cfg.update(dict(launcher='pytorch', sync_bn='torch', work_dir={str(tmp_path)!r},
                 model_wrapper_cfg=dict(type='AnyDeviceDDP')))
 import mmnorm_plugin.apis  # AnyDeviceDDP (CPU); mmdet's tool on GPU needs nothing of this
@@ -104,7 +141,7 @@ with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter('always')
     runner = Runner.from_cfg(cfg)
 types = {{type(m).__name__ for m in runner.model.module.modules()}}
-print('TYPES', sorted(t for t in types if 'Norm' in t or t == 'CBN'))
+print('TYPES', sorted(t for t in types if 'Norm' in t or 'BN' in t))
 print('WARNED', any('kept UNCONVERTED' in str(w.message) for w in caught))
 dist.destroy_process_group()
 """
@@ -112,5 +149,5 @@ dist.destroy_process_group()
                           timeout=180, cwd=str(tmp_path),
                           env=dict(__import__('os').environ, PYTHONPATH=ROOT))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "TYPES ['CBN']" in proc.stdout and 'WARNED True' in proc.stdout
-    assert 'kept UNCONVERTED' in proc.stdout + proc.stderr  # in the Runner's log too
+    assert f"TYPES {expected}" in proc.stdout and f'WARNED {warned}' in proc.stdout
+    assert ('kept UNCONVERTED' in proc.stdout + proc.stderr) == warned  # in the Runner's log

@@ -1,0 +1,190 @@
+"""SyncCBN: 2 gloo ranks x b images == CBN on one process with the 2b images.
+
+Each rank runs the same iterations on its slice of one batch, with conv weights, γ and β
+changed between iterations (in place, as an optimizer step: CBN sees new iterations and
+compensates). The test process replays them with CBN on the whole batch and compares outputs,
+input gradients, the ranks' summed parameter gradients, running statistics and the windows
+(each rank keeps its own images' window; pooled by count they are CBN's).
+"""
+import copy
+
+import pytest
+import torch
+from mmcv.cnn import build_norm_layer
+from torch import nn
+
+from mmnorm_plugin.norms.cbn import CBN, SyncCBN
+
+ITERS = 6  # buffer_num 3: the window fills and wraps
+# (per-rank images, layer calls per iteration, CBN options)
+SCENARIOS = {
+    'even': ((2, 2), 1, dict()),
+    'uneven_two_sites': ((3, 1), 2, dict(running_stats='batch', eps_outside_sqrt=True)),
+    'empty_rank': ((2, 0), 1, dict(burnin_iters=2)),
+}
+SIZES = ((6, 6), (4, 4))  # input size of each call site
+
+
+def _net(cls, options):
+    torch.manual_seed(3)
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=False, groups=1).double()
+    norm = cls(8, buffer_num=3, **options).double()
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    return conv, norm
+
+
+def _data(it, site, total):
+    gen = torch.Generator().manual_seed(1000 * it + site)
+    h, w = SIZES[site]
+    x = torch.randn(total, 3, h, w, generator=gen, dtype=torch.float64) * 2 + 0.5
+    weights = torch.randn(total, 8, h, w, generator=gen, dtype=torch.float64)
+    return x, weights
+
+
+def _step(conv, norm, it):
+    """The 'optimizer step' both sides apply: a fixed perturbation, in place."""
+    gen = torch.Generator().manual_seed(7 + it)
+    with torch.no_grad():
+        for p in (conv.weight, norm.weight, norm.bias):
+            p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def _run(cls, scenario, lo, hi):
+    """Iterations on images [lo, hi) of every batch; per-iteration outputs and gradients."""
+    sizes, sites, options = SCENARIOS[scenario]
+    conv, norm = _net(cls, options)
+    out = []
+    for it in range(ITERS):
+        loss, xs, ys = 0, [], []
+        for site in range(sites):
+            x, weights = _data(it, site, sum(sizes))
+            x = x[lo:hi].requires_grad_()
+            y = norm(conv(x))
+            loss = loss + (y * weights[lo:hi]).sum()
+            xs.append(x)
+            ys.append(y.detach())
+        for p in (conv.weight, norm.weight, norm.bias):
+            p.grad = None
+        loss.backward()
+        out.append(dict(y=ys, gx=[x.grad for x in xs], gw=conv.weight.grad.clone(),
+                        gg=norm.weight.grad.clone(), gb=norm.bias.grad.clone()))
+        _step(conv, norm, it)
+    return out, norm.state_dict()
+
+
+def _rank_equivalence(rank, world):
+    results = {}
+    for scenario, (sizes, _, _) in SCENARIOS.items():
+        lo = sum(sizes[:rank])
+        results[scenario] = _run(SyncCBN, scenario, lo, lo + sizes[rank])
+    return results
+
+
+def _pool_windows(states):
+    """The ranks' windows pooled by element count (what CBN keeps for the whole batch)."""
+    counts = torch.stack([s['hist_count'] for s in states]).double()  # (R, S, k)
+    total = counts.sum(0)
+    w = counts / total.clamp_min(1)
+    mean = sum(w[r, ..., None] * s['hist_mean'] for r, s in enumerate(states))
+    var = sum(w[r, ..., None] * (s['hist_var'] + (s['hist_mean'] - mean)**2)
+              for r, s in enumerate(states))
+    # derivatives: (S, G|C, k, P); weights per (S, k)
+    wd = w[:, :, None, :, None]
+    d_mean = sum(wd[r] * s['hist_mean_grad'] for r, s in enumerate(states))
+    d_var = sum(wd[r] * (s['hist_var_grad'] + 2 * (s['hist_mean'] - mean).transpose(1, 2)[
+        ..., None] * s['hist_mean_grad']) for r, s in enumerate(states))  # G == 1 here
+    return dict(hist_count=total.long(), hist_mean=mean, hist_var=var, hist_mean_grad=d_mean,
+                hist_var_grad=d_var)
+
+
+@pytest.fixture(scope='module')
+def ranks(tmp_path_factory):
+    import os
+    import socket
+    import subprocess
+    import sys
+    # one launch for every test of this module (a launch costs ~8 s)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    tmp = tmp_path_factory.mktemp('sync_cbn')
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = str(s.getsockname()[1])
+    outs = [tmp / f'rank{r}.pth' for r in range(2)]
+    procs = [subprocess.Popen([sys.executable, os.path.join(root, 'tests', 'gloo_worker.py'),
+                               str(r), '2', port, __file__, '_rank_equivalence', str(outs[r])],
+                              env=dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS='1'),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in range(2)]
+    logs = [p.communicate(timeout=300) for p in procs]
+    for r, p in enumerate(procs):
+        assert p.returncode == 0, logs[r][1][-5000:]
+    return [torch.load(o, weights_only=False) for o in outs]
+
+
+@pytest.mark.parametrize('scenario', list(SCENARIOS))
+def test_two_ranks_equal_cbn_on_the_whole_batch(ranks, scenario):
+    sizes, sites, _ = SCENARIOS[scenario]
+    reference, ref_state = _run(CBN, scenario, 0, sum(sizes))
+    close = dict(rtol=1e-9, atol=1e-9)
+    for it, ref in enumerate(reference):
+        got = [r[scenario][0][it] for r in ranks]
+        for site in range(sites):
+            for key in ('y', 'gx'):
+                torch.testing.assert_close(torch.cat([g[key][site] for g in got]),
+                                           ref[key][site], **close, msg=f'{key} it {it}')
+        for key in ('gw', 'gg', 'gb'):
+            torch.testing.assert_close(got[0][key] + got[1][key], ref[key], **close,
+                                       msg=f'{key} it {it}')
+    states = [r[scenario][1] for r in ranks]
+    for key in ('running_mean', 'running_var', 'num_batches_tracked', 'num_iters', 'hist_len',
+                'hist_ptr'):
+        torch.testing.assert_close(states[0][key], ref_state[key], **close, msg=key)
+        torch.testing.assert_close(states[1][key], ref_state[key], **close, msg=key)
+    pooled = _pool_windows(states)
+    for key, value in pooled.items():
+        torch.testing.assert_close(value, ref_state[key], **close, msg=key)
+
+
+def test_one_all_reduce_forward_and_one_backward_per_layer_and_iteration(ranks):
+    calls = sum(ITERS * sites * 2 for _, sites, _ in SCENARIOS.values())
+    assert [r['_all_reduce_calls'] for r in ranks] == [calls, calls]
+
+
+def test_outside_a_process_group_synccbn_is_cbn():
+    a, a_state = _run(CBN, 'uneven_two_sites', 0, 4)
+    b, b_state = _run(SyncCBN, 'uneven_two_sites', 0, 4)
+    for ra, rb in zip(a, b):
+        for key in ('gw', 'gg', 'gb'):
+            assert torch.equal(ra[key], rb[key])
+        assert all(torch.equal(u, v) for u, v in zip(ra['y'] + ra['gx'], rb['y'] + rb['gx']))
+    assert a_state.keys() == b_state.keys()
+    assert all(torch.equal(a_state[k], b_state[k]) for k in a_state)
+
+
+def test_conversion_both_ways_keeps_parameters_and_state():
+    conv, cbn = _net(CBN, dict())
+    for it in range(4):
+        cbn(conv(torch.randn(2, 3, 6, 6, dtype=torch.float64))).sum().backward()
+        _step(conv, cbn, it)
+    synced = SyncCBN.from_unsynced(cbn)
+    assert type(synced) is SyncCBN and synced.weight is cbn.weight and synced.training
+    assert synced.buffer_num == 3 and synced.running_stats == cbn.running_stats
+    state, synced_state = cbn.state_dict(), synced.state_dict()
+    assert state.keys() == synced_state.keys() and 'hist_count' in state
+    assert all(torch.equal(state[k], synced_state[k]) for k in state)
+    back = synced.eval().to_unsynced()
+    assert type(back) is CBN and not back.training and back.bias is cbn.bias
+    assert all(torch.equal(state[k], v) for k, v in back.state_dict().items())
+    # the two continue identically from the converted state
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    cbn2 = copy.deepcopy(cbn)
+    synced2 = SyncCBN.from_unsynced(copy.deepcopy(cbn))
+    assert torch.equal(cbn2(conv(x)), synced2(conv(x)))
+
+
+def test_built_from_a_norm_cfg():
+    name, layer = build_norm_layer(dict(type='SyncCBN', buffer_num=2), 16)
+    assert name == 'bn' and type(layer) is SyncCBN and layer.buffer_num == 2
+    assert 'process_group=None' in repr(layer)
