@@ -5,6 +5,7 @@ follows the method as the abstract states it (statistics over the batch *and* a 
 channels with all their positions, ``G`` groups as in GN, per-channel affine) and keeps BN's
 inference behaviour (running statistics), which is what makes it a drop-in for BN.
 """
+import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -13,9 +14,10 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import GuardedNormMixin, check_input_4d, check_nchw, update_running_stats
+from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, check_input_4d,
+                         check_input_dtype, check_nchw, sync_world_size, update_running_stats)
 
-__all__ = ['BGN']
+__all__ = ['BGN', 'SyncBGN']
 
 
 @MODELS.register_module('BGN')
@@ -91,7 +93,8 @@ class BGN(GuardedNormMixin, _BatchNorm):
         * mmengine's ``sync_bn='torch'`` (and ``nn.SyncBatchNorm.convert_sync_batchnorm``)
           replace every ``_BatchNorm`` subclass, this one included, by ``nn.SyncBatchNorm``
           with ``C`` per-channel statistics: the method would be silently lost. Do not combine
-          them; statistics are per device, as in the paper.
+          them; statistics are per device, as in the paper (:class:`SyncBGN` pools the group
+          statistics over processes instead).
         * Subclassing ``_BatchNorm`` is deliberate: mmdet's ``norm_eval``, mmengine's
           ``norm_decay_mult`` and ``is_norm`` recognise the layer.
         * An empty batch (0 RoIs) returns an empty output and leaves the running statistics
@@ -107,8 +110,9 @@ class BGN(GuardedNormMixin, _BatchNorm):
           their values; counted in ``nonfinite_count``, logged once). A checkpoint that does
           not fit raises before anything is modified.
         * ``torch.jit.script`` compiles the eval-mode layer with running statistics (one
-          ``batch_norm``); training (a custom autograd function) is refused by the scripted
-          module. No host synchronisation in a training step.
+          ``batch_norm``; an empty eval input returns an empty output); training (a custom
+          autograd function) is refused by the scripted module. No host synchronisation in a
+          training step.
     """
 
     _abbr_ = 'bn'
@@ -157,7 +161,7 @@ class BGN(GuardedNormMixin, _BatchNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         check_nchw(x, self.num_features, self._layer_name)
-        if x.numel() == 0:
+        if x.numel() == 0 and not self.training:
             # Keep weight and bias in the graph so DDP sees them used on a 0-RoI batch.
             return _empty_affine(x, self.weight, self.bias)
         if not self.training and self.running_mean is not None:
@@ -166,17 +170,47 @@ class BGN(GuardedNormMixin, _BatchNorm):
         return self._forward_batch_stats(x)
 
     @torch.jit.unused
+    def _sync_group(self) -> Tuple[bool, Any]:
+        """Whether this forward pools its statistics over processes, and over which group.
+
+        BGN: never (statistics per process, as in the paper); :class:`SyncBGN` overrides it.
+        """
+        return False, None
+
+    @torch.jit.unused
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
+        synced, process_group = self._sync_group()
+        if x.numel() == 0 and not synced:
+            # An empty batch carries no statistics. (A synced layer still takes part in the
+            # collectives with a count of 0, or the other ranks would wait for it.)
+            return _empty_affine(x, self.weight, self.bias)
         m = x.numel() // self.num_groups
-        self._check_batch(x, m)
-        y, mean, var = _BatchGroupNorm.apply(x, self.weight, self.bias, self.num_groups,
-                                             self.eps)
+        if synced:
+            # The global count is not known on the host without a device sync, so the
+            # single-value check only applies to the unsynced layer.
+            state = self.weight if self.weight is not None else self.running_mean
+            if state is not None:
+                check_input_dtype(x, state.dtype, self._layer_name)
+        else:
+            self._check_batch(x, m)
+        y, mean, var, total = _BatchGroupNorm.apply(x, self.weight, self.bias, self.num_groups,
+                                                    self.eps, synced, process_group)
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
+            if total is None:
+                self.num_batches_tracked.add_(1)
+                bessel = m / max(m - 1, 1)
+                present = None
+            else:
+                # Global element count per group, a tensor (no host sync); 0 only when every
+                # rank's batch was empty: then nothing is counted or updated.
+                present = total > 0
+                self.num_batches_tracked.add_(present.view(()).to(self.num_batches_tracked.dtype))
+                bessel = total / (total - 1).clamp_min(1)
             t = self.num_batches_tracked  # 1/t on the device if momentum is None
             finite = update_running_stats(self.running_mean, mean, self.momentum, t)
-            finite &= update_running_stats(self.running_var, var * (m / max(m - 1, 1)),
-                                           self.momentum, t)
+            finite &= update_running_stats(self.running_var, var * bessel, self.momentum, t)
+            if present is not None:
+                finite |= ~present  # an all-empty step is not a non-finite one
             self._note_nonfinite(finite)
         return y
 
@@ -192,6 +226,126 @@ class BGN(GuardedNormMixin, _BatchNorm):
         return state
 
 
+@MODELS.register_module('SyncBGN')
+class SyncBGN(BGN):
+    r"""BGN whose training statistics pool every rank's batch (cross-process synced BGN).
+
+    In training inside a process group of more than one rank, each group's mean and variance
+    are those of the union of all ranks' images: the layer is BGN applied to the concatenation
+    of the ranks' batches (forward output, input gradient, and, summed over ranks as DDP does,
+    the ``weight``/``bias`` gradients; running statistics identical on every rank). What is
+    synced is ``G`` group statistics, not ``C`` channel statistics: far fewer numbers than
+    :class:`torch.nn.SyncBatchNorm` moves.
+
+    Communication per layer per training iteration (two blocking collectives, like
+    ``nn.SyncBatchNorm``):
+
+    * forward: one ``all_reduce`` of ``2G + 1`` float64 numbers (count, ``m·μ``,
+      ``m·(σ² + μ²)`` per group; float64 so the raw second moment does not cancel), i.e.
+      ``(2G + 1) · 8`` bytes;
+    * backward: one ``all_reduce`` of ``2G`` numbers in the parameters' dtype
+      (:math:`\sum_{c \in g} \gamma_c\, \partial\beta_c` and
+      :math:`\sum_{c \in g} \gamma_c\, \partial\gamma_c`), i.e. ``2G · 4`` bytes in
+      float32.
+
+    ``nn.SyncBatchNorm`` instead all-gathers ``world · (2C + 1)`` float32 numbers in the
+    forward and all-reduces ``2C`` float32 in the backward. E.g. ``G = 32``, ``C = 256``,
+    8 ranks: SyncBGN 520 + 256 = 776 bytes per layer per iteration, SyncBN 16 416 + 2 048 =
+    18 464 bytes (24x). (Sizes are the collectives' buffers; on the wire a ring all-reduce
+    moves about twice its buffer per rank, an all-gather its output.) Messages this small are
+    latency-bound, so the saving is in bandwidth, not in the number of round trips.
+
+    Args:
+        num_features, eps, momentum, affine, track_running_stats, num_groups: as :class:`BGN`.
+        process_group: the ranks to pool over (a ``torch.distributed`` group); None is the
+            whole world, as for ``nn.SyncBatchNorm``.
+
+    Behaviour:
+        * Outside a process group, or in a group of one rank, it is BGN exactly (the same
+          code path, no collective). Eval mode uses the running statistics and never
+          communicates (eval without running statistics uses the local batch, as
+          ``nn.SyncBatchNorm`` does). An eval-mode layer compiles with ``torch.jit.script``
+          like BGN.
+        * Unequal batches are weighted by their element counts. A rank with an empty input
+          (0 images or RoIs) still takes part in both collectives with a count of 0, so the
+          others do not hang; its output is empty and its ``weight``/``bias`` gradients are 0.
+          When every rank is empty the state is left alone, as BGN's for an empty batch.
+        * Every rank must run the backward of every synced forward: a rank whose output does
+          not reach its loss (or that skips ``backward``) leaves the others waiting in the
+          backward all-reduce for ever, as with ``nn.SyncBatchNorm``.
+        * The single-value check of BGN (one value per group statistic raises ValueError)
+          applies only outside a group: the global count is a device tensor, and reading it
+          on the host would be a sync per layer. With one value in the whole group the output
+          is the bias (zero gradient) and the running variance is pulled toward 0.
+        * No host synchronisation in a training step: counts are tensors, the unbiased
+          running variance uses :math:`M/(M-1)` with the global count :math:`M` on the
+          device.
+        * Parameter and buffer names and shapes are BGN's: BGN and SyncBGN checkpoints load
+          into each other. :meth:`from_unsynced` / :meth:`to_unsynced` convert a module.
+        * ``nn.SyncBatchNorm.convert_sync_batchnorm`` (mmengine's ``sync_bn='torch'``)
+          replaces every ``_BatchNorm``, this layer included: do not combine them.
+    """
+
+    def __init__(self,
+                 num_features: int,
+                 eps: float = 1e-5,
+                 momentum: Optional[float] = 0.1,
+                 affine: bool = True,
+                 track_running_stats: bool = True,
+                 num_groups: int = 32,
+                 process_group: Optional[Any] = None,
+                 device=None,
+                 dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         num_groups=num_groups, device=device, dtype=dtype)
+        self.process_group = process_group
+
+    @torch.jit.unused
+    def _sync_group(self) -> Tuple[bool, Any]:
+        if self.training and sync_world_size(self.process_group) > 1:
+            return True, self.process_group
+        return False, None
+
+    @classmethod
+    def from_unsynced(cls, module: BGN, process_group: Optional[Any] = None) -> 'SyncBGN':
+        """A SyncBGN with ``module``'s hyper-parameters, state and training mode.
+
+        Like ``nn.SyncBatchNorm.convert_sync_batchnorm``, the new layer holds ``module``'s own
+        parameter and buffer objects (same device, dtype and ``requires_grad``; an optimizer
+        built on ``module`` keeps working): replace ``module`` by the result rather than
+        using both.
+        """
+        if not isinstance(module, BGN):
+            raise TypeError(f'SyncBGN.from_unsynced expects a BGN, got {type(module).__name__}')
+        return _share_state(module, cls(module.num_features, module.eps, module.momentum,
+                                        module.affine, module.track_running_stats,
+                                        num_groups=module.num_groups,
+                                        process_group=process_group, device='meta'))
+
+    def to_unsynced(self) -> BGN:
+        """The reverse of :meth:`from_unsynced`: a BGN holding this layer's parameter and
+        buffer objects, in its training mode."""
+        return _share_state(self, BGN(self.num_features, self.eps, self.momentum, self.affine,
+                                      self.track_running_stats, num_groups=self.num_groups,
+                                      device='meta'))
+
+
+def _share_state(src: BGN, dst: BGN) -> BGN:
+    """Make ``dst`` (built on the meta device) hold ``src``'s parameters and buffers."""
+    assert set(dst._parameters) == set(src._parameters), (dst._parameters, src._parameters)
+    assert set(dst._buffers) <= set(src._buffers), (dst._buffers, src._buffers)
+    for name, param in src._parameters.items():
+        dst._parameters[name] = param
+    for name, buf in src._buffers.items():
+        dst._buffers[name] = buf
+        if name in src._non_persistent_buffers_set:
+            dst._non_persistent_buffers_set.add(name)
+        else:
+            dst._non_persistent_buffers_set.discard(name)
+    dst.training = src.training
+    return dst
+
+
 class _BatchGroupNorm(torch.autograd.Function):
     """Training-mode BGN in two native kernels forward and one (+ a fix-up pass) backward.
 
@@ -204,24 +358,47 @@ class _BatchGroupNorm(torch.autograd.Function):
     means of ``gamma * (...)``, and their difference is an affine function of ``x`` per channel,
     added in place. Measured faster than the composite of autograd-tracked native calls
     (``tools/benchmarks/bench_bgn.py``).
+
+    Synced (``synced=True``, :class:`SyncBGN` in a process group): the local per-group
+    (count, mean, variance) are pooled by one :func:`all_reduce_moments` (``2G + 1`` float64
+    numbers) before normalizing, and the backward's group sums ``S1_g = Σ_{c∈g} γ_c dβ_c``,
+    ``S2_g = Σ_{c∈g} γ_c dγ_c`` by one :func:`all_reduce_sum` (``2G`` numbers in the
+    parameters' dtype); the group means are then ``S/M_g`` with the global count ``M_g``:
+    ``dx = invstd_g (γ_c g − S1_g/M_g − x̂ S2_g/M_g)``. ``dgamma``/``dbeta`` stay this rank's
+    sums (DDP reduces them, as for ``nn.SyncBatchNorm``). An empty local batch takes part in
+    both collectives with a count of 0. Unsynced, ``S/M_g`` is the same expression with the
+    local sums and count and no collective.
+
+    Returns ``(y, mean, var, total)``: the group statistics used (global when synced) and the
+    global element count per group as a ``(1,)`` tensor when synced, else None.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                num_groups: int, eps: float):
+                num_groups: int, eps: float, synced: bool, process_group: Any):
         x = x.contiguous()
         n, c = x.shape[:2]
-        hw = x.numel() // (n * c)
+        hw = math.prod(x.shape[2:])
+        per_group = c // num_groups
+        m_local = n * per_group * hw  # this rank's elements per group (a Python int)
         # Statistics in float32 at least: under autocast the kernel would return
         # bfloat16/float16 moments (8/11-bit mantissas), so it reads a float32 copy.
         xs = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        # eps=0: exact per-sample variances (1/rstd^2), eps is added once to the pooled value
-        _, mean_ng, rstd_ng = torch.ops.aten.native_group_norm(xs, None, None, n, c, hw,
-                                                               num_groups, 0.0)
+        if m_local > 0:
+            # eps=0: exact per-sample variances (1/rstd^2), eps is added once to the pooled
+            # value
+            _, mean_ng, rstd_ng = torch.ops.aten.native_group_norm(xs, None, None, n, c, hw,
+                                                                   num_groups, 0.0)
+            mean = mean_ng.mean(0)
+            var = rstd_ng.pow(-2).mean(0) + (mean_ng - mean).pow(2).mean(0)
+        else:  # only reached synced: an empty rank contributes count 0 (moments ignored)
+            mean = xs.new_zeros(num_groups)
+            var = xs.new_zeros(num_groups)
         del xs
-        mean = mean_ng.mean(0)
-        var = rstd_ng.pow(-2).mean(0) + (mean_ng - mean).pow(2).mean(0)
-        per_group = c // num_groups
+        total = None
+        if synced:
+            count = torch.full((1, ), float(m_local), dtype=torch.float64, device=x.device)
+            total, mean, var = all_reduce_moments(count, mean, var, process_group)
         # The native kernels take statistics in the parameters' dtype: the input's own, or
         # float32 with a low-precision input (autocast).
         p_dtype = weight.dtype if weight is not None else mean.dtype
@@ -230,38 +407,52 @@ class _BatchGroupNorm(torch.autograd.Function):
         invstd_c = (var_c + eps).rsqrt()
         mean_c, var_c, invstd_c = (t.to(p_dtype) for t in (mean_c, var_c, invstd_c))
         y = F.batch_norm(x, mean_c, var_c, weight, bias, False, 0.0, eps)
-        ctx.save_for_backward(x, weight, mean_c, invstd_c)
+        ctx.save_for_backward(x, weight, mean_c, invstd_c, total)
         ctx.num_groups = num_groups
         ctx.has_bias = bias is not None
-        ctx.mark_non_differentiable(mean, var)
-        return y, mean, var
+        ctx.synced = synced
+        ctx.process_group = process_group
+        ctx.mark_non_differentiable(*(t for t in (mean, var, total) if t is not None))
+        return y, mean, var, total
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor, _grad_mean, _grad_var):
-        x, weight, mean_c, invstd_c = ctx.saved_tensors
+    def backward(ctx, grad_out: Tensor, _grad_mean, _grad_var, _grad_total):
+        x, weight, mean_c, invstd_c, total = ctx.saved_tensors
         c = x.shape[1]
         g = ctx.num_groups
-        grad_out = grad_out.contiguous()
+        per_group = c // g
+        m_c = x.numel() // c  # this rank's elements per channel
         gamma = weight if weight is not None else mean_c.new_ones(c)
-        dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
-            grad_out, x, gamma, None, None, mean_c, invstd_c, True, 0.0, [True, True, True])
-        m_c = x.numel() // c
-        dgamma_f, dbeta_f = dgamma.to(invstd_c.dtype), dbeta.to(invstd_c.dtype)
-        gamma_f = gamma.to(invstd_c.dtype)
-        # mean over the channel's elements (what the per-channel backward subtracted) versus
-        # mean over the group's elements (what BGN needs), of gamma*g and gamma*g*x_hat
-        own_mean = gamma_f * dbeta_f / m_c
-        own_proj = gamma_f * dgamma_f / m_c
-        group_mean = own_mean.view(g, -1).mean(1).repeat_interleave(c // g)
-        group_proj = own_proj.view(g, -1).mean(1).repeat_interleave(c // g)
-        p = invstd_c * (own_mean - group_mean)
-        q = invstd_c * (own_proj - group_proj)
-        slope = q * invstd_c  # x_hat = (x - mean) * invstd
-        offset = p - slope * mean_c
-        dx.addcmul_(x, slope.to(x.dtype).view(1, -1, 1, 1)).add_(
-            offset.to(x.dtype).view(1, -1, 1, 1))
+        if m_c > 0:
+            dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+                grad_out.contiguous(), x, gamma, None, None, mean_c, invstd_c, True, 0.0,
+                [True, True, True])
+        else:  # an empty rank of a synced layer (the native kernel divides by the count)
+            dx = torch.zeros_like(x)
+            dgamma = gamma.new_zeros(c)
+            dbeta = gamma.new_zeros(c)
+        f = invstd_c.dtype
+        gamma_f = gamma.to(f)
+        # gamma * (Σ g, Σ g·x_hat) per channel; per group, summed (over ranks when synced),
+        # they give the group means of gamma*g and gamma*g*x_hat that BGN's dx subtracts
+        terms = torch.stack((gamma_f * dbeta.to(f), gamma_f * dgamma.to(f)))
+        sums = terms.view(2, g, per_group).sum(2)
+        if ctx.synced:
+            all_reduce_sum(sums, ctx.process_group)
+            group_terms = sums / total.to(f)
+        else:
+            group_terms = sums / (m_c * per_group)
+        if m_c > 0:
+            # minus what the per-channel backward subtracted (means over the channel's
+            # elements), plus the group means
+            own = terms / m_c
+            p, q = (invstd_c * (own - group_terms.repeat_interleave(per_group, dim=1))).unbind(0)
+            slope = q * invstd_c  # x_hat = (x - mean) * invstd
+            offset = p - slope * mean_c
+            dx.addcmul_(x, slope.to(x.dtype).view(1, -1, 1, 1)).add_(
+                offset.to(x.dtype).view(1, -1, 1, 1))
         return (dx, dgamma if weight is not None else None,
-                dbeta if ctx.has_bias else None, None, None)
+                dbeta if ctx.has_bias else None, None, None, None, None)
 
 
 def _empty_affine(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
