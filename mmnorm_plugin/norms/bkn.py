@@ -113,7 +113,9 @@ Requirements and caveats
 * ``norm_eval=True`` (mmdet's default for the backbone) puts BKN in eval mode like BN: running
   statistics only, no fusion. The configs set ``norm_eval=False``.
 * mmengine's ``sync_bn='torch'`` converts every ``_BatchNorm`` (BKN too) into
-  ``nn.SyncBatchNorm`` and silently replaces the method; do not use it with BKN.
+  ``nn.SyncBatchNorm`` and silently replaces the method; do not use it with BKN. For batch
+  statistics over every GPU's images use :class:`SyncBKN` (``norm_cfg=dict(type='SyncBKN')``):
+  exactly BKN on the concatenated batch, one small all-reduce per layer in forward and backward.
 * The official code splits a batch of 128 into micro-batches of 2 (``split_num``) to simulate
   small batches on CIFAR; in detection the per-GPU batch is the micro-batch, so there is no
   split here.
@@ -131,7 +133,7 @@ Requirements and caveats
 """
 import functools
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -139,10 +141,11 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, batch_moments, check_input_4d, check_nchw,
-                         find_producing_conv, update_running_stats, warn_once)
+from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, batch_moments,
+                         check_input_4d, check_nchw, find_producing_conv, sync_world_size,
+                         update_running_stats, warn_once)
 
-__all__ = ['BKN', 'BatchKalmanNorm2d', 'GaussianState', 'predict_conv_moments',
+__all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
 
 # Key under which a BKN publishes its state on the autograd node of its output; other
@@ -331,7 +334,8 @@ class _KalmanNormFunction(torch.autograd.Function):
     the per-channel fusion (module docstring) and one inference-mode ``batch_norm`` with the
     fused statistics.
     Outputs ``y`` and the fused ``(mean, var)`` (differentiable: the next layer's prior is built
-    from them), plus the running-variance target and the status (not differentiable).
+    from them), plus the running-variance target, the status and the global count per
+    statistic (synced; None unsynced) (not differentiable).
 
     Backward: the native training-mode BN backward with the fused statistics in place of the
     batch ones gives ``dgamma``, ``dbeta`` and the ``dx`` of BN. The true ``dx`` differs from it
@@ -340,17 +344,54 @@ class _KalmanNormFunction(torch.autograd.Function):
     and the fused statistics also receive gradients from the next layer's prior), added in
     place; a layer without prior whose statistics nobody downstream uses needs no fix-up, i.e.
     costs exactly BN. The gate is a tensor condition (no host sync).
+
+    Synced (``sync=(group,)``, :class:`SyncBKN`): the batch moments are those of every rank's
+    batch together, ``(N, mu, sigma^2)`` from one :func:`~.functional.all_reduce_moments` of the
+    local ``(n_r, mean, var)``; the fusion, gate and running-variance target (Bessel
+    ``N/(N-1)``, a tensor) are then computed from them unchanged. Backward: every gradient
+    w.r.t. the batch moments is a sum over ranks of local contributions that are linear in
+    local quantities (``dbeta``, ``dgamma`` and the gradients arriving at the fused statistics
+    from the next layer's prior, taken with this rank's gains), so one
+    :func:`~.functional.all_reduce_sum` of the packed ``(d_mean, d_var)`` (``2C`` numbers) gives
+    :math:`\partial L/\partial\mu` and :math:`\partial L/\partial\sigma^2`, and the true
+    :math:`dx = \gamma\,\mathrm{invstd}\,g + d_{mean}/N + 2(x-\mu)\,d_{var}/N` differs from
+    the native backward (which used the local count ``n_r``) by a per-channel affine function
+    of ``x`` again. The gradients of the prior, ``dgamma`` and ``dbeta`` stay this rank's
+    contributions (DDP reduces parameter gradients; the prior's flow into the previous layer's
+    fused statistics, which that layer all-reduces). A layer without prior always reduces (it
+    is SyncBN). A rank with an empty batch passes count 0 and takes part in both collectives;
+    when every rank is empty the batch moments are the placeholders (0, 1) (the caller checks
+    ``total > 0`` and leaves its state alone) and every gradient is 0.
+    ``sync=None`` is the unsynced function, unchanged and free of collectives.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, prior_mean: Optional[Tensor], prior_var: Optional[Tensor],
                 weight: Optional[Tensor], bias: Optional[Tensor], p: float,
-                gate_ratio: Optional[float], eps: float):
+                gate_ratio: Optional[float], eps: float, sync: Optional[Tuple[Any]] = None):
         ctx.set_materialize_grads(False)
-        var, mean = batch_moments(x)
-        stat_dtype = mean.dtype
         n = x.numel() // x.shape[1]
-        bessel = n / (n - 1) if n > 1 else 1.0
+        total = None  # the global count per statistic (synced only)
+        if sync is None:
+            var, mean = batch_moments(x)
+            bessel = n / (n - 1) if n > 1 else 1.0
+        else:
+            if n > 0:
+                var, mean = batch_moments(x)
+            else:  # an empty rank: count 0, its moments are ignored by the pooling
+                mean = var = x.new_zeros(x.shape[1],
+                                         dtype=torch.promote_types(x.dtype, torch.float32))
+            count = torch.full((1, ), float(n), dtype=torch.float64, device=x.device)
+            total, mean, var = all_reduce_moments(count, mean, var, sync[0])
+            # every rank empty (total 0, moments NaN): finite placeholders (0, 1), so that the
+            # published state and every gradient stay finite (they are 0: nothing has an
+            # element); the caller leaves its state alone. A NaN batch stays NaN.
+            present = total > 0
+            mean = torch.where(present, mean, 0.0)
+            var = torch.where(present, var, 1.0)
+            # a tensor: the global count is not on the host (no sync); total <= 1 -> 1
+            bessel = torch.where(total > 1, total / (total - 1), 1.0)
+        stat_dtype = mean.dtype
         has_prior = prior_mean is not None
         keep = None
         if not has_prior:
@@ -375,27 +416,33 @@ class _KalmanNormFunction(torch.autograd.Function):
         # statistics and affine (AMP), but refuses mixed low-precision statistics
         y = F.batch_norm(x, fused_mean, fused_var, weight, bias, False, 0.0, eps)
         ctx.save_for_backward(x, weight, mean, fused_mean, fused_var, prior_mean,
-                              keep if keep is not None else mean.new_ones(()))
+                              keep if keep is not None else mean.new_ones(()), total)
         ctx.has_prior, ctx.p, ctx.eps, ctx.has_bias = has_prior, p, eps, bias is not None
-        ctx.mark_non_differentiable(fused_var_running, status)
-        return y, fused_mean, fused_var, fused_var_running, status
+        ctx.sync = sync
+        ctx.mark_non_differentiable(*(t for t in (fused_var_running, status, total)
+                                      if t is not None))
+        return y, fused_mean, fused_var, fused_var_running, status, total
 
     @staticmethod
-    def backward(ctx, grad_y, grad_fmean, grad_fvar, _grad_running, _grad_status):
-        x, weight, mean, fmean, fvar, prior_mean, keep = ctx.saved_tensors
+    def backward(ctx, grad_y, grad_fmean, grad_fvar, _grad_running, _grad_status, _grad_total):
+        x, weight, mean, fmean, fvar, prior_mean, keep, total = ctx.saved_tensors
         c, n = x.shape[1], x.numel() // x.shape[1]
+        synced = ctx.sync is not None
         invstd = (fvar + ctx.eps).rsqrt()
         gamma = weight if weight is not None else x.new_ones(c)
-        if grad_y is None:
-            grad_y = torch.zeros_like(x)
-        dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
-            grad_y.contiguous(), x, gamma, None, None, fmean, invstd, True, ctx.eps,
-            [True, True, True])
+        if n > 0:
+            if grad_y is None:
+                grad_y = torch.zeros_like(x)
+            dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+                grad_y.contiguous(), x, gamma, None, None, fmean, invstd, True, ctx.eps,
+                [True, True, True])
+        else:  # an empty rank (synced only; the native kernel would divide by the count 0)
+            dx, dgamma, dbeta = torch.zeros_like(x), gamma.new_zeros(c), gamma.new_zeros(c)
         grad_weight = dgamma if weight is not None else None
         grad_bias = dbeta if ctx.has_bias else None
         external = grad_fmean is not None or grad_fvar is not None
-        if not (ctx.has_prior or external):  # plain BN: its backward is exact
-            return dx, None, None, grad_weight, grad_bias, None, None, None
+        if not (ctx.has_prior or external or synced):  # plain BN: its backward is exact
+            return dx, None, None, grad_weight, grad_bias, None, None, None, None
         gamma_f = gamma.to(invstd.dtype)
         # what the normalization sends to its statistics, and what BN's backward assumed
         g_fm_y = -gamma_f * invstd * dbeta.to(invstd.dtype)
@@ -413,12 +460,25 @@ class _KalmanNormFunction(torch.autograd.Function):
             grad_pv = (k * p * g_fv).to(prior_mean.dtype)
         else:
             d_mean, d_var = g_fm, g_fv
-        # true dx - BN's dx = (d_mean - g_fm_y)/n + 2 (x - mean) d_var/n - 2 (x - fmean) g_fv_y/n
-        slope = 2 * (d_var - g_fv_y) / n
-        offset = (d_mean - g_fm_y - 2 * mean * d_var + 2 * fmean * g_fv_y) / n
+        if not synced:
+            # true dx - BN's dx = (d_mean - g_fm_y)/n + 2 (x - mean) d_var/n
+            #                     - 2 (x - fmean) g_fv_y/n
+            slope = 2 * (d_var - g_fv_y) / n
+            offset = (d_mean - g_fm_y - 2 * mean * d_var + 2 * fmean * g_fv_y) / n
+        else:
+            # d_mean, d_var: this rank's shares of dL/dmu and dL/dsigma^2 (linear in local
+            # quantities); their sum over the ranks is the total
+            packed = all_reduce_sum(torch.cat((d_mean, d_var)), ctx.sync[0])
+            d_mean, d_var = packed[:c], packed[c:]
+            if n == 0:
+                return dx, grad_pm, grad_pv, grad_weight, grad_bias, None, None, None, None
+            # true dx - BN's dx = d_mean/N + 2 (x - mu) d_var/N
+            #                     - g_fm_y/n_r - 2 (x - fmean) g_fv_y/n_r
+            slope = 2 * (d_var / total - g_fv_y / n)
+            offset = (d_mean - 2 * mean * d_var) / total - (g_fm_y - 2 * fmean * g_fv_y) / n
         dx.addcmul_(x, slope.to(x.dtype).view(1, -1, 1, 1)).add_(
             offset.to(x.dtype).view(1, -1, 1, 1))
-        return dx, grad_pm, grad_pv, grad_weight, grad_bias, None, None, None
+        return dx, grad_pm, grad_pv, grad_weight, grad_bias, None, None, None, None
 
 
 @MODELS.register_module('BKN')
@@ -539,6 +599,10 @@ class BKN(GuardedNormMixin, _BatchNorm):
     def forward(self, x: Tensor) -> Tensor:
         check_nchw(x, self.num_features, self._layer_name)
         use_batch_stats = self.training or self.running_mean is None
+        if not torch.jit.is_scripting():
+            # a synced layer's empty rank still takes part in the collectives (SyncBKN)
+            if use_batch_stats and x.numel() == 0 and self._sync_group() is not None:
+                return self._forward_batch_stats(x)
         if not use_batch_stats or x.numel() == 0:
             # eval (foldable), or an empty batch (0 RoIs): keep the graph to weight/bias so
             # DDP sees them used, leave the statistics alone
@@ -549,9 +613,18 @@ class BKN(GuardedNormMixin, _BatchNorm):
         return self._forward_batch_stats(x)
 
     @torch.jit.unused
+    def _sync_group(self) -> Optional[Tuple[Any]]:
+        """``(process group,)`` when the batch statistics pool every rank's batch, None when
+        they are this process's own (always for BKN; see :class:`SyncBKN`)."""
+        return None
+
+    @torch.jit.unused
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
+        sync = self._sync_group()
         n = x.numel() // x.shape[1]
-        self._check_batch(x, n)
+        # synced: the statistics pool every rank's values and their total count is only on the
+        # device, so the one-value-per-statistic check (from the shape) applies outside a group
+        self._check_batch(x, n if sync is None else -1)
         if self.training and not torch.is_grad_enabled():
             warn_once('bkn-no-grad', 'BKN in training mode without autograd (torch.no_grad or '
                       'activation checkpointing): no layer chain, running as plain BN.')
@@ -559,16 +632,25 @@ class BKN(GuardedNormMixin, _BatchNorm):
         p = self.prior_weight
         prior = self.predict(x) if p > 0 else None
         prior_mean, prior_var = prior if prior is not None else (None, None)
-        y, fused_mean, fused_var, fused_var_running, status = _KalmanNormFunction.apply(
-            x, prior_mean, prior_var, self.weight, self.bias, p, self.gate_ratio, self.eps)
+        y, fused_mean, fused_var, fused_var_running, status, total = _KalmanNormFunction.apply(
+            x, prior_mean, prior_var, self.weight, self.bias, p, self.gate_ratio, self.eps, sync)
+        # synced: a step in which every rank's batch was empty leaves the state alone, as an
+        # empty batch does outside a group (tensor conditions: the count is on the device)
+        present = None if total is None else (total > 0).view(())
+        running_mean, running_var = fused_mean.detach(), fused_var_running.detach()
+        if present is not None:
+            status = torch.where(present, status, self.prior_status)
+            # NaN targets are skipped by update_running_stats
+            running_mean = torch.where(present, running_mean, math.nan)
+            running_var = torch.where(present, running_var, math.nan)
         self.prior_status.copy_(status)
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1)
+            self.num_batches_tracked.add_(1 if present is None else present)
             t = self.num_batches_tracked  # 1/t on the device if momentum is None
-            finite = update_running_stats(self.running_mean, fused_mean.detach(),
-                                          self.momentum, t)
-            finite &= update_running_stats(self.running_var, fused_var_running.detach(),
-                                           self.momentum, t)
+            finite = update_running_stats(self.running_mean, running_mean, self.momentum, t)
+            finite &= update_running_stats(self.running_var, running_var, self.momentum, t)
+            if present is not None:
+                finite |= ~present  # an all-empty step is not a non-finite one
             self._note_nonfinite(finite)
         self._publish(y, fused_mean, fused_var)
         return y
@@ -577,3 +659,116 @@ class BKN(GuardedNormMixin, _BatchNorm):
 # The descriptive name, kept for imports; the class is named as it is registered, so that every
 # message (a wrong argument, a wrong input) says what the config says: 'BKN'.
 BatchKalmanNorm2d = BKN
+
+
+def _convert_bkn(module: BKN, cls, **extra) -> BKN:
+    """A ``cls`` layer with ``module``'s hyperparameters, device, dtype and training mode that
+    holds ``module``'s parameters and buffers (the same tensors, as
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` does: an optimizer built on ``module`` keeps
+    working)."""
+    if not isinstance(module, BKN):
+        raise TypeError(f'{cls.__name__}: expected a BKN layer, got {type(module).__name__}')
+    floats = [t for t in (module.weight, module.running_mean) if t is not None]
+    out = cls(module.num_features, module.eps, module.momentum, module.affine,
+              module.track_running_stats, module.prior_weight, module.gate_ratio,
+              module.prior_mode, module.prior_input,
+              device=(floats[0] if floats else module.prior_status).device,
+              dtype=floats[0].dtype if floats else None, **extra)
+    for name, param in module._parameters.items():
+        setattr(out, name, param)
+    for name, buf in module._buffers.items():
+        setattr(out, name, buf)
+    out.train(module.training)
+    return out
+
+
+@MODELS.register_module('SyncBKN')
+class SyncBKN(BKN):
+    r"""BKN whose batch statistics are those of every rank's batch: ``norm_cfg=dict(type=
+    'SyncBKN')``.
+
+    In training inside a process group of more than one rank, the batch moments that BKN
+    fuses with the prior are computed over the union of all the ranks' batches (as
+    ``nn.SyncBatchNorm`` does for BN). The prior depends only on the previous layer's fused
+    statistics (then global) and the conv weights (identical under DDP), so the prior, fusion,
+    gate, running statistics and ``prior_status`` are the same on every rank and equal to those
+    of :class:`BKN` on the concatenated batch; so are the outputs and the gradients (the
+    gradients of ``weight``/``bias`` and of the convs are each rank's contribution, summed by
+    DDP, as for SyncBN). Derivation: :class:`_KalmanNormFunction`.
+
+    What is communicated, per layer and training iteration (``C`` channels, ``w`` ranks):
+
+    * forward: one ``all_reduce`` of the packed local ``[n_r, n_r mu_r, n_r(sigma_r^2 +
+      mu_r^2)]``, ``2C+1`` float64 numbers = ``(2C+1)*8`` bytes
+      (:func:`~.functional.all_reduce_moments`);
+    * backward: one ``all_reduce`` of the packed gradients w.r.t. the batch mean and variance,
+      ``2C`` numbers in the statistics' dtype = ``2C*4`` bytes (float32; float64 layers: 8).
+
+    ``nn.SyncBatchNorm`` moves, per layer and iteration, an ``all_gather`` of ``(2C+1)``
+    float32 numbers from every rank (``w*(2C+1)*4`` bytes received per rank) in forward and an
+    ``all_reduce`` of ``2C`` float32 in backward. Example ``C=256``, ``w=8``: SyncBKN 4104 +
+    2048 bytes, SyncBN 16416 + 2048 bytes.
+
+    Outside a process group, in a group of one rank, or in eval mode it is exactly
+    :class:`BKN` (no collective; eval uses the running statistics, or this rank's batch with
+    ``track_running_stats=False`` as ``nn.SyncBatchNorm``). Parameter and buffer names are
+    BKN's (and BN's), so checkpoints interchange; :meth:`from_unsynced` / :meth:`to_unsynced`
+    convert a layer.
+
+    Unequal and empty batches: ranks may hold different numbers of images (or RoIs), weighted
+    by their element counts. A rank with an empty batch still takes part in both collectives
+    (count 0); its output is empty and its ``weight``/``bias`` gradients are 0. When every
+    rank is empty the layer's state (running statistics, ``num_batches_tracked``,
+    ``prior_status``) is left alone, as BKN's for an empty batch, and the gradients are 0.
+    Every rank must therefore run the layer in forward; and in backward too: a
+    rank whose backward never reaches the layer (its output not used by the loss, e.g. an
+    mmdet head whose loss skips an empty batch without a ``* 0`` term) leaves the other ranks
+    waiting in the backward ``all_reduce`` forever, as with ``nn.SyncBatchNorm``. Every rank
+    must call the synced layers in the same order, forward and backward (identical models).
+    The one-value-per-channel check (``ValueError`` for a batch of one 1x1 map) applies
+    outside a group only: inside, the total count is known only on the device (reading it is a
+    host sync), so a group whose union holds a single value per channel normalizes with
+    variance 0 (output = bias) instead of raising; a rank with one value is fine.
+
+    Randomness and per-rank priors: ``prior_mode='sample'`` draws its synthetic map from each
+    process's global RNG, so the priors agree across ranks only if the RNG states do. If they
+    differ, so do the priors, hence the fused statistics, the gate, ``prior_status`` and the
+    running statistics per rank (DDP's ``broadcast_buffers`` then overwrites the running
+    statistics with rank 0's at the next forward); the gradients remain exact for what each
+    rank computed (the backward reduction sums each rank's own contributions), but the layer
+    is no longer BKN on the concatenated batch. The default ``'closed_form'`` prior is
+    deterministic. The same holds for ranks whose inputs have different spatial sizes (mmdet
+    pads each GPU's batch to its own maximum): the closed-form prior depends on the conv's
+    zero-padding fraction of the input size, so the ranks' priors differ slightly.
+
+    Args:
+        process_group: the group whose ranks share statistics; None: the default (world)
+            group. Other arguments: :class:`BKN`.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
+                 affine: bool = True, track_running_stats: bool = True,
+                 prior_weight: float = 0.9, gate_ratio: Optional[float] = 100.0,
+                 prior_mode: str = 'closed_form', prior_input: str = 'normalized',
+                 process_group: Optional[Any] = None, device=None, dtype=None) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats,
+                         prior_weight, gate_ratio, prior_mode, prior_input, device=device,
+                         dtype=dtype)
+        self.process_group = process_group
+
+    @torch.jit.unused
+    def _sync_group(self) -> Optional[Tuple[Any]]:
+        # as nn.SyncBatchNorm: training only (eval without running statistics stays local)
+        if self.training and sync_world_size(self.process_group) > 1:
+            return (self.process_group, )
+        return None
+
+    @classmethod
+    def from_unsynced(cls, module: BKN, process_group: Optional[Any] = None) -> 'SyncBKN':
+        """A SyncBKN with ``module``'s hyperparameters, device, dtype, training mode, parameters
+        and buffers (shared, not copied, as ``nn.SyncBatchNorm.convert_sync_batchnorm``)."""
+        return _convert_bkn(module, cls, process_group=process_group)
+
+    def to_unsynced(self) -> BKN:
+        """The :class:`BKN` holding this layer's hyperparameters, parameters and buffers."""
+        return _convert_bkn(self, BKN)
