@@ -13,11 +13,12 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.fixture
-def run_ranks(tmp_path):
+@pytest.fixture(scope='session')
+def run_ranks(tmp_path_factory):
     """``run_ranks(test_file, function, world_size=2)``: run ``function(rank, world_size)`` of
     ``test_file`` in ``world_size`` processes joined in a gloo group; returns what each rank's
-    call returned (a dict, plus ``_all_reduce_calls``), in rank order."""
+    call returned (a dict, plus ``_all_reduce_calls``), in rank order. Session-scoped, so a
+    module-scoped fixture can launch once for all the tests of its module."""
     import socket
     import subprocess
     import sys
@@ -30,6 +31,7 @@ def run_ranks(tmp_path):
             s.bind(('127.0.0.1', 0))
             port = str(s.getsockname()[1])
         env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS='1')
+        tmp_path = tmp_path_factory.mktemp('ranks')
         outs = [tmp_path / f'{function}_rank{r}.pth' for r in range(world_size)]
         procs = [subprocess.Popen([sys.executable, worker, str(r), str(world_size), port,
                                    str(test_file), function, str(outs[r])], env=env,

@@ -51,7 +51,7 @@ __all__ = ['PLUGIN_NORMS', 'PLUGIN_BACKBONES', 'equivalent_batchnorm', 'convert_
            'convert_config', 'convert_detector']
 
 #: norm_cfg type names of this package, all converted to BN
-PLUGIN_NORMS = ('CBN', 'MABN', 'BGN', 'BKN')
+PLUGIN_NORMS = ('CBN', 'MABN', 'BGN', 'BKN', 'SyncCBN', 'SyncBGN', 'SyncBKN')
 #: backbones whose GroupNorms have no BN equivalent (they keep the plugin)
 PLUGIN_BACKBONES = ('XBNResNet', 'XBNResNeXt')
 #: training-only hooks of this package, dropped from the converted config

@@ -15,7 +15,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, check_input_4d,
-                         check_input_dtype, check_nchw, sync_world_size, update_running_stats)
+                         check_input_dtype, check_nchw, convert_norm, sync_world_size,
+                         synced_variant_of, update_running_stats)
 
 __all__ = ['BGN', 'SyncBGN']
 
@@ -90,11 +91,12 @@ class BGN(GuardedNormMixin, _BatchNorm):
     variance of the union of the sub-populations), so an ImageNet BN ResNet loads directly.
 
     Caveats:
-        * mmengine's ``sync_bn='torch'`` (and ``nn.SyncBatchNorm.convert_sync_batchnorm``)
-          replace every ``_BatchNorm`` subclass, this one included, by ``nn.SyncBatchNorm``
-          with ``C`` per-channel statistics: the method would be silently lost. Do not combine
-          them; statistics are per device, as in the paper (:class:`SyncBGN` pools the group
-          statistics over processes instead).
+        * Statistics are per device, as in the paper. :class:`SyncBGN` pools the group
+          statistics over processes; mmengine's ``sync_bn='torch'`` converts BGN into it once
+          the plugin is imported (:mod:`mmnorm_plugin.utils.sync_bn`).
+          ``nn.SyncBatchNorm.convert_sync_batchnorm`` called directly is not guarded: it
+          replaces every ``_BatchNorm`` subclass, this one included, by ``C`` per-channel
+          statistics, and the method is lost.
         * Subclassing ``_BatchNorm`` is deliberate: mmdet's ``norm_eval``, mmengine's
           ``norm_decay_mult`` and ``is_norm`` recognise the layer.
         * An empty batch (0 RoIs) returns an empty output and leaves the running statistics
@@ -227,6 +229,7 @@ class BGN(GuardedNormMixin, _BatchNorm):
 
 
 @MODELS.register_module('SyncBGN')
+@synced_variant_of(BGN)
 class SyncBGN(BGN):
     r"""BGN whose training statistics pool every rank's batch (cross-process synced BGN).
 
@@ -282,22 +285,13 @@ class SyncBGN(BGN):
           device.
         * Parameter and buffer names and shapes are BGN's: BGN and SyncBGN checkpoints load
           into each other. :meth:`from_unsynced` / :meth:`to_unsynced` convert a module.
-        * ``nn.SyncBatchNorm.convert_sync_batchnorm`` (mmengine's ``sync_bn='torch'``)
-          replaces every ``_BatchNorm``, this layer included: do not combine them.
+        * ``nn.SyncBatchNorm.convert_sync_batchnorm`` called directly replaces every
+          ``_BatchNorm``, this layer included; mmengine's ``sync_bn`` keeps it (guarded).
     """
 
-    def __init__(self,
-                 num_features: int,
-                 eps: float = 1e-5,
-                 momentum: Optional[float] = 0.1,
-                 affine: bool = True,
-                 track_running_stats: bool = True,
-                 num_groups: int = 32,
-                 process_group: Optional[Any] = None,
-                 device=None,
-                 dtype=None) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         num_groups=num_groups, device=device, dtype=dtype)
+    def __init__(self, num_features: int, *args, process_group: Optional[Any] = None,
+                 **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
         self.process_group = process_group
 
     @torch.jit.unused
@@ -315,35 +309,12 @@ class SyncBGN(BGN):
         built on ``module`` keeps working): replace ``module`` by the result rather than
         using both.
         """
-        if not isinstance(module, BGN):
-            raise TypeError(f'SyncBGN.from_unsynced expects a BGN, got {type(module).__name__}')
-        return _share_state(module, cls(module.num_features, module.eps, module.momentum,
-                                        module.affine, module.track_running_stats,
-                                        num_groups=module.num_groups,
-                                        process_group=process_group, device='meta'))
+        return convert_norm(module, cls, BGN, process_group=process_group)
 
     def to_unsynced(self) -> BGN:
         """The reverse of :meth:`from_unsynced`: a BGN holding this layer's parameter and
         buffer objects, in its training mode."""
-        return _share_state(self, BGN(self.num_features, self.eps, self.momentum, self.affine,
-                                      self.track_running_stats, num_groups=self.num_groups,
-                                      device='meta'))
-
-
-def _share_state(src: BGN, dst: BGN) -> BGN:
-    """Make ``dst`` (built on the meta device) hold ``src``'s parameters and buffers."""
-    assert set(dst._parameters) == set(src._parameters), (dst._parameters, src._parameters)
-    assert set(dst._buffers) <= set(src._buffers), (dst._buffers, src._buffers)
-    for name, param in src._parameters.items():
-        dst._parameters[name] = param
-    for name, buf in src._buffers.items():
-        dst._buffers[name] = buf
-        if name in src._non_persistent_buffers_set:
-            dst._non_persistent_buffers_set.add(name)
-        else:
-            dst._non_persistent_buffers_set.discard(name)
-    dst.training = src.training
-    return dst
+        return convert_norm(self, BGN, BGN)
 
 
 class _BatchGroupNorm(torch.autograd.Function):

@@ -112,10 +112,11 @@ Requirements and caveats
   ``with_cp`` with BKN. ``torch.compile``/TorchScript do not expose ``grad_fn``.
 * ``norm_eval=True`` (mmdet's default for the backbone) puts BKN in eval mode like BN: running
   statistics only, no fusion. The configs set ``norm_eval=False``.
-* mmengine's ``sync_bn='torch'`` converts every ``_BatchNorm`` (BKN too) into
-  ``nn.SyncBatchNorm`` and silently replaces the method; do not use it with BKN. For batch
-  statistics over every GPU's images use :class:`SyncBKN` (``norm_cfg=dict(type='SyncBKN')``):
-  exactly BKN on the concatenated batch, one small all-reduce per layer in forward and backward.
+* For batch statistics over every GPU's images use :class:`SyncBKN`
+  (``norm_cfg=dict(type='SyncBKN')``, or mmengine's ``sync_bn='torch'``, which converts BKN into
+  it once the plugin is imported): exactly BKN on the concatenated batch, one small all-reduce
+  per layer in forward and backward. ``nn.SyncBatchNorm.convert_sync_batchnorm`` called
+  directly is not guarded and would replace BKN by plain SyncBN.
 * The official code splits a batch of 128 into micro-batches of 2 (``split_num``) to simulate
   small batches on CIFAR; in detection the per-GPU batch is the micro-batch, so there is no
   split here.
@@ -142,8 +143,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, batch_moments,
-                         check_input_4d, check_nchw, find_producing_conv, sync_world_size,
-                         update_running_stats, warn_once)
+                         check_input_4d, check_nchw, convert_norm, find_producing_conv,
+                         sync_world_size, synced_variant_of, update_running_stats, warn_once)
 
 __all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
@@ -661,28 +662,8 @@ class BKN(GuardedNormMixin, _BatchNorm):
 BatchKalmanNorm2d = BKN
 
 
-def _convert_bkn(module: BKN, cls, **extra) -> BKN:
-    """A ``cls`` layer with ``module``'s hyperparameters, device, dtype and training mode that
-    holds ``module``'s parameters and buffers (the same tensors, as
-    ``nn.SyncBatchNorm.convert_sync_batchnorm`` does: an optimizer built on ``module`` keeps
-    working)."""
-    if not isinstance(module, BKN):
-        raise TypeError(f'{cls.__name__}: expected a BKN layer, got {type(module).__name__}')
-    floats = [t for t in (module.weight, module.running_mean) if t is not None]
-    out = cls(module.num_features, module.eps, module.momentum, module.affine,
-              module.track_running_stats, module.prior_weight, module.gate_ratio,
-              module.prior_mode, module.prior_input,
-              device=(floats[0] if floats else module.prior_status).device,
-              dtype=floats[0].dtype if floats else None, **extra)
-    for name, param in module._parameters.items():
-        setattr(out, name, param)
-    for name, buf in module._buffers.items():
-        setattr(out, name, buf)
-    out.train(module.training)
-    return out
-
-
 @MODELS.register_module('SyncBKN')
+@synced_variant_of(BKN)
 class SyncBKN(BKN):
     r"""BKN whose batch statistics are those of every rank's batch: ``norm_cfg=dict(type=
     'SyncBKN')``.
@@ -746,14 +727,9 @@ class SyncBKN(BKN):
             group. Other arguments: :class:`BKN`.
     """
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True,
-                 prior_weight: float = 0.9, gate_ratio: Optional[float] = 100.0,
-                 prior_mode: str = 'closed_form', prior_input: str = 'normalized',
-                 process_group: Optional[Any] = None, device=None, dtype=None) -> None:
-        super().__init__(num_features, eps, momentum, affine, track_running_stats,
-                         prior_weight, gate_ratio, prior_mode, prior_input, device=device,
-                         dtype=dtype)
+    def __init__(self, num_features: int, *args, process_group: Optional[Any] = None,
+                 **kwargs) -> None:
+        super().__init__(num_features, *args, **kwargs)
         self.process_group = process_group
 
     @torch.jit.unused
@@ -767,8 +743,8 @@ class SyncBKN(BKN):
     def from_unsynced(cls, module: BKN, process_group: Optional[Any] = None) -> 'SyncBKN':
         """A SyncBKN with ``module``'s hyperparameters, device, dtype, training mode, parameters
         and buffers (shared, not copied, as ``nn.SyncBatchNorm.convert_sync_batchnorm``)."""
-        return _convert_bkn(module, cls, process_group=process_group)
+        return convert_norm(module, cls, BKN, process_group=process_group)
 
     def to_unsynced(self) -> BKN:
         """The :class:`BKN` holding this layer's hyperparameters, parameters and buffers."""
-        return _convert_bkn(self, BKN)
+        return convert_norm(self, BKN, BKN)

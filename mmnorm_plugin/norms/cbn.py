@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (ConvOrigin, all_reduce_moments, all_reduce_sum, batch_moments,
                          check_input_4d, convert_norm, find_producing_conv, sync_world_size,
-                         update_running_stats, warn_once)
+                         synced_variant_of, update_running_stats, warn_once)
 
 __all__ = ['CBN', 'SyncCBN']
 
@@ -260,8 +260,8 @@ class CBN(_BatchNorm):
         * The official code counts every call as an iteration, so a shared head mixes FPN
           levels in one window and ends its burn-in 5× early; here each call site has its own
           window (see above).
-        * mmengine's ``sync_bn='torch'`` converts every ``_BatchNorm`` (CBN included) into
-          ``nn.SyncBatchNorm``, which silently replaces the method: do not set it.
+        * Statistics are per GPU. :class:`SyncCBN` pools them over GPUs; mmengine's
+          ``sync_bn='torch'`` converts CBN into it once the plugin is imported.
         * Histories are per rank (per GPU). DDP with ``broadcast_buffers=True`` overwrites the
           window statistics from rank 0 each step; mmengine's default is ``False``.
         * The burn-in is two-stage only (the official default ``two_stage=True``).
@@ -826,6 +826,7 @@ class CBN(_BatchNorm):
 
 
 @MODELS.register_module('SyncCBN')
+@synced_variant_of(CBN)
 class SyncCBN(CBN):
     r"""CBN whose statistics pool the images of every process (GPU): ``type='SyncCBN'``.
 
@@ -887,12 +888,13 @@ class SyncCBN(CBN):
 
     @classmethod
     def from_unsynced(cls, module: CBN, process_group=None) -> 'SyncCBN':
-        """A SyncCBN with ``module``'s hyperparameters, parameters (the same objects) and state."""
-        return convert_norm(module, cls, process_group=process_group)
+        """A SyncCBN with ``module``'s hyperparameters, parameters and buffers (the same
+        objects, as ``nn.SyncBatchNorm.convert_sync_batchnorm``) and windows (copied)."""
+        return convert_norm(module, cls, CBN, process_group=process_group)
 
     def to_unsynced(self) -> CBN:
         """The CBN with this layer's hyperparameters, parameters and state."""
-        return convert_norm(self, CBN)
+        return convert_norm(self, CBN, CBN)
 
     def _sync_group(self):
         if sync_world_size(self.process_group) < 2:

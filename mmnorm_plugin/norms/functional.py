@@ -16,7 +16,7 @@ __all__ = [
     'ConvOrigin', 'find_producing_conv', 'normalize_with_stats', 'update_running_stats',
     'check_input_4d', 'check_nchw', 'check_input_dtype', 'check_values_per_statistic',
     'GuardedNormMixin', 'warn_once', 'batch_moments', 'sync_world_size',
-    'all_reduce_moments', 'all_reduce_sum', 'convert_norm'
+    'all_reduce_moments', 'all_reduce_sum', 'convert_norm', 'synced_variant_of'
 ]
 
 
@@ -477,19 +477,24 @@ def all_reduce_sum(tensor: Tensor, group=None) -> Tensor:
     return tensor
 
 
-def convert_norm(module: torch.nn.Module, cls: type, **overrides) -> torch.nn.Module:
-    """``module`` as a layer of class ``cls`` (a norm and its synced variant, either way).
+def convert_norm(module: torch.nn.Module, cls: type, expected: type,
+                 **overrides) -> torch.nn.Module:
+    """``module`` (an ``expected``) as a layer of class ``cls``: a norm and its synced variant.
 
     The new layer gets ``module``'s hyperparameters (every constructor argument of ``cls``
-    that ``module`` holds as an attribute of the same name, then ``overrides``), device and
-    dtype, its state (``load_state_dict``: running statistics, counters, windows), its very
-    ``Parameter`` objects (an optimizer built before the conversion keeps working, as with
-    ``nn.SyncBatchNorm.convert_sync_batchnorm``) and its train/eval mode.
+    that ``module`` holds as an attribute of the same name, then ``overrides``), device,
+    dtype and train/eval mode, and holds ``module``'s very parameters and buffers, as
+    ``nn.SyncBatchNorm.convert_sync_batchnorm`` does (an optimizer built on ``module`` keeps
+    working; replace ``module`` by the result rather than using both). State kept outside
+    registered buffers (CBN's windows) is copied through ``load_state_dict``.
     """
     import inspect
+    if not isinstance(module, expected):
+        raise TypeError(f'{cls.__name__}: expected a {expected.__name__} layer, got '
+                        f'{type(module).__name__}')
     skip = ('self', 'device', 'dtype')
     kwargs = {name: getattr(module, name)
-              for name, arg in inspect.signature(cls.__init__).parameters.items()
+              for name, arg in inspect.signature(cls).parameters.items()
               if name not in skip and arg.kind in (arg.POSITIONAL_OR_KEYWORD, arg.KEYWORD_ONLY)
               and hasattr(module, name)}
     kwargs.update(overrides)
@@ -498,6 +503,24 @@ def convert_norm(module: torch.nn.Module, cls: type, **overrides) -> torch.nn.Mo
     factory = {} if like is None else dict(device=like.device, dtype=like.dtype)
     new = cls(**kwargs, **factory)
     new.load_state_dict(module.state_dict())
-    for name, param in module.named_parameters(recurse=False):
-        setattr(new, name, param)
+    for name, tensor in list(module._parameters.items()) + list(module._buffers.items()):
+        setattr(new, name, tensor)
     return new.train(module.training)
+
+
+def synced_variant_of(base: type):
+    """Class decorator for a synced variant ``cls(base)`` whose ``__init__`` is
+    ``(self, num_features, *args, process_group=None, **kwargs)``: its public signature
+    (``inspect.signature(cls)``) becomes ``base``'s plus ``process_group``, so the norm-config
+    validator checks every argument, :func:`convert_norm` carries every hyperparameter over,
+    and the argument list is written once."""
+    import inspect
+
+    def decorate(cls):
+        signature = inspect.signature(base)
+        group = inspect.Parameter('process_group', inspect.Parameter.KEYWORD_ONLY, default=None)
+        cls.__signature__ = signature.replace(
+            parameters=list(signature.parameters.values()) + [group])
+        return cls
+
+    return decorate

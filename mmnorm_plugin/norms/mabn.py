@@ -171,9 +171,13 @@ class MABN(GuardedNormMixin, _BatchNorm):
           m iterations earlier; a second backward through the same graph does not write it
           again. Activation checkpointing (``with_cp=True``) re-runs the forward and would
           count the iteration twice (as it updates ``nn.BatchNorm2d`` stats twice).
-        * The method is per GPU by design. mmengine's ``sync_bn='torch'`` converts every
-          ``_BatchNorm`` into ``nn.SyncBatchNorm``, which would silently replace MABN: do not
-          set it. DDP must keep ``broadcast_buffers=False`` (mmengine's default), otherwise
+        * The method is per GPU by design, and there is no synced variant: its forward and
+          backward statistics are already moving averages over ``buffer_size`` iterations
+          (the variance a cross-GPU pool would remove), and pooling ``E[x²]`` and ``Ψ`` over
+          GPUs (two all-reduces of ``C`` numbers) would be an estimator the paper neither
+          derives nor measures. mmengine's ``sync_bn='torch'`` would turn MABN into
+          ``nn.SyncBatchNorm``: our ``tools/train.py`` refuses it, and once the plugin is
+          imported mmengine's Runner keeps MABN (with a warning). DDP must keep ``broadcast_buffers=False`` (mmengine's default), otherwise
           rank 0's ring buffers overwrite the other ranks' at every forward.
         * Loading a plain BN state dict (strict or not): a non-zero ``running_mean`` cannot
           be represented (MABN never centers) and is reset to 0 with a warning; the missing

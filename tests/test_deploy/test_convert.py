@@ -10,6 +10,7 @@ import pytest
 import torch
 from mmcv.cnn import fuse_conv_bn
 from mmengine.config import Config
+from mmengine.registry import MODELS
 from torch import nn
 
 import mmnorm_plugin  # noqa: F401
@@ -29,6 +30,10 @@ NORMS = {
     'MABN': lambda c: MABN(c, buffer_size=2, warmup_iters=1, renorm_hold_iters=1),
     'BGN': lambda c: BGN(c, num_groups=4),
     'BKN': lambda c: BatchKalmanNorm2d(c),
+    # synced variants: outside a process group they train as their norm; eval is BN's
+    'SyncCBN': lambda c: MODELS.get('SyncCBN')(c, buffer_num=2),
+    'SyncBGN': lambda c: MODELS.get('SyncBGN')(c, num_groups=4),
+    'SyncBKN': lambda c: MODELS.get('SyncBKN')(c),
 }
 
 
@@ -107,6 +112,16 @@ def test_convert_config_is_plain_mmdet(method):
         assert word not in text, word
     assert cfg.model.backbone.type == 'ResNet'
     assert cfg.model.neck.norm_cfg == dict(type='BN', requires_grad=True)
+
+
+def test_convert_config_turns_synced_variants_into_bn():
+    cfg = Config.fromfile(DEMO.format('cbn'))
+    cfg.model.neck.norm_cfg = dict(type='SyncCBN', requires_grad=True, buffer_num=3)
+    cfg.model.backbone.norm_cfg = dict(type='SyncBGN', requires_grad=True, num_groups=8)
+    cfg = convert_config(cfg)
+    assert 'Sync' not in cfg.pretty_text
+    assert cfg.model.neck.norm_cfg == cfg.model.backbone.norm_cfg == dict(type='BN',
+                                                                          requires_grad=True)
 
 
 def test_convert_config_keeps_plugin_for_xbn():

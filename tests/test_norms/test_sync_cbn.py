@@ -6,6 +6,7 @@ compensates). The test process replays them with CBN on the whole batch and comp
 input gradients, the ranks' summed parameter gradients, running statistics and the windows
 (each rank keeps its own images' window; pooled by count they are CBN's).
 """
+import contextlib
 import copy
 
 import pytest
@@ -51,34 +52,41 @@ def _step(conv, norm, it):
             p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
 
 
-def _run(cls, scenario, lo, hi):
+def _run(cls, scenario, lo, hi, count_syncs=False):
     """Iterations on images [lo, hi) of every batch; per-iteration outputs and gradients."""
+    from mmnorm_plugin.utils.sync_count import count_host_syncs
     sizes, sites, options = SCENARIOS[scenario]
     conv, norm = _net(cls, options)
     out = []
     for it in range(ITERS):
-        loss, xs, ys = 0, [], []
-        for site in range(sites):
-            x, weights = _data(it, site, sum(sizes))
-            x = x[lo:hi].requires_grad_()
-            y = norm(conv(x))
-            loss = loss + (y * weights[lo:hi]).sum()
-            xs.append(x)
-            ys.append(y.detach())
-        for p in (conv.weight, norm.weight, norm.bias):
-            p.grad = None
-        loss.backward()
-        out.append(dict(y=ys, gx=[x.grad for x in xs], gw=conv.weight.grad.clone(),
-                        gg=norm.weight.grad.clone(), gb=norm.bias.grad.clone()))
+        with count_host_syncs() if count_syncs else contextlib.nullcontext() as syncs:
+            out.append(_iteration(conv, norm, it, sites, sizes, lo, hi))
+        out[-1]['host_syncs'] = dict(syncs.counts) if count_syncs else {}
         _step(conv, norm, it)
     return out, norm.state_dict()
+
+
+def _iteration(conv, norm, it, sites, sizes, lo, hi):
+    loss, xs, ys = 0, [], []
+    for site in range(sites):
+        x, weights = _data(it, site, sum(sizes))
+        x = x[lo:hi].requires_grad_()
+        y = norm(conv(x))
+        loss = loss + (y * weights[lo:hi]).sum()
+        xs.append(x)
+        ys.append(y.detach())
+    for p in (conv.weight, norm.weight, norm.bias):
+        p.grad = None
+    loss.backward()
+    return dict(y=ys, gx=[x.grad for x in xs], gw=conv.weight.grad.clone(),
+                gg=norm.weight.grad.clone(), gb=norm.bias.grad.clone())
 
 
 def _rank_equivalence(rank, world):
     results = {}
     for scenario, (sizes, _, _) in SCENARIOS.items():
         lo = sum(sizes[:rank])
-        results[scenario] = _run(SyncCBN, scenario, lo, lo + sizes[rank])
+        results[scenario] = _run(SyncCBN, scenario, lo, lo + sizes[rank], count_syncs=True)
     return results
 
 
@@ -100,27 +108,8 @@ def _pool_windows(states):
 
 
 @pytest.fixture(scope='module')
-def ranks(tmp_path_factory):
-    import os
-    import socket
-    import subprocess
-    import sys
-    # one launch for every test of this module (a launch costs ~8 s)
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    tmp = tmp_path_factory.mktemp('sync_cbn')
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = str(s.getsockname()[1])
-    outs = [tmp / f'rank{r}.pth' for r in range(2)]
-    procs = [subprocess.Popen([sys.executable, os.path.join(root, 'tests', 'gloo_worker.py'),
-                               str(r), '2', port, __file__, '_rank_equivalence', str(outs[r])],
-                              env=dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS='1'),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for r in range(2)]
-    logs = [p.communicate(timeout=300) for p in procs]
-    for r, p in enumerate(procs):
-        assert p.returncode == 0, logs[r][1][-5000:]
-    return [torch.load(o, weights_only=False) for o in outs]
+def ranks(run_ranks):
+    return run_ranks(__file__, '_rank_equivalence')  # one launch (~8 s) for the module
 
 
 @pytest.mark.parametrize('scenario', list(SCENARIOS))
@@ -152,6 +141,12 @@ def test_one_all_reduce_forward_and_one_backward_per_layer_and_iteration(ranks):
     assert [r['_all_reduce_calls'] for r in ranks] == [calls, calls]
 
 
+def test_a_synced_training_step_never_reads_a_tensor_back_to_the_host(ranks):
+    for rank in ranks:
+        for scenario in SCENARIOS:
+            assert all(not step['host_syncs'] for step in rank[scenario][0]), scenario
+
+
 def test_outside_a_process_group_synccbn_is_cbn():
     a, a_state = _run(CBN, 'uneven_two_sites', 0, 4)
     b, b_state = _run(SyncCBN, 'uneven_two_sites', 0, 4)
@@ -164,13 +159,14 @@ def test_outside_a_process_group_synccbn_is_cbn():
 
 
 def test_conversion_both_ways_keeps_parameters_and_state():
-    conv, cbn = _net(CBN, dict())
+    conv, cbn = _net(CBN, dict(rho=0.5, running_stats='batch', max_call_sites=3))
     for it in range(4):
         cbn(conv(torch.randn(2, 3, 6, 6, dtype=torch.float64))).sum().backward()
         _step(conv, cbn, it)
     synced = SyncCBN.from_unsynced(cbn)
     assert type(synced) is SyncCBN and synced.weight is cbn.weight and synced.training
-    assert synced.buffer_num == 3 and synced.running_stats == cbn.running_stats
+    assert (synced.buffer_num, synced.rho, synced.running_stats, synced.max_call_sites) == \
+        (3, 0.5, 'batch', 3)
     state, synced_state = cbn.state_dict(), synced.state_dict()
     assert state.keys() == synced_state.keys() and 'hist_count' in state
     assert all(torch.equal(state[k], synced_state[k]) for k in state)
@@ -188,3 +184,10 @@ def test_built_from_a_norm_cfg():
     name, layer = build_norm_layer(dict(type='SyncCBN', buffer_num=2), 16)
     assert name == 'bn' and type(layer) is SyncCBN and layer.buffer_num == 2
     assert 'process_group=None' in repr(layer)
+
+
+def test_the_config_validator_knows_every_argument():
+    from mmnorm_plugin.utils.norm_cfg import validate_norm_cfgs
+    validate_norm_cfgs(dict(norm_cfg=dict(type='SyncCBN', buffer_num=2, rho=0.5)))
+    with pytest.raises(TypeError, match="did you mean 'buffer_num'"):
+        validate_norm_cfgs(dict(norm_cfg=dict(type='SyncCBN', bufer_num=2)))

@@ -5,6 +5,9 @@ Per demo config (all five): 2 ranks x 2 iterations; parameters are identical on 
 broadcast_buffers=False: BN running statistics and the CBN window are each rank's own); the
 COCO metrics are written once (rank 0); for BN and CBN also: the checkpoint resumes under the
 launcher (CBN) and dist_test evaluates to the same metrics as a single-process tools/test.py.
+With ``sync_bn='torch'`` (CBN, BGN, BKN) our tools/train.py runs their synced variants: the
+statistics are pooled over both ranks, so the running statistics are identical on both ranks
+while CBN's window (each rank's own images) is not, and the checkpoint evaluates.
 """
 import glob
 import json
@@ -30,6 +33,7 @@ import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+from torch.nn.modules.batchnorm import _BatchNorm
 
 
 @HOOKS.register_module()
@@ -40,6 +44,8 @@ class DumpRankStateHook(Hook):
         model = getattr(runner.model, 'module', runner.model)
         params = dict(model.named_parameters())
         torch.save(dict(wrapper=type(runner.model).__name__,
+                        norm_types=sorted({type(m).__name__ for m in model.modules()
+                                           if isinstance(m, _BatchNorm)}),
                         params={k: v.detach() for k, v in params.items()},
                         buffers={k: v for k, v in model.state_dict().items() if k not in params}),
                    f'{runner.work_dir}/rank{get_rank()}_state.pth')
@@ -95,15 +101,27 @@ def workdir(tmp_path_factory):
 # bn and cbn: the whole path; bgn, bkn, mabn: training under the launcher (about 30 s each)
 @pytest.mark.parametrize('norm', ['bn', 'cbn', 'bgn', 'bkn', 'mabn'])
 def test_dist_train_and_test_with_two_cpu_processes(workdir, norm):
-    config = workdir / f'{norm}.py'
+    _train_and_test(workdir, norm, synced=False)
+
+
+@pytest.mark.parametrize('norm', ['cbn', 'bgn', 'bkn'])
+def test_sync_bn_trains_the_synced_variants_under_the_launcher(workdir, norm):
+    _train_and_test(workdir, norm, synced=True)
+
+
+def _train_and_test(workdir, norm, synced):
+    tag = f'{norm}_sync' if synced else norm
+    config = workdir / f'{tag}.py'
     extra = 'model = dict(backbone=dict(norm_cfg=dict(burnin_iters=0)))' if norm == 'cbn' else ''
+    if synced:
+        extra += "\nsync_bn = 'torch'"
     # the demo config + a hook; our tools/train.py adds mmnorm_plugin to custom_imports
     config.write_text(textwrap.dedent(f"""\
         _base_ = '{DEMO}/faster-rcnn_r18-w16_fpn_{norm}_tiny-coco.py'
         custom_imports = dict(imports=['rank_dump_hook'], allow_failed_imports=False)
         custom_hooks = [dict(type='DumpRankStateHook')]
         """) + extra + '\n')
-    train_dir = workdir / f'train_{norm}'
+    train_dir = workdir / f'train_{tag}'
     log = _launch('dist_train.sh', [str(config), '2', '--work-dir', str(train_dir), *_short(2)],
                   cwd=workdir)
     assert 'Distributed training: True' in log or 'distributed' in log.lower()
@@ -119,16 +137,31 @@ def test_dist_train_and_test_with_two_cpu_processes(workdir, norm):
         return keys and any(not torch.equal(rank0['buffers'][k], rank1['buffers'][k])
                             for k in keys)
 
-    assert per_rank('running_var')  # MABN's R included
+    if synced:  # pooled statistics: the same running statistics on both ranks
+        assert rank0['norm_types'] == [f'Sync{norm.upper()}'], rank0['norm_types']
+        for key in [k for k in rank0['buffers'] if k.endswith(('running_mean', 'running_var'))]:
+            torch.testing.assert_close(rank0['buffers'][key], rank1['buffers'][key],
+                                       rtol=1e-5, atol=1e-6, msg=key)
+    else:
+        assert per_rank('running_var')  # MABN's R included
     if norm == 'cbn':
         assert per_rank('hist_mean')
     if norm == 'mabn':
         assert per_rank('chi2_history')
     # the validation at the end of training: one metrics record, written by rank 0
     assert len(_metric_lines(train_dir)) == 1
-    dumped = (train_dir / f'{norm}.py').read_text()
+    dumped = (train_dir / f'{tag}.py').read_text()
     assert "'mmnorm_plugin'" in dumped and "'rank_dump_hook'" in dumped
 
+    if synced:  # the checkpoint (plain CBN/BGN/BKN keys) evaluates in one process
+        single_dir = workdir / f'single_{tag}'
+        env = dict(os.environ, PYTHONPATH=str(workdir), OMP_NUM_THREADS='1')
+        proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'test.py'), str(config),
+                               str(train_dir / 'iter_2.pth'), '--work-dir', str(single_dir)],
+                              cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert len(_metric_lines(single_dir)) == 1
+        return
     if norm not in ('bn', 'cbn'):
         return
     if norm == 'cbn':  # resume under the launcher
