@@ -4,8 +4,9 @@
 
 Joins the group, loads ``TEST_FILE`` by path (the suite runs with ``--import-mode=importlib``,
 so test modules are not importable by name), calls ``FUNCTION(rank, world_size)`` and saves
-what it returns with ``torch.save`` to ``OUT``. Counts the all-reduces the function issues:
-``result['_all_reduce_calls']``.
+what it returns with ``torch.save`` to ``OUT``. Counts the all-reduces the function issues
+(``result['_all_reduce_calls']``) and records each one's ``(numel, dtype)``
+(``result['_all_reduce_sizes']``).
 """
 import importlib.util
 import os
@@ -20,11 +21,13 @@ def main(rank: str, world: str, port: str, test_file: str, function: str, out: s
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=int(rank),
                             world_size=int(world))
     calls = [0]
+    sizes = []  # (numel, dtype) of every all-reduce: the bytes on the wire
     reduce = dist.all_reduce
 
-    def counting_all_reduce(*args, **kwargs):
+    def counting_all_reduce(tensor, *args, **kwargs):
         calls[0] += 1
-        return reduce(*args, **kwargs)
+        sizes.append((tensor.numel(), tensor.dtype))
+        return reduce(tensor, *args, **kwargs)
 
     dist.all_reduce = counting_all_reduce
     try:
@@ -33,7 +36,7 @@ def main(rank: str, world: str, port: str, test_file: str, function: str, out: s
         spec.loader.exec_module(module)
         torch.manual_seed(0)
         result = getattr(module, function)(int(rank), int(world))
-        result = dict(result or {}, _all_reduce_calls=calls[0])
+        result = dict(result or {}, _all_reduce_calls=calls[0], _all_reduce_sizes=sizes)
         torch.save(result, out)
     finally:
         dist.all_reduce = reduce

@@ -539,11 +539,15 @@ class CBN(_BatchNorm):
             if self.window_active:
                 self._push(site, mean, var, m, weight, grads)
             if self.track_running_stats:
+                # SyncCBN: a step in which every rank's batch was empty counts no batch
+                counted = 1 if group is None else (total > 0).view(()).to(torch.long)
                 if self.running_stats == 'window':  # what training normalized with
                     values = total / inv_count
-                    self._update_running_stats(mean_bar, var_bar * values / (values - 1))
+                    self._update_running_stats(mean_bar, var_bar * values / (values - 1),
+                                               counted)
                 else:
-                    self._update_running_stats(batch_mean, batch_var * (total / (total - 1)))
+                    self._update_running_stats(batch_mean, batch_var * (total / (total - 1)),
+                                               counted)
         live_weight = None
         if comp is not None and self.grad_through_compensation:
             live_weight = self._live_weight(origin, x)
@@ -606,9 +610,10 @@ class CBN(_BatchNorm):
         return mean.to(dtype), var.to(dtype)
 
     @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor) -> None:
+    def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor,
+                              counted=1) -> None:
         """BN's EMA; non-finite entries keep their value (functional.update_running_stats)."""
-        self.num_batches_tracked.add_(1)
+        self.num_batches_tracked.add_(counted)
         for running, value in ((self.running_mean, mean), (self.running_var, var_unbiased)):
             update_running_stats(running, value, self.momentum, self.num_batches_tracked)
 
@@ -865,8 +870,9 @@ class SyncCBN(CBN):
     that slot ``τ`` means the same iteration on every rank. As with ``nn.SyncBatchNorm``, a
     rank whose output never reaches the loss runs no backward and leaves the others waiting
     in theirs. The one-value-per-channel check of training is left to the pooled batch (the
-    total count is on the device; reading it would stall every step): an entry pooled from 0
-    images is non-finite and skipped like a bad batch.
+    total count is on the device; reading it would stall every step). When every rank's batch
+    is empty the step leaves the running statistics and ``num_batches_tracked`` alone, and its
+    window entry, pooled from 0 images, is dropped like a bad batch's.
 
     **Iterations** are detected per rank from the conv weight's version counter, exactly as in
     CBN; DDP steps every rank's optimizer together, so all ranks agree on call sites and

@@ -87,7 +87,36 @@ def _rank_equivalence(rank, world):
     for scenario, (sizes, _, _) in SCENARIOS.items():
         lo = sum(sizes[:rank])
         results[scenario] = _run(SyncCBN, scenario, lo, lo + sizes[rank], count_syncs=True)
+    results['amp'] = _run_amp(SyncCBN, 2 * rank, 2 * rank + 2)
+    results['all_empty'] = _run_all_empty(rank)
     return results
+
+
+def _run_all_empty(rank):
+    """Two iterations, one in which every rank's batch is empty, one more iteration."""
+    conv, norm = _net(SyncCBN, dict())
+    states, outputs = [], []
+    for it, n in enumerate((2, 2, 0, 2)):
+        x = _data(it, 0, 4)[0][2 * rank:2 * rank + n].requires_grad_()
+        y = norm(conv(x))
+        y.sum().backward()
+        outputs.append(y.detach())
+        states.append({k: v.clone() for k, v in norm.state_dict().items()})
+        _step(conv, norm, it)
+    return dict(states=states, outputs=outputs)
+
+
+def _run_amp(cls, lo, hi):
+    """float32 layers, bfloat16 autocast (CPU AMP): statistics pooled in float32/float64."""
+    torch.manual_seed(3)
+    conv, norm = nn.Conv2d(3, 8, 3, padding=1, bias=False), cls(8)
+    for it in range(3):
+        x, weights = (t.float() for t in _data(it, 0, 4))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            y = norm(conv(x[lo:hi]))
+        (y.float() * weights[lo:hi]).sum().backward()
+        _step(conv, norm, it)
+    return dict(y=y.float().detach(), state=norm.state_dict(), grad=conv.weight.grad)
 
 
 def _pool_windows(states):
@@ -136,9 +165,48 @@ def test_two_ranks_equal_cbn_on_the_whole_batch(ranks, scenario):
         torch.testing.assert_close(value, ref_state[key], **close, msg=key)
 
 
+def test_bfloat16_autocast_pools_like_cbn_on_the_whole_batch(ranks):
+    ref = _run_amp(CBN, 0, 4)
+    for key in ('running_mean', 'running_var'):
+        assert ranks[0]['amp']['state'][key].dtype == torch.float32
+        torch.testing.assert_close(ranks[0]['amp']['state'][key], ranks[1]['amp']['state'][key],
+                                   rtol=0, atol=0)
+        torch.testing.assert_close(ranks[0]['amp']['state'][key], ref['state'][key],
+                                   rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(torch.cat([r['amp']['y'] for r in ranks]), ref['y'], rtol=2e-2,
+                               atol=2e-2)
+    # the conv's own backward runs in bfloat16: compare the whole gradient, not elements
+    summed = ranks[0]['amp']['grad'] + ranks[1]['amp']['grad']
+    assert (summed - ref['grad']).norm() / ref['grad'].norm() < 2e-2
+
+
+def test_a_step_without_images_on_any_rank_leaves_the_statistics_alone(ranks):
+    for rank in ranks:
+        before, empty, after = rank['all_empty']['states'][1:]
+        for key in ('running_mean', 'running_var', 'num_batches_tracked'):
+            assert torch.equal(before[key], empty[key]), key
+        assert empty['num_iters'] == before['num_iters'] + 1  # an iteration all the same
+        assert after['num_batches_tracked'] == before['num_batches_tracked'] + 1
+        assert torch.isfinite(after['running_var']).all()
+        assert rank['all_empty']['outputs'][2].shape[0] == 0
+        assert torch.isfinite(rank['all_empty']['outputs'][3]).all()
+
+
 def test_one_all_reduce_forward_and_one_backward_per_layer_and_iteration(ranks):
-    calls = sum(ITERS * sites * 2 for _, sites, _ in SCENARIOS.values())
+    calls = sum(ITERS * sites * 2 for _, sites, _ in SCENARIOS.values()) + (3 + 4) * 2
     assert [r['_all_reduce_calls'] for r in ranks] == [calls, calls]
+
+
+def test_bytes_per_layer_and_iteration_are_the_documented_ones(ranks):
+    """Forward (k+1)(2C+1) float64 once the window is full (fewer before), backward 2C in the
+    statistics' dtype (float64 here, a float64 model): the README's communication table."""
+    c, k = 8, 3
+    sizes = ranks[0]['_all_reduce_sizes'][:2 * ITERS]  # 'even': one site, no burn-in
+    forward, backward = sizes[0::2], sizes[1::2]
+    assert [n for n, _ in forward] == [(min(it, k) + 1) * (2 * c + 1) for it in range(ITERS)]
+    assert {d for _, d in forward} == {torch.float64}
+    assert backward == [(2 * c, torch.float64)] * ITERS
+    assert ranks[1]['_all_reduce_sizes'] == ranks[0]['_all_reduce_sizes']
 
 
 def test_a_synced_training_step_never_reads_a_tensor_back_to_the_host(ranks):
