@@ -3,13 +3,15 @@
 Importing the package registers everything (configs do it with
 ``custom_imports = dict(imports=['mmnorm_plugin'], allow_failed_imports=False)``):
 
-* norm layers ``CBN``, ``MABN``, ``BGN``, ``BKN`` and the conv layer ``CenConv2d`` in mmengine's
+* norm layers ``CBN``, ``MABN``, ``BGN``, ``BKN``, their cross-GPU synced variants ``SyncCBN``,
+  ``SyncBGN``, ``SyncBKN``, and the conv layer ``CenConv2d`` in mmengine's
   root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
 * runner hooks (``CBNBurnInHook``) in mmengine's root ``HOOKS``;
-* a guard around mmengine's ``sync_bn`` conversion that keeps the plugin norms instead of
-  silently turning them into ``SyncBatchNorm`` (see :mod:`mmnorm_plugin.utils.sync_bn`);
+* guards around mmengine's ``sync_bn`` conversion and its revert, which turn the plugin norms
+  into their synced variants (and back) instead of silently into ``SyncBatchNorm`` (MABN, which
+  has none, is kept; see :mod:`mmnorm_plugin.utils.sync_bn`);
 * the exact set of classes that mmengine's Runner checkpoints pickle, as safe globals for
   ``torch.load(weights_only=True)`` (see :mod:`mmnorm_plugin.utils.checkpoint`).
 """

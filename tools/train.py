@@ -4,7 +4,8 @@
         [--resume [CHECKPOINT]] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Before mmdet's main runs (mmnorm_plugin.apis.run_mmdet_tool): every norm config is validated,
-cfg.sync_bn with a plugin norm is refused in distributed runs, the config gets
+cfg.sync_bn turns CBN/BGN/BKN into SyncCBN/SyncBGN/SyncBKN (MABN, which has no synced
+variant, is refused in distributed runs), the config gets
 custom_imports=['mmnorm_plugin'] if it lacks it (so the dumped config and the checkpoint load
 in mmdet's APIs), and `--launcher pytorch` without CUDA runs on gloo (tools/dist_train.sh).
 """

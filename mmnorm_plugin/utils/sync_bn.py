@@ -122,14 +122,22 @@ def guarded_convert_sync_batchnorm(module: nn.Module, implementation: str = 'tor
         variant = SYNC_VARIANTS[ours[0][1]]
         return MODELS.get(variant).from_unsynced(module) if variant else module
     kept, placed = [], [(name, norm) for name, _, norm in synced]
+    converted: Dict[str, int] = {}
     for name, norm_type, norm in ours:
         variant = SYNC_VARIANTS[norm_type]
         if variant is not None:
             placed.append((name, MODELS.get(variant).from_unsynced(norm)))
+            converted[f'{norm_type} -> {variant}'] = converted.get(
+                f'{norm_type} -> {variant}', 0) + 1
         else:
             placed.append((name, norm))
             kept.append((name, norm_type, norm))
     module = _without(module, placed, lambda m: _convert(m, implementation))
+    if converted:
+        _log(f'mmnorm_plugin: cfg.sync_bn={implementation!r} converted '
+             + ', '.join(f'{n} {pair}' for pair, n in sorted(converted.items()))
+             + ' (statistics pooled over the process group); other BatchNorm layers: '
+             "mmengine's conversion.")
     if kept:
         types = sorted({t for _, t, _ in kept})
         names = ', '.join(name for name, _, _ in kept[:5])
@@ -141,13 +149,17 @@ def guarded_convert_sync_batchnorm(module: nn.Module, implementation: str = 'tor
             "Remove sync_bn from the config to silence this (our tools/train.py refuses the "
             "combination).")
         warnings.warn(message, UserWarning, stacklevel=2)
-        try:
-            from mmengine.logging import print_log
-            import logging
-            print_log(message, logger='current', level=logging.WARNING)
-        except Exception:  # logging must never break model wrapping
-            pass
+        _log(message, warning=True)
     return module
+
+
+def _log(message: str, warning: bool = False) -> None:
+    try:
+        import logging
+        from mmengine.logging import print_log
+        print_log(message, logger='current', level=logging.WARNING if warning else logging.INFO)
+    except Exception:  # logging must never break model wrapping
+        pass
 
 
 def _without(module: nn.Module, placed: List[Tuple[str, nn.Module]], convert) -> nn.Module:
@@ -176,6 +188,9 @@ def guarded_revert_sync_batchnorm(module: nn.Module, _revert=None) -> nn.Module:
     if synced and synced[0][0] == '':  # the model itself is a synced norm
         return module.to_unsynced()
     placed = [(name, norm.to_unsynced()) for name, _, norm in synced]
+    if placed:
+        _log(f'mmnorm_plugin: reverted {len(placed)} synced plugin norm(s) to their per-GPU '
+             'form (identical outside a process group).')
     placed += [(name, norm) for name, _, norm in plugin_norm_modules(module)]
     return _without(module, placed, _revert)
 

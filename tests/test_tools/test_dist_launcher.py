@@ -139,6 +139,7 @@ def _train_and_test(workdir, norm, synced):
 
     if synced:  # pooled statistics: the same running statistics on both ranks
         assert rank0['norm_types'] == [f'Sync{norm.upper()}'], rank0['norm_types']
+        assert f"cfg.sync_bn='torch' converted" in log and f'-> Sync{norm.upper()}' in log
         for key in [k for k in rank0['buffers'] if k.endswith(('running_mean', 'running_var'))]:
             torch.testing.assert_close(rank0['buffers'][key], rank1['buffers'][key],
                                        rtol=1e-5, atol=1e-6, msg=key)
