@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 __all__ = ['NormFactory', 'DETECTION_SHAPES', 'parse_shape', 'compare_norms', 'format_rows',
-           'buffer_bytes']
+           'buffer_bytes', 'collective_bytes']
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -68,13 +68,20 @@ def _saved_bytes(norm: nn.Module, x: torch.Tensor) -> int:
 def _timed_step(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> float:
     y = conv(x)
     inputs = [y, *(p for p in norm.parameters() if p.requires_grad)]
+    _synchronize(x.device)
     t0 = time.perf_counter()
     out = norm(y)
     out.backward(torch.ones_like(out), inputs=inputs)
+    _synchronize(x.device)  # CUDA kernels run asynchronously: time them, not their launch
     elapsed = time.perf_counter() - t0
     with torch.no_grad():  # what an optimizer step does: a new weight version (CBN counts
         conv.weight.add_(0.0)  # iterations there; calls without one are call sites)
     return elapsed
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 def compare_norms(candidates: Dict[str, NormFactory],
@@ -82,11 +89,14 @@ def compare_norms(candidates: Dict[str, NormFactory],
                   baseline: str = 'BN',
                   warmup: int = 3,
                   iters: int = 10,
-                  seed: int = 0) -> List[dict]:
+                  seed: int = 0,
+                  device: str = 'cpu') -> List[dict]:
     """Measure every candidate at every NCHW shape; ratios are against ``baseline``.
 
     ``warmup`` iterations also fill iteration-based state (history buffers, burn-in) before
-    timing; pass a larger value for methods whose steady state starts later.
+    timing; pass a larger value for methods whose steady state starts later. Every process of
+    a process group that measures synced norms must make the same call: candidates run in a
+    fixed order, so their collectives pair up.
     """
     if baseline not in candidates:
         raise KeyError(f'baseline {baseline!r} is not among the candidates {list(candidates)}')
@@ -96,9 +106,9 @@ def compare_norms(candidates: Dict[str, NormFactory],
     for shape in shapes:
         n, c, h, w = shape
         g = torch.Generator().manual_seed(seed)
-        x = torch.randn(shape, generator=g)
-        conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        norms = {name: make(c).train() for name, make in candidates.items()}
+        x = torch.randn(shape, generator=g).to(device)
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(device)
+        norms = {name: make(c).to(device).train() for name, make in candidates.items()}
         for norm in norms.values():
             for _ in range(warmup):
                 _timed_step(conv, norm, x)
@@ -131,3 +141,45 @@ def format_rows(rows: List[dict]) -> str:
         lines.append(f'{str(r["shape"]):<22}{r["name"]:<22}{r["ms"]:>9.2f}{r["time_ratio"]:>8.2f}'
                      f'{r["saved_mb"]:>10.2f}{r["state_mb"]:>10.2f}{r["mem_ratio"]:>8.2f}')
     return '\n'.join(lines)
+
+
+def collective_bytes(make: NormFactory, shape: Tuple[int, int, int, int], warmup: int = 5,
+                     device: str = 'cpu') -> Tuple[int, int]:
+    """Payload bytes of the collectives one training step of the norm issues: (forward,
+    backward), after ``warmup`` steps (CBN's window full). Counted at ``torch.distributed``'s
+    ``all_reduce``/``all_gather``/``all_gather_into_tensor`` (received bytes for a gather, the
+    buffer for a reduce); every rank of the group must make the same call."""
+    import torch.distributed as dist
+    n, c, h, w = shape
+    x = torch.randn(shape).to(device)
+    conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(device)
+    norm = make(c).to(device).train()
+    for _ in range(warmup):
+        _timed_step(conv, norm, x)
+    counted = [0]
+
+    def nbytes(t):
+        return t.numel() * t.element_size()
+
+    payloads = {'all_reduce': lambda t, *a, **k: nbytes(t),
+                'all_gather': lambda outs, *a, **k: sum(nbytes(o) for o in outs),
+                'all_gather_into_tensor': lambda out, *a, **k: nbytes(out)}
+    originals = {name: getattr(dist, name) for name in payloads}
+
+    def counting(name):
+        def call(*args, **kwargs):
+            counted[0] += payloads[name](*args, **kwargs)
+            return originals[name](*args, **kwargs)
+        return call
+
+    try:
+        for name in payloads:
+            setattr(dist, name, counting(name))
+        y = norm(conv(x))
+        forward = counted[0]
+        y.backward(torch.ones_like(y))
+        backward = counted[0] - forward
+    finally:
+        for name, fn in originals.items():
+            setattr(dist, name, fn)
+    return forward, backward

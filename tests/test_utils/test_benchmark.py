@@ -1,5 +1,6 @@
 """The benchmark harness reports ratios against the baseline (no timing is asserted)."""
 import pytest
+import torch
 from torch import nn
 
 from mmnorm_plugin.utils.benchmark import compare_norms, format_rows, parse_shape
@@ -24,3 +25,26 @@ def test_bad_arguments():
     assert parse_shape('2,256,7,7') == (2, 256, 7, 7)
     with pytest.raises(Exception):
         parse_shape('2,256')
+
+
+def _rank_collective_bytes(rank, world):
+    import functools
+
+    from mmnorm_plugin.norms.bgn import SyncBGN
+    from mmnorm_plugin.norms.bkn import SyncBKN
+    from mmnorm_plugin.norms.cbn import SyncCBN
+    from mmnorm_plugin.utils.benchmark import collective_bytes
+    shape = (2, 16, 6, 6)
+    return {name: collective_bytes(make, shape) for name, make in (
+        ('SyncCBN', SyncCBN), ('SyncBGN', functools.partial(SyncBGN, num_groups=4)),
+        ('SyncBKN', SyncBKN), ('BN', torch.nn.BatchNorm2d))}
+
+
+def test_collective_bytes_are_the_readmes_communication_table(run_ranks):
+    """C=16, k=3, G=4: forward float64 packs, backward float32 sums; BN sends nothing."""
+    c, k, g = 16, 3, 4
+    expected = {'SyncCBN': ((k + 1) * (2 * c + 1) * 8, 2 * c * 4),
+                'SyncBGN': ((2 * g + 1) * 8, 2 * g * 4),
+                'SyncBKN': ((2 * c + 1) * 8, 2 * c * 4), 'BN': (0, 0)}
+    for rank in run_ranks(__file__, '_rank_collective_bytes'):
+        assert {k: rank[k] for k in expected} == expected
