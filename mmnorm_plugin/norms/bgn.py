@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, check_input_4d,
-                         check_input_dtype, check_nchw, convert_norm, sync_world_size,
-                         synced_variant_of, update_running_stats)
+                         check_input_dtype, check_nchw, convert_norm, synced_variant_of,
+                         training_sync_group, update_running_stats)
 
 __all__ = ['BGN', 'SyncBGN']
 
@@ -172,22 +172,22 @@ class BGN(GuardedNormMixin, _BatchNorm):
         return self._forward_batch_stats(x)
 
     @torch.jit.unused
-    def _sync_group(self) -> Tuple[bool, Any]:
-        """Whether this forward pools its statistics over processes, and over which group.
+    def _sync_group(self) -> Optional[Any]:
+        """The process group this forward pools its statistics over; None: this process's.
 
         BGN: never (statistics per process, as in the paper); :class:`SyncBGN` overrides it.
         """
-        return False, None
+        return None
 
     @torch.jit.unused
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
-        synced, process_group = self._sync_group()
-        if x.numel() == 0 and not synced:
+        group = self._sync_group()
+        if x.numel() == 0 and group is None:
             # An empty batch carries no statistics. (A synced layer still takes part in the
             # collectives with a count of 0, or the other ranks would wait for it.)
             return _empty_affine(x, self.weight, self.bias)
         m = x.numel() // self.num_groups
-        if synced:
+        if group is not None:
             # The global count is not known on the host without a device sync, so the
             # single-value check only applies to the unsynced layer.
             state = self.weight if self.weight is not None else self.running_mean
@@ -196,7 +196,7 @@ class BGN(GuardedNormMixin, _BatchNorm):
         else:
             self._check_batch(x, m)
         y, mean, var, total = _BatchGroupNorm.apply(x, self.weight, self.bias, self.num_groups,
-                                                    self.eps, synced, process_group)
+                                                    self.eps, group)
         if self.training and self.track_running_stats:
             if total is None:
                 self.num_batches_tracked.add_(1)
@@ -295,10 +295,8 @@ class SyncBGN(BGN):
         self.process_group = process_group
 
     @torch.jit.unused
-    def _sync_group(self) -> Tuple[bool, Any]:
-        if self.training and sync_world_size(self.process_group) > 1:
-            return True, self.process_group
-        return False, None
+    def _sync_group(self) -> Optional[Any]:
+        return training_sync_group(self)
 
     @classmethod
     def from_unsynced(cls, module: BGN, process_group: Optional[Any] = None) -> 'SyncBGN':
@@ -330,7 +328,7 @@ class _BatchGroupNorm(torch.autograd.Function):
     added in place. Measured faster than the composite of autograd-tracked native calls
     (``tools/benchmarks/bench_bgn.py``).
 
-    Synced (``synced=True``, :class:`SyncBGN` in a process group): the local per-group
+    Synced (``group`` not None, :class:`SyncBGN` in a process group): the local per-group
     (count, mean, variance) are pooled by one :func:`all_reduce_moments` (``2G + 1`` float64
     numbers) before normalizing, and the backward's group sums ``S1_g = Σ_{c∈g} γ_c dβ_c``,
     ``S2_g = Σ_{c∈g} γ_c dγ_c`` by one :func:`all_reduce_sum` (``2G`` numbers in the
@@ -346,7 +344,7 @@ class _BatchGroupNorm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                num_groups: int, eps: float, synced: bool, process_group: Any):
+                num_groups: int, eps: float, group: Any = None):
         x = x.contiguous()
         n, c = x.shape[:2]
         hw = math.prod(x.shape[2:])
@@ -367,9 +365,9 @@ class _BatchGroupNorm(torch.autograd.Function):
             var = xs.new_zeros(num_groups)
         del xs
         total = None
-        if synced:
+        if group is not None:
             count = torch.full((1, ), float(m_local), dtype=torch.float64, device=x.device)
-            total, mean, var = all_reduce_moments(count, mean, var, process_group)
+            total, mean, var = all_reduce_moments(count, mean, var, group)
         # The native kernels take statistics in the parameters' dtype: the input's own, or
         # float32 with a low-precision input (autocast).
         p_dtype = weight.dtype if weight is not None else mean.dtype
@@ -381,8 +379,7 @@ class _BatchGroupNorm(torch.autograd.Function):
         ctx.save_for_backward(x, weight, mean_c, invstd_c, total)
         ctx.num_groups = num_groups
         ctx.has_bias = bias is not None
-        ctx.synced = synced
-        ctx.process_group = process_group
+        ctx.group = group
         ctx.mark_non_differentiable(*(t for t in (mean, var, total) if t is not None))
         return y, mean, var, total
 
@@ -408,8 +405,8 @@ class _BatchGroupNorm(torch.autograd.Function):
         # they give the group means of gamma*g and gamma*g*x_hat that BGN's dx subtracts
         terms = torch.stack((gamma_f * dbeta.to(f), gamma_f * dgamma.to(f)))
         sums = terms.view(2, g, per_group).sum(2)
-        if ctx.synced:
-            all_reduce_sum(sums, ctx.process_group)
+        if ctx.group is not None:
+            all_reduce_sum(sums, ctx.group)
             group_terms = sums / total.to(f)
         else:
             group_terms = sums / (m_c * per_group)

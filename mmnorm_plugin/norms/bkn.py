@@ -144,7 +144,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, batch_moments,
                          check_input_4d, check_nchw, convert_norm, find_producing_conv,
-                         sync_world_size, synced_variant_of, update_running_stats, warn_once)
+                         synced_variant_of, training_sync_group, update_running_stats,
+                         warn_once)
 
 __all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
@@ -346,7 +347,7 @@ class _KalmanNormFunction(torch.autograd.Function):
     place; a layer without prior whose statistics nobody downstream uses needs no fix-up, i.e.
     costs exactly BN. The gate is a tensor condition (no host sync).
 
-    Synced (``sync=(group,)``, :class:`SyncBKN`): the batch moments are those of every rank's
+    Synced (``group`` not None, :class:`SyncBKN`): the batch moments are those of every rank's
     batch together, ``(N, mu, sigma^2)`` from one :func:`~.functional.all_reduce_moments` of the
     local ``(n_r, mean, var)``; the fusion, gate and running-variance target (Bessel
     ``N/(N-1)``, a tensor) are then computed from them unchanged. Backward: every gradient
@@ -363,17 +364,17 @@ class _KalmanNormFunction(torch.autograd.Function):
     is SyncBN). A rank with an empty batch passes count 0 and takes part in both collectives;
     when every rank is empty the batch moments are the placeholders (0, 1) (the caller checks
     ``total > 0`` and leaves its state alone) and every gradient is 0.
-    ``sync=None`` is the unsynced function, unchanged and free of collectives.
+    ``group=None`` is the unsynced function, unchanged and free of collectives.
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, prior_mean: Optional[Tensor], prior_var: Optional[Tensor],
                 weight: Optional[Tensor], bias: Optional[Tensor], p: float,
-                gate_ratio: Optional[float], eps: float, sync: Optional[Tuple[Any]] = None):
+                gate_ratio: Optional[float], eps: float, group: Optional[Any] = None):
         ctx.set_materialize_grads(False)
         n = x.numel() // x.shape[1]
         total = None  # the global count per statistic (synced only)
-        if sync is None:
+        if group is None:
             var, mean = batch_moments(x)
             bessel = n / (n - 1) if n > 1 else 1.0
         else:
@@ -383,7 +384,7 @@ class _KalmanNormFunction(torch.autograd.Function):
                 mean = var = x.new_zeros(x.shape[1],
                                          dtype=torch.promote_types(x.dtype, torch.float32))
             count = torch.full((1, ), float(n), dtype=torch.float64, device=x.device)
-            total, mean, var = all_reduce_moments(count, mean, var, sync[0])
+            total, mean, var = all_reduce_moments(count, mean, var, group)
             # every rank empty (total 0, moments NaN): finite placeholders (0, 1), so that the
             # published state and every gradient stay finite (they are 0: nothing has an
             # element); the caller leaves its state alone. A NaN batch stays NaN.
@@ -419,7 +420,7 @@ class _KalmanNormFunction(torch.autograd.Function):
         ctx.save_for_backward(x, weight, mean, fused_mean, fused_var, prior_mean,
                               keep if keep is not None else mean.new_ones(()), total)
         ctx.has_prior, ctx.p, ctx.eps, ctx.has_bias = has_prior, p, eps, bias is not None
-        ctx.sync = sync
+        ctx.group = group
         ctx.mark_non_differentiable(*(t for t in (fused_var_running, status, total)
                                       if t is not None))
         return y, fused_mean, fused_var, fused_var_running, status, total
@@ -428,7 +429,7 @@ class _KalmanNormFunction(torch.autograd.Function):
     def backward(ctx, grad_y, grad_fmean, grad_fvar, _grad_running, _grad_status, _grad_total):
         x, weight, mean, fmean, fvar, prior_mean, keep, total = ctx.saved_tensors
         c, n = x.shape[1], x.numel() // x.shape[1]
-        synced = ctx.sync is not None
+        synced = ctx.group is not None
         invstd = (fvar + ctx.eps).rsqrt()
         gamma = weight if weight is not None else x.new_ones(c)
         if n > 0:
@@ -469,7 +470,7 @@ class _KalmanNormFunction(torch.autograd.Function):
         else:
             # d_mean, d_var: this rank's shares of dL/dmu and dL/dsigma^2 (linear in local
             # quantities); their sum over the ranks is the total
-            packed = all_reduce_sum(torch.cat((d_mean, d_var)), ctx.sync[0])
+            packed = all_reduce_sum(torch.cat((d_mean, d_var)), ctx.group)
             d_mean, d_var = packed[:c], packed[c:]
             if n == 0:
                 return dx, grad_pm, grad_pv, grad_weight, grad_bias, None, None, None, None
@@ -614,18 +615,18 @@ class BKN(GuardedNormMixin, _BatchNorm):
         return self._forward_batch_stats(x)
 
     @torch.jit.unused
-    def _sync_group(self) -> Optional[Tuple[Any]]:
-        """``(process group,)`` when the batch statistics pool every rank's batch, None when
-        they are this process's own (always for BKN; see :class:`SyncBKN`)."""
+    def _sync_group(self) -> Optional[Any]:
+        """The process group the batch statistics pool over; None when they are this
+        process's own (always for BKN; see :class:`SyncBKN`)."""
         return None
 
     @torch.jit.unused
     def _forward_batch_stats(self, x: Tensor) -> Tensor:
-        sync = self._sync_group()
+        group = self._sync_group()
         n = x.numel() // x.shape[1]
         # synced: the statistics pool every rank's values and their total count is only on the
         # device, so the one-value-per-statistic check (from the shape) applies outside a group
-        self._check_batch(x, n if sync is None else -1)
+        self._check_batch(x, n if group is None else -1)
         if self.training and not torch.is_grad_enabled():
             warn_once('bkn-no-grad', 'BKN in training mode without autograd (torch.no_grad or '
                       'activation checkpointing): no layer chain, running as plain BN.')
@@ -634,7 +635,7 @@ class BKN(GuardedNormMixin, _BatchNorm):
         prior = self.predict(x) if p > 0 else None
         prior_mean, prior_var = prior if prior is not None else (None, None)
         y, fused_mean, fused_var, fused_var_running, status, total = _KalmanNormFunction.apply(
-            x, prior_mean, prior_var, self.weight, self.bias, p, self.gate_ratio, self.eps, sync)
+            x, prior_mean, prior_var, self.weight, self.bias, p, self.gate_ratio, self.eps, group)
         # synced: a step in which every rank's batch was empty leaves the state alone, as an
         # empty batch does outside a group (tensor conditions: the count is on the device)
         present = None if total is None else (total > 0).view(())
@@ -733,11 +734,9 @@ class SyncBKN(BKN):
         self.process_group = process_group
 
     @torch.jit.unused
-    def _sync_group(self) -> Optional[Tuple[Any]]:
+    def _sync_group(self) -> Optional[Any]:
         # as nn.SyncBatchNorm: training only (eval without running statistics stays local)
-        if self.training and sync_world_size(self.process_group) > 1:
-            return (self.process_group, )
-        return None
+        return training_sync_group(self)
 
     @classmethod
     def from_unsynced(cls, module: BKN, process_group: Optional[Any] = None) -> 'SyncBKN':

@@ -12,8 +12,8 @@ from torch.nn.grad import conv2d_weight
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (ConvOrigin, all_reduce_moments, all_reduce_sum, batch_moments,
-                         check_input_4d, convert_norm, find_producing_conv, sync_world_size,
-                         synced_variant_of, update_running_stats, warn_once)
+                         check_input_4d, convert_norm, find_producing_conv, synced_variant_of,
+                         training_sync_group, update_running_stats, warn_once)
 
 __all__ = ['CBN', 'SyncCBN']
 
@@ -903,10 +903,7 @@ class SyncCBN(CBN):
         return convert_norm(self, CBN, CBN)
 
     def _sync_group(self):
-        if sync_world_size(self.process_group) < 2:
-            return None
-        import torch.distributed as dist
-        return self.process_group if self.process_group is not None else dist.group.WORLD
+        return training_sync_group(self)
 
     def _pool(self, site, m, mean, var, past, group):
         if group is None:

@@ -16,7 +16,8 @@ __all__ = [
     'ConvOrigin', 'find_producing_conv', 'normalize_with_stats', 'update_running_stats',
     'check_input_4d', 'check_nchw', 'check_input_dtype', 'check_values_per_statistic',
     'GuardedNormMixin', 'warn_once', 'batch_moments', 'sync_world_size',
-    'all_reduce_moments', 'all_reduce_sum', 'convert_norm', 'synced_variant_of'
+    'all_reduce_moments', 'all_reduce_sum', 'convert_norm', 'synced_variant_of',
+    'training_sync_group'
 ]
 
 
@@ -433,6 +434,17 @@ def sync_world_size(group=None) -> int:
     if not (dist.is_available() and dist.is_initialized()):
         return 1
     return dist.get_world_size(group)
+
+
+def training_sync_group(layer: torch.nn.Module):
+    """The process group a synced layer pools its statistics over in this forward, or None
+    (per-process statistics): eval mode, no process group, or a group of one rank. The layer's
+    ``process_group`` None means the default group (returned as ``dist.group.WORLD``, so that
+    None keeps meaning "not synced")."""
+    if not layer.training or sync_world_size(layer.process_group) < 2:
+        return None
+    import torch.distributed as dist
+    return layer.process_group if layer.process_group is not None else dist.group.WORLD
 
 
 def all_reduce_moments(count: Tensor, mean: Tensor, var: Tensor,

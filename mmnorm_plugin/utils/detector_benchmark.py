@@ -95,6 +95,14 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def _medians(jobs, warmup: int, iters: int, device) -> dict:
+    """Median seconds of every job over ``iters`` interleaved rounds after ``warmup``."""
+    times = {k: [] for k in jobs}
+    for i in range(warmup + iters):
+        _round(jobs, times, i, device, record=i >= warmup)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def _round(jobs: Dict[str, callable], times: Dict[str, List[float]], seed: int, device: str,
            record: bool) -> None:
     for name, job in jobs.items():
@@ -139,10 +147,7 @@ def compare_detectors(methods: Sequence[str] = METHODS,
             m.train()
         jobs = {k: (lambda k=k: models[k].train_step(copy.deepcopy(packed), optims[k]))
                 for k in models}
-        times = {k: [] for k in jobs}
-        for i in range(warmup + iters):
-            _round(jobs, times, i, device, record=i >= warmup)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = _medians(jobs, warmup, iters, device)
         for k in jobs:
             rows.append(dict(mode='train', name=k, ms=1e3 * med[k],
                              x_twin=med[k] / med['BN twin'], x_frozen=med[k] / med['frozen BN']))
@@ -162,10 +167,7 @@ def compare_detectors(methods: Sequence[str] = METHODS,
                 model.test_step(copy.deepcopy(packed))
 
         jobs = {k: (lambda m=m: job(m)) for k, m in infer.items()}
-        times = {k: [] for k in jobs}
-        for i in range(warmup + iters):
-            _round(jobs, times, i, device, record=i >= warmup)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        med = _medians(jobs, warmup, iters, device)
         for k in jobs:
             rows.append(dict(mode='infer', name=k, ms=1e3 * med[k],
                              x_twin=med[k] / med['BN twin folded'],

@@ -28,6 +28,7 @@ A synced variant plugs in by being registered in mmengine's root ``MODELS``, pro
 named in :data:`SYNC_VARIANTS`.
 """
 import warnings
+from collections import Counter
 from typing import Dict, Iterable, List, Optional, Tuple
 
 from mmengine.registry import MODELS
@@ -122,13 +123,12 @@ def guarded_convert_sync_batchnorm(module: nn.Module, implementation: str = 'tor
         variant = SYNC_VARIANTS[ours[0][1]]
         return MODELS.get(variant).from_unsynced(module) if variant else module
     kept, placed = [], [(name, norm) for name, _, norm in synced]
-    converted: Dict[str, int] = {}
+    converted = Counter()
     for name, norm_type, norm in ours:
         variant = SYNC_VARIANTS[norm_type]
         if variant is not None:
             placed.append((name, MODELS.get(variant).from_unsynced(norm)))
-            converted[f'{norm_type} -> {variant}'] = converted.get(
-                f'{norm_type} -> {variant}', 0) + 1
+            converted[f'{norm_type} -> {variant}'] += 1
         else:
             placed.append((name, norm))
             kept.append((name, norm_type, norm))

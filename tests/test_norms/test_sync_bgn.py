@@ -157,14 +157,10 @@ def _rank_train(rank, world):
     return out
 
 
-_LAUNCH = {}
-
-
-def _ranks(run_ranks):
-    """The records of the single gloo launch (made by the first test that needs them)."""
-    if 'results' not in _LAUNCH:
-        _LAUNCH['results'] = run_ranks(__file__, '_rank_train')
-    return _LAUNCH['results']
+@pytest.fixture(scope='module')
+def ranks(run_ranks):
+    """The records of the single gloo launch, shared by the module's tests."""
+    return run_ranks(__file__, '_rank_train')
 
 
 def _reference(name):
@@ -189,8 +185,8 @@ def _close(got, want, msg):
 
 
 @pytest.mark.parametrize('name', list(SCENARIOS))
-def test_synced_layer_is_bgn_on_the_union_of_the_ranks_batches(run_ranks, name):
-    results = [r[name] for r in _ranks(run_ranks)]
+def test_synced_layer_is_bgn_on_the_union_of_the_ranks_batches(ranks, name):
+    results = [r[name] for r in ranks]
     ref = _reference(name)
     sizes = SCENARIOS[name][0]
     for step in range(ITERS):
@@ -217,8 +213,8 @@ def test_synced_layer_is_bgn_on_the_union_of_the_ranks_batches(run_ranks, name):
         _close(res['eval_y'], _slice(name, rank, ref['eval_y']), f'eval y rank {rank}')
 
 
-def test_one_all_reduce_per_layer_in_forward_and_in_backward_without_host_syncs(run_ranks):
-    results = _ranks(run_ranks)
+def test_one_all_reduce_per_layer_in_forward_and_in_backward_without_host_syncs(ranks):
+    results = ranks
     for res in results:
         for name in SCENARIOS:
             rec = res[name]
@@ -230,8 +226,8 @@ def test_one_all_reduce_per_layer_in_forward_and_in_backward_without_host_syncs(
         assert res['_all_reduce_calls'] == len(SCENARIOS) * ITERS * 5 + 4 + 3
 
 
-def test_all_ranks_empty_still_communicate_and_leave_the_state_alone(run_ranks):
-    for res in _ranks(run_ranks):
+def test_all_ranks_empty_still_communicate_and_leave_the_state_alone(ranks):
+    for res in ranks:
         empty = res['equal']['all_empty']
         assert empty['calls'] == 4 and empty['shape'] == (0, C, *HW)
         assert empty['nonfinite'] == [0, 0]  # all-empty is not a non-finite statistic
@@ -239,8 +235,8 @@ def test_all_ranks_empty_still_communicate_and_leave_the_state_alone(run_ranks):
             assert torch.equal(res['equal']['state'][key], value), key
 
 
-def test_a_group_of_one_rank_is_local_bgn(run_ranks):
-    results = _ranks(run_ranks)
+def test_a_group_of_one_rank_is_local_bgn(ranks):
+    results = ranks
     for rank, res in enumerate(results):
         single = res['single']
         assert single['calls'] == 0
@@ -252,8 +248,8 @@ def test_a_group_of_one_rank_is_local_bgn(run_ranks):
             assert torch.equal(single['state'][key], value), key
 
 
-def test_autocast_and_torchscript_inside_a_group(run_ranks):
-    results = _ranks(run_ranks)
+def test_autocast_and_torchscript_inside_a_group(ranks):
+    results = ranks
     for res in results:
         amp = res['amp']
         assert amp['grad_finite'] and res['scripted']
