@@ -11,19 +11,19 @@ Importing the package registers everything (configs do it with
 * runner hooks (``CBNBurnInHook``) in mmengine's root ``HOOKS``;
 * guards around mmengine's ``sync_bn`` conversion and its revert, which turn the plugin norms
   into their synced variants (and back) instead of silently into ``SyncBatchNorm`` (MABN, which
-  has none, is kept; see :mod:`mmnorm_plugin.utils.sync_bn`);
-* the exact set of classes that mmengine's Runner checkpoints pickle, as safe globals for
-  ``torch.load(weights_only=True)`` (see :mod:`mmnorm_plugin.utils.checkpoint`).
+  has none, is kept; see :mod:`mmnorm_plugin.utils.sync_bn`).
+
+Importing it does **not** change ``torch.load``: our tools open
+:func:`~mmnorm_plugin.utils.checkpoint.mmengine_checkpoint_loading` around their own loads (see
+:mod:`mmnorm_plugin.utils.checkpoint`); every other caller keeps torch's weights-only defaults.
 """
 from .version import __version__
 from . import norms  # noqa: F401  (registers the norm and conv layers)
 from . import models  # noqa: F401  (registers the backbones)
 from . import engine  # noqa: F401  (registers the runner hooks, e.g. CBNBurnInHook)
-from .utils.checkpoint import allow_mmengine_checkpoints
 from .utils.norm_cfg import validate_norm_cfgs
 from .utils.sync_bn import install_sync_bn_guard
 
-allow_mmengine_checkpoints()
 install_sync_bn_guard()
 
-__all__ = ['__version__', 'allow_mmengine_checkpoints', 'validate_norm_cfgs']
+__all__ = ['__version__', 'validate_norm_cfgs']

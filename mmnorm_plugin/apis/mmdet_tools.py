@@ -15,6 +15,11 @@ Before handing over, the config (with ``--cfg-options``) is loaded once and chec
   from the config; a checkpoint that leaves model weights unset is refused
   (``--allow-checkpoint-mismatch`` evaluates anyway).
 
+Checkpoints (``--resume``, ``load_from``, ``tools/test.py``'s checkpoint) are loaded inside
+:func:`~mmnorm_plugin.utils.checkpoint.mmengine_checkpoint_loading`: torch's weights-only
+unpickler with exactly what a Runner checkpoint needs, for this run only. A file that needs more
+stops the run with one line naming ``--unsafe-load``, which the user types to trust it.
+
 mmdet's ``main`` then reads the config itself. It is handed a ``Config`` whose ``fromfile``
 adds ``custom_imports=dict(imports=['mmnorm_plugin'], allow_failed_imports=False)`` to configs
 that lack it (and, for a CPU ``--launcher pytorch`` run, the CPU-capable DDP wrapper). This is
@@ -24,8 +29,10 @@ in ``init_detector``, ``DetInferencer`` and every mmdet tool without the user im
 plugin. Patching ``mmengine.config.Config`` globally instead would also rewrite configs of
 unrelated code in the same process; swapping the name in the tool's own namespace does not.
 """
+import contextlib
 import copy
 import os.path as osp
+import pickle
 import runpy
 import sys
 import warnings
@@ -136,13 +143,26 @@ def _pop_flag(argv: List[str], flag: str) -> bool:
     return found
 
 
+@contextlib.contextmanager
+def _checkpoint_loading(unsafe: bool):
+    """Our loads' allow-list for the block; a refused file ends the run with one line."""
+    from ..utils.checkpoint import mmengine_checkpoint_loading, unsafe_load_message
+    with mmengine_checkpoint_loading(unsafe=unsafe):
+        try:
+            yield
+        except pickle.UnpicklingError as err:
+            raise SystemExit(unsafe_load_message(err)) from err
+
+
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     """Check the config named on the command line, then run mmdet's tool ``name``."""
-    import mmnorm_plugin  # noqa: F401  (registrations and checkpoint allow-list)
+    import mmnorm_plugin  # noqa: F401  (registrations)
+    from ..utils.checkpoint import UNSAFE_LOAD_FLAG
     from .dist import init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
     allow_mismatch = _pop_flag(sys.argv, ALLOW_MISMATCH) if name == 'test' else False
+    unsafe_load = _pop_flag(sys.argv, UNSAFE_LOAD_FLAG)
     tool = load_mmdet_tool(name)
     args = tool['parse_args']()
     cfg = Config.fromfile(args.config)
@@ -165,15 +185,17 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     if cpu_dist:
         # before anything else talks to torch.distributed; mmengine then finds the group
         init_cpu_process_group(cfg)
-    if name == 'test' and 'model' in cfg:
-        import torch.distributed as dist
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        message = check_test_checkpoint(cfg, args.checkpoint, args.config, allow_mismatch)
-        if message and rank == 0:
-            warnings.warn(message)
     tool['main'].__globals__['Config'] = _PluginConfig(cpu_dist)
     try:
-        tool['main']()
+        with _checkpoint_loading(unsafe_load):
+            if name == 'test' and 'model' in cfg:
+                import torch.distributed as dist
+                rank = dist.get_rank() if dist.is_initialized() else 0
+                message = check_test_checkpoint(cfg, args.checkpoint, args.config,
+                                                allow_mismatch)
+                if message and rank == 0:
+                    warnings.warn(message)
+            tool['main']()
     finally:
         if cpu_dist:
             # The gloo group we created is ours to close: left to interpreter exit, its

@@ -108,9 +108,9 @@ def strip_checkpoint_file(src: str, dst: str) -> Dict[str, int]:
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError('write the stripped checkpoint to a new file: the original is the '
                          'resume checkpoint and must stay complete')
-    from ..utils.checkpoint import allow_mmengine_checkpoints
-    allow_mmengine_checkpoints()
-    checkpoint = torch.load(src, map_location='cpu', weights_only=True)
+    from ..utils.checkpoint import mmengine_checkpoint_loading
+    with mmengine_checkpoint_loading():
+        checkpoint = torch.load(src, map_location='cpu', weights_only=True)
     release, removed = strip_training_state(checkpoint)
     torch.save(release, dst)
     removed['file bytes before'] = os.path.getsize(src)

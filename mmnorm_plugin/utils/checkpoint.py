@@ -1,28 +1,45 @@
-"""Load mmengine Runner checkpoints under ``torch.load(weights_only=True)``.
+"""Load mmengine Runner checkpoints under torch's weights-only unpickler, in our own tools only.
 
 torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 calls
 ``torch.load`` without the argument, so resuming and ``tools/test.py`` fail on the Runner's own
-checkpoints (their ``message_hub`` holds ``HistoryBuffer`` objects with numpy arrays). Turning the
-safety off for the whole process (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1``) would also accept
-malicious pickles; instead exactly the globals that a Runner checkpoint contains are
-allow-listed, and everything else is still refused by torch.
+checkpoints: their ``message_hub`` holds ``HistoryBuffer`` objects with numpy arrays, and each
+buffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``.
 
-``builtins.getattr`` is on the list because ``HistoryBuffer`` pickles its statistics methods as
-``getattr(HistoryBuffer, 'mean')``. It is inert under the weights-only unpickler: that unpickler
-only *calls* allow-listed callables, so an attribute fetched through ``getattr`` cannot be
-invoked.
+Two rules keep this safe:
+
+* **Nothing is allow-listed at import.** Importing the plugin never changes how anybody else's
+  ``torch.load`` behaves. The allow-list is active only inside :func:`mmengine_checkpoint_loading`,
+  a context our tools open around their own loads, and it is restored exactly on exit.
+* **No general attribute access.** ``builtins.getattr`` itself is never allow-listed: a
+  weights-only file that may call ``getattr`` reaches any module's globals through a function
+  torch already trusts (``torch.serialization._get_layout.__globals__``) and can rewrite
+  ``torch.serialization`` (e.g. turn off the weights-only default for the whole process).
+  The name ``builtins.getattr`` is mapped to :func:`_history_buffer_statistic` instead, which
+  returns ``HistoryBuffer.<name>`` for a registered statistics method and refuses everything
+  else.
+
+A checkpoint that needs more than this is refused by torch; our tools turn that into a one-line
+message naming ``--unsafe-load`` (:data:`UNSAFE_LOAD_FLAG`), which a user must type to load a file
+they trust with the full pickle machinery, for that run only.
 
 :func:`compare_checkpoint_with_model` backs ``tools/test.py``'s check that a checkpoint fits
 the config it is evaluated with (mmengine loads non-strictly and only logs the mismatch, so a
 wrong pairing evaluates a half-random model: mAP 0.005 instead of an error).
 """
-from typing import List
+import contextlib
+import os
+import pickle
+import types
+from typing import Iterator, List
 
 import torch
 
-__all__ = ['mmengine_checkpoint_globals', 'allow_mmengine_checkpoints', 'CheckpointMismatch',
-           'compare_checkpoint_with_model', 'config_differences', 'format_mismatch',
-           'load_foreign_checkpoint']
+__all__ = ['mmengine_checkpoint_globals', 'mmengine_checkpoint_loading', 'UNSAFE_LOAD_FLAG',
+           'unsafe_load_message', 'CheckpointMismatch', 'compare_checkpoint_with_model',
+           'config_differences', 'format_mismatch', 'load_foreign_checkpoint']
+
+UNSAFE_LOAD_FLAG = '--unsafe-load'
+_BUILTIN_STATISTICS = ('min', 'max', 'current', 'mean')
 
 
 def load_foreign_checkpoint(path: str, trust_pickle: bool = False):
@@ -31,7 +48,6 @@ def load_foreign_checkpoint(path: str, trust_pickle: bool = False):
     Weights-only unless ``trust_pickle`` (which runs pickled code: trusted files only); a file
     that pickles objects fails with a ``SystemExit`` naming the switch.
     """
-    import pickle
     try:
         return torch.load(path, map_location='cpu', weights_only=not trust_pickle)
     except pickle.UnpicklingError as err:
@@ -39,8 +55,31 @@ def load_foreign_checkpoint(path: str, trust_pickle: bool = False):
                          '--trust-pickle if you trust the file') from err
 
 
+def _history_buffer_statistic(owner, name):
+    """``getattr`` restricted to what a pickled ``HistoryBuffer`` asks for.
+
+    Stands in for ``builtins.getattr`` during our loads: returns ``HistoryBuffer.<name>`` when
+    ``owner`` is the ``HistoryBuffer`` class and ``name`` one of its registered statistics
+    methods; anything else (a module, a function's ``__globals__``, a dunder) is refused.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+    if owner is HistoryBuffer and type(name) is str:
+        # the built-in four are put into _statistics_methods by the first __init__ only
+        method = (HistoryBuffer._statistics_methods.get(name)
+                  or (vars(HistoryBuffer).get(name) if name in _BUILTIN_STATISTICS else None))
+        if isinstance(method, types.FunctionType):
+            return method
+    raise pickle.UnpicklingError(
+        f'refused getattr({type(owner).__name__} object, {name!r}): a checkpoint may only name '
+        "HistoryBuffer's statistics methods")
+
+
 def mmengine_checkpoint_globals() -> List[object]:
-    """The non-tensor globals pickled into an mmengine 0.10.x Runner checkpoint."""
+    """The non-tensor globals pickled into an mmengine 0.10.x Runner checkpoint.
+
+    numpy's array reconstruction and numeric dtypes, ``HistoryBuffer``, and ``builtins.getattr``
+    bound to :func:`_history_buffer_statistic` (never to ``getattr`` itself).
+    """
     import numpy as np
     from mmengine.logging.history_buffer import HistoryBuffer
     try:  # numpy >= 2
@@ -49,12 +88,42 @@ def mmengine_checkpoint_globals() -> List[object]:
         from numpy.core.multiarray import _reconstruct, scalar
     dtype_classes = [type(np.dtype(t)) for t in (
         'bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'float16', 'float32', 'float64')]
-    return [np.ndarray, np.dtype, _reconstruct, scalar, HistoryBuffer, getattr, *dtype_classes]
+    return [np.ndarray, np.dtype, _reconstruct, scalar, HistoryBuffer, *dtype_classes,
+            (_history_buffer_statistic, 'builtins.getattr')]
 
 
-def allow_mmengine_checkpoints() -> None:
-    """Register :func:`mmengine_checkpoint_globals` as torch safe globals (idempotent)."""
+@contextlib.contextmanager
+def mmengine_checkpoint_loading(unsafe: bool = False) -> Iterator[None]:
+    """Within the block, ``torch.load`` accepts mmengine Runner checkpoints.
+
+    On exit the process's allow-list is restored exactly (entries a caller had added before
+    stay, ours go). ``unsafe=True`` (the user typed :data:`UNSAFE_LOAD_FLAG`) additionally lets
+    ``torch.load`` calls without an explicit ``weights_only`` unpickle anything, for the block
+    only: trusted files only.
+    """
+    before = list(torch.serialization.get_safe_globals())
+    env_before = os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD')
     torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
+    if unsafe:
+        os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'
+    try:
+        yield
+    finally:
+        torch.serialization.clear_safe_globals()
+        torch.serialization.add_safe_globals(before)
+        if unsafe:
+            if env_before is None:
+                os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+            else:
+                os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = env_before
+
+
+def unsafe_load_message(err: BaseException, what: str = 'the checkpoint') -> str:
+    """One line for a checkpoint the weights-only unpickler refused."""
+    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return (f'{what} pickles objects that are not allowed in a weights-only load ({reason}). '
+            f'If you trust the file, rerun with {UNSAFE_LOAD_FLAG} (it can run code stored in '
+            'the file).')
 
 
 class CheckpointMismatch(RuntimeError):
