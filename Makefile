@@ -1,6 +1,7 @@
 # Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent) into the
 # active venv, or .venv (created when none is active; MMNORM_VENV=0: the python3 on PATH).
-.PHONY: install demo demo-small-batch test test-fast data small-batch-study
+.PHONY: install demo demo-small-batch test test-fast data small-batch-study norm-sweep-study \
+	norm-sweep-report
 
 install:
 	bash tools/setup_env.sh
@@ -8,6 +9,7 @@ install:
 data:
 	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco'
 	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco_hard --variant hard'
+	bash -c 'source tools/python_env.sh && "$$PY" -c "from mmnorm_plugin.datasets import make_photo_digits as m; m(\"data/photo_digits\")"'
 
 demo:
 	bash tools/run_demo.sh
@@ -36,3 +38,22 @@ test:
 
 test-fast:
 	bash tools/run_tests.sh -m "not slow"
+
+# The README's norm_sweep study (docs/norm_sweep_*): every norm at 1 and 2 images per batch and
+# BN at 8, 5 paired seeds, on the neutral set from scratch. Resumable: rerun to continue; records
+# under work_dirs/norm_sweep/. About 2-4 min per arm-seed on one core; 75 arm-seeds.
+SWEEP_CONFIG = configs/norm_sweep/faster-rcnn_r18-w16_fpn_bn_scratch_photo-digits.py
+SWEEP_ARGS = --norms BN GN CBN MABN BGN BKN XBN --batch 1 2 --also BN@8 --reference BN@8 \
+	--groups 8 --seeds 0 1 2 3 4
+norm-sweep-study: install
+	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/norm_sweep.py $(SWEEP_CONFIG) \
+	  $(SWEEP_ARGS) --jobs $${JOBS:-2} --nice 10 --out work_dirs/norm_sweep/photo-digits_scratch \
+	  --report docs/norm_sweep_photo-digits_scratch \
+	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'
+
+# Regenerate the README's norm_sweep table and figure from the committed JSON (no training).
+norm-sweep-report:
+	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/norm_sweep.py \
+	  --from-json docs/norm_sweep_photo-digits_scratch.json --reference BN@8 \
+	  --report docs/norm_sweep_photo-digits_scratch \
+	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'

@@ -22,7 +22,9 @@ stops the run with one line naming ``--unsafe-load``, which the user types to tr
 
 mmdet's ``main`` then reads the config itself. It is handed a ``Config`` whose ``fromfile``
 adds ``custom_imports=dict(imports=['mmnorm_plugin'], allow_failed_imports=False)`` to configs
-that lack it (and, for a CPU ``--launcher pytorch`` run, the CPU-capable DDP wrapper). This is
+that lack it, :class:`~mmnorm_plugin.engine.WeightsOnlyCheckpointHook` (checkpoints that load
+with torch's weights-only default, in mmdet's APIs too) and, for a CPU ``--launcher pytorch``
+run, the CPU-capable DDP wrapper. This is
 the one place every later consumer reads from: the Runner dumps ``cfg`` into the work dir and
 ``cfg.pretty_text`` into ``checkpoint['meta']['cfg']``, so the saved config and checkpoint load
 in ``init_detector``, ``DetInferencer`` and every mmdet tool without the user importing the
@@ -79,6 +81,15 @@ def add_plugin_import(cfg: Config) -> Config:
     return cfg
 
 
+def add_weights_only_checkpoints(cfg: Config) -> Config:
+    """Make the Runner write checkpoints that load with torch's weights-only default and no
+    allow-list (:class:`~mmnorm_plugin.engine.WeightsOnlyCheckpointHook`)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'WeightsOnlyCheckpointHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='WeightsOnlyCheckpointHook')]
+    return cfg
+
+
 class _PluginConfig:
     """What mmdet's ``main`` sees as ``Config``: ``fromfile`` with the plugin's additions."""
 
@@ -86,7 +97,7 @@ class _PluginConfig:
         self.cpu_dist = cpu_dist
 
     def fromfile(self, *args, **kwargs) -> Config:
-        cfg = add_plugin_import(Config.fromfile(*args, **kwargs))
+        cfg = add_weights_only_checkpoints(add_plugin_import(Config.fromfile(*args, **kwargs)))
         if self.cpu_dist:
             from .dist import use_cpu_ddp
             use_cpu_ddp(cfg)

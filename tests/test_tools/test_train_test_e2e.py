@@ -3,6 +3,7 @@
 Runs the real CLIs in subprocesses, in a temporary working directory holding a freshly
 generated tiny dataset (relative `data/tiny_coco/` as in the configs).
 """
+import argparse
 import glob
 import json
 import math
@@ -15,6 +16,7 @@ import pytest
 import torch
 
 from mmnorm_plugin.apis.mmdet_tools import MMDET_TOOLS
+from mmnorm_plugin.utils.checkpoint import mmengine_checkpoint_loading
 from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -80,7 +82,8 @@ def test_resume_continues_from_the_checkpoint(workdir):
     train_dir = workdir / 'resume'
     _run([osp.join(ROOT, 'tools', 'train.py'), FASTER, '--work-dir', str(train_dir),
           *_short(2), *NO_BURNIN], cwd=workdir)
-    first = torch.load(train_dir / 'iter_2.pth', map_location='cpu')
+    with mmengine_checkpoint_loading():
+        first = torch.load(train_dir / 'iter_2.pth', map_location='cpu')
     # the CBN history is part of the checkpoint (2 past iterations in every layer)
     hist_len = {k: int(v) for k, v in first['state_dict'].items() if k.endswith('hist_len')}
     assert hist_len and set(hist_len.values()) == {2}, hist_len
@@ -90,7 +93,8 @@ def test_resume_continues_from_the_checkpoint(workdir):
     assert 'resumed' in log.lower()
     # training went on from iteration 3 instead of starting over
     assert 'Iter(train) [3/4]' in log and 'Iter(train) [1/4]' not in log
-    resumed = torch.load(train_dir / 'iter_4.pth', map_location='cpu')
+    with mmengine_checkpoint_loading():
+        resumed = torch.load(train_dir / 'iter_4.pth', map_location='cpu')
     assert first['meta']['iter'] == 2 and resumed['meta']['iter'] == 4
     # the window kept filling from the restored history: 2 + 2 iterations, capped at 3
     assert {int(v) for k, v in resumed['state_dict'].items() if k.endswith('hist_len')} == {3}
@@ -103,3 +107,30 @@ def test_mmdets_shipped_train_tool_runs_our_config(workdir):
     _run([osp.join(MMDET_TOOLS, 'train.py'), FASTER, '--work-dir', str(train_dir),
           *_short(1)], cwd=workdir)
     assert (train_dir / 'iter_1.pth').exists()
+
+
+def test_our_test_tool_loads_a_plain_mmdet_checkpoint_and_refuses_foreign_objects(workdir):
+    """A checkpoint written by mmdet's own train.py (no plugin hook) loads in tools/test.py
+    under the scoped allow-list; one that pickles anything else stops with one line naming
+    --unsafe-load, and loads once the user types it."""
+    train_dir = workdir / 'plain_mmdet'
+    _run([osp.join(MMDET_TOOLS, 'train.py'), FASTER, '--work-dir', str(train_dir),
+          *_short(1)], cwd=workdir)
+    ckpt = train_dir / 'iter_1.pth'
+    _run([osp.join(ROOT, 'tools', 'test.py'), FASTER, str(ckpt), '--work-dir',
+          str(workdir / 'plain_test')], cwd=workdir)
+    with mmengine_checkpoint_loading():
+        checkpoint = torch.load(ckpt, map_location='cpu')
+    checkpoint['meta']['extra'] = argparse.Namespace(note='foreign object')
+    foreign = train_dir / 'foreign.pth'
+    torch.save(checkpoint, foreign)
+    env = dict(os.environ)
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', 'test.py'), FASTER,
+                           str(foreign), '--work-dir', str(workdir / 'foreign_test')],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert '--unsafe-load' in last and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    _run([osp.join(ROOT, 'tools', 'test.py'), FASTER, str(foreign), '--unsafe-load',
+          '--work-dir', str(workdir / 'foreign_test')], cwd=workdir)

@@ -1,0 +1,536 @@
+"""``norm_sweep``: A/B the plugin's norms on any mmdet config, with paired seeds and intervals.
+
+A sweep is a grid of *arms*: a norm (where it goes: backbone / neck / heads) at a number of
+images per batch, each trained once per seed. Every arm-seed is a separate process pair, the
+project's ``tools/train.py`` then ``tools/test.py``, on a config derived from the user's
+(:func:`arm_config`): only the norm and the batch (with the LR scaled linearly) change, and
+seed ``s`` gives every arm the same initialization and data order (mmengine's
+``randomness.seed`` seeds the weights and the sampler), so arms are compared seed by seed.
+
+Each finished arm-seed writes one JSON record (``<out>/records/``): the arm, the base config,
+every option applied to it, the seed, images per batch and LR, the git commit (and whether the
+tree was dirty), package versions, wall time, peak memory and the final COCO metrics. A record
+that exists is never recomputed: a killed sweep resumes where it stopped (an arm cut short
+resumes from its own last checkpoint through ``tools/train.py --resume``).
+
+The report (:func:`analyze`, :func:`format_report`, :func:`plot_sweep`) gives per arm n, mean
+and std, and the paired difference against a baseline arm at the same images per batch and
+against a reference arm (e.g. BN at 8 images) with the 95 % t interval (and a bootstrap
+interval beside it; :mod:`mmnorm_plugin.analysis.paired_stats`).
+"""
+import concurrent.futures
+import copy
+import datetime
+import json
+import os
+import os.path as osp
+import platform
+import subprocess
+import sys
+import threading
+import time
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+__all__ = ['NORM_PRESETS', 'PARTS', 'Arm', 'parse_norm', 'arm_config', 'norm_sites',
+           'run_sweep', 'load_records', 'analyze', 'format_report', 'plot_sweep',
+           'write_report', 'ensure_dataset']
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+PARTS = ('backbone', 'neck', 'heads')
+
+#: name -> how the arm changes the model. ``norm_cfg``/``conv_cfg``: put at every norm site of
+#: the arm's parts (``None``: no norm). ``backbone``: 'XBN' swaps ResNet/ResNeXt for the XBNBlock
+#: backbone (its own norms: the config's BN, live, plus GroupNorm in each block) and puts
+#: ``norm_cfg`` in neck and heads. ``frozen_backbone``: the backbone's BN frozen (statistics and
+#: affine), ``norm_cfg`` in neck and heads (the fine-tune setting's "no norm" baseline with None).
+NORM_PRESETS: Dict[str, Dict] = {
+    'BN': dict(norm_cfg=dict(type='BN', requires_grad=True)),
+    'SyncBN': dict(norm_cfg=dict(type='SyncBN', requires_grad=True)),
+    'GN': dict(norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
+    'CBN': dict(norm_cfg=dict(type='CBN', requires_grad=True)),
+    'MABN': dict(norm_cfg=dict(type='MABN', requires_grad=True),
+                 conv_cfg=dict(type='CenConv2d')),
+    'BGN': dict(norm_cfg=dict(type='BGN', num_groups=32, requires_grad=True)),
+    'BKN': dict(norm_cfg=dict(type='BKN', requires_grad=True)),
+    'XBN': dict(backbone='XBN', norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
+    'FrozenBN': dict(frozen_backbone=True, norm_cfg=None),
+}
+_SPEC_KEYS = {'norm_cfg', 'conv_cfg', 'backbone', 'frozen_backbone', 'parts'}
+_XBN_BACKBONES = {'ResNet': 'XBNResNet', 'ResNeXt': 'XBNResNeXt'}
+# necks that take norm_cfg/conv_cfg although configs usually leave them out
+_NECKS_WITH_NORM = {'FPN', 'PAFPN', 'ChannelMapper', 'HRFPN', 'NASFPN', 'NASFCOS_FPN', 'RFP',
+                    'CTResNetNeck', 'YOLOV3Neck', 'DilatedEncoder', 'SSDNeck', 'FPG'}
+
+
+class Arm:
+    """One norm at one number of images per batch: ``name`` reads ``CBN@1``."""
+
+    def __init__(self, norm: str, spec: Dict, batch: int):
+        self.norm, self.spec, self.batch = norm, spec, int(batch)
+        self.name = f'{norm}@{self.batch}'
+
+    def __repr__(self):
+        return f'Arm({self.name})'
+
+
+def parse_norm(text: str, groups: Optional[int] = None) -> Tuple[str, Dict]:
+    """``'CBN'`` (a preset) or ``'NAME={json spec}'``; ``groups`` replaces the group count of
+    every GroupNorm-like preset (the tiny models' widths 16..128 need 8 instead of 32)."""
+    if '=' in text:
+        name, _, body = text.partition('=')
+        try:
+            spec = json.loads(body)
+        except json.JSONDecodeError as err:
+            raise ValueError(f'--norm {name}: the spec is not JSON ({err}): {body!r}') from None
+        if not isinstance(spec, dict) or not set(spec) <= _SPEC_KEYS or not spec:
+            raise ValueError(f'--norm {name}: a spec is a JSON object with keys from '
+                             f'{sorted(_SPEC_KEYS)}, got {body!r}')
+        return name.strip(), spec
+    if text not in NORM_PRESETS:
+        import difflib
+        close = difflib.get_close_matches(text, NORM_PRESETS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ''
+        raise ValueError(f'unknown norm {text!r}{hint}; presets: {sorted(NORM_PRESETS)}, or '
+                         'NAME=\'{"norm_cfg": {...}}\'')
+    spec = copy.deepcopy(NORM_PRESETS[text])
+    norm_cfg = spec.get('norm_cfg')
+    if groups is not None and norm_cfg and 'num_groups' in norm_cfg:
+        norm_cfg['num_groups'] = int(groups)
+    return text, spec
+
+
+def _path_str(path: Sequence) -> str:
+    out = ''
+    for key in path:
+        out += f'[{key}]' if isinstance(key, int) else (f'.{key}' if out else str(key))
+    return out
+
+
+def _find_norm_sites(node, path) -> List[Tuple]:
+    sites = []
+    if isinstance(node, dict):
+        if 'norm_cfg' in node:
+            sites.append(tuple(path))
+        for key, value in node.items():
+            if key not in ('norm_cfg', 'conv_cfg', 'init_cfg', 'train_cfg', 'test_cfg',
+                           'loss_cls', 'loss_bbox', 'loss_mask', 'anchor_generator',
+                           'bbox_coder'):
+                sites += _find_norm_sites(value, path + [key])
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            sites += _find_norm_sites(value, path + [i])
+    return sites
+
+
+def norm_sites(model: Dict, parts: Iterable[str]) -> Dict[str, List[Tuple]]:
+    """Where each part's norm configs are, as paths from ``model``.
+
+    ``backbone``: the backbone dict. ``neck``: each neck (a FPN-like neck gets a site even when
+    the config leaves ``norm_cfg`` out, since it takes one). ``heads``: every dict under a
+    ``*head`` entry of the model that has a ``norm_cfg`` key (a config opts a head in with
+    ``norm_cfg=None``; heads without one, such as the RPN head, have no norm to swap).
+    """
+    out = {}
+    for part in parts:
+        if part not in PARTS:
+            raise ValueError(f'unknown part {part!r}; parts: {PARTS}')
+        if part == 'backbone':
+            out[part] = [('backbone',)] if isinstance(model.get('backbone'), dict) else []
+        elif part == 'neck':
+            neck = model.get('neck')
+            necks = [(('neck',), neck)] if isinstance(neck, dict) else [
+                (('neck', i), n) for i, n in enumerate(neck or []) if isinstance(n, dict)]
+            out[part] = [p for p, n in necks
+                         if 'norm_cfg' in n or n.get('type') in _NECKS_WITH_NORM]
+        else:
+            out[part] = [site for key, value in model.items() if key.endswith('head')
+                         for site in _find_norm_sites(value, [key])]
+    return out
+
+
+def _get(node, path):
+    for key in path:
+        node = node[key]
+    return node
+
+
+def arm_config(config: str, arm: Arm, seed: int, parts: Sequence[str] = PARTS,
+               cfg_options: Optional[Dict] = None):
+    """The config of one arm-seed and the options that made it from ``config``.
+
+    Returns ``(cfg, options)``: ``options`` maps dotted paths to the values set (JSON-able),
+    recorded with the results. The LR is ``lr * batch / base`` with ``base`` the config's
+    ``auto_scale_lr.base_batch_size`` (else its own batch size); ``auto_scale_lr`` is then
+    switched off so that nothing scales it twice. Validation during training is switched off:
+    ``tools/test.py`` evaluates the final checkpoint once.
+    """
+    from mmengine.config import Config
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(copy.deepcopy(cfg_options))
+    model = cfg.model
+    spec = arm.spec
+    arm_parts = list(spec.get('parts', parts))
+    options: Dict[str, object] = {}
+    backbone = model.get('backbone', {})
+    if spec.get('backbone') == 'XBN':
+        if backbone.get('type') not in _XBN_BACKBONES:
+            raise ValueError(f'{arm.name}: the XBN arm swaps a ResNet/ResNeXt backbone, the '
+                             f"config's is {backbone.get('type')!r}")
+        options['model.backbone.type'] = _XBN_BACKBONES[backbone['type']]
+        options['model.backbone.norm_eval'] = False
+        arm_parts = [p for p in arm_parts if p != 'backbone']
+    if spec.get('frozen_backbone'):
+        options['model.backbone.norm_cfg'] = dict(type='BN', requires_grad=False)
+        options['model.backbone.norm_eval'] = True
+        arm_parts = [p for p in arm_parts if p != 'backbone']
+    sites = norm_sites(model, arm_parts)
+    for part in arm_parts:
+        if not sites[part]:
+            raise ValueError(f"{arm.name}: the config's {part} has no norm_cfg to swap "
+                             f"(give the part's dict norm_cfg=None to opt it in, or leave "
+                             f"{part} out of --parts)")
+        for site in sites[part]:
+            prefix = 'model.' + _path_str(site)
+            options[f'{prefix}.norm_cfg'] = copy.deepcopy(spec.get('norm_cfg'))
+            if 'conv_cfg' in spec:
+                options[f'{prefix}.conv_cfg'] = copy.deepcopy(spec['conv_cfg'])
+    if 'backbone' in arm_parts and spec.get('norm_cfg') is not None:
+        # live statistics in the backbone: mmdet's norm_eval=True would freeze them
+        options['model.backbone.norm_eval'] = False
+    base_batch = cfg.get('auto_scale_lr', {}).get('base_batch_size') or \
+        cfg.train_dataloader.batch_size
+    lr = cfg.optim_wrapper.optimizer.lr
+    options['train_dataloader.batch_size'] = arm.batch
+    options['optim_wrapper.optimizer.lr'] = lr * arm.batch / base_batch
+    if 'auto_scale_lr' in cfg:
+        options['auto_scale_lr.enable'] = False
+    options['randomness.seed'] = int(seed)
+    options['train_cfg.val_interval'] = 10 ** 9
+    for key, value in options.items():
+        *parents, leaf = _split(key)
+        _get(cfg, parents)[leaf] = copy.deepcopy(value)
+    return cfg, options
+
+
+def _split(dotted: str) -> List:
+    keys = []
+    for part in dotted.split('.'):
+        while '[' in part:
+            head, _, rest = part.partition('[')
+            if head:
+                keys.append(head)
+            index, _, part = rest.partition(']')
+            keys.append(int(index))
+        if part:
+            keys.append(part)
+    return keys
+
+
+def ensure_dataset(cfg) -> Optional[str]:
+    """Generate the project's own sets (tiny_coco, tiny_coco_hard, photo_digits) when a config
+    reads one that is not there yet; return the data root (None when it is not ours)."""
+    try:
+        root = cfg.train_dataloader.dataset.data_root.rstrip('/')
+    except AttributeError:
+        return None
+    if osp.isfile(osp.join(root, 'annotations', 'instances_val.json')):
+        return root
+    name = osp.basename(root)
+    if name == 'photo_digits':
+        from ..datasets import make_photo_digits
+        make_photo_digits(root)
+    elif name in ('tiny_coco', 'tiny_coco_hard'):
+        from ..utils.tiny_coco import make_tiny_coco
+        make_tiny_coco(root, variant='hard' if name.endswith('_hard') else 'default')
+    else:
+        return None
+    return root
+
+
+def provenance() -> Dict:
+    """Git commit (and dirty flag) of the plugin checkout, package versions, machine."""
+    def git(*args):
+        try:
+            return subprocess.run(['git', '-C', ROOT, *args], capture_output=True, text=True,
+                                  timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ''
+    versions = {}
+    for module in ('torch', 'mmengine', 'mmcv', 'mmdet', 'numpy', 'mmnorm_plugin'):
+        try:
+            versions[module] = __import__(module).__version__
+        except Exception:  # noqa: BLE001 (a missing package is recorded, not fatal)
+            versions[module] = None
+    return dict(commit=git('rev-parse', 'HEAD') or None,
+                dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
+                versions=versions, python=platform.python_version(),
+                machine=f'{platform.machine()}, {os.cpu_count()} CPUs')
+
+
+def _run(cmd: List[str], log_path: str, env: Dict, nice: int) -> Tuple[int, float, float]:
+    """Run ``cmd`` with output to ``log_path``; return (exit code, seconds, peak RSS in MiB)."""
+    start = time.time()
+    with open(log_path, 'a') as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.getcwd(),
+                                preexec_fn=(lambda: os.nice(nice)) if nice else None)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.time() - start, usage.ru_maxrss / 1024
+
+
+def _last_checkpoint(work_dir: str) -> Optional[str]:
+    marker = osp.join(work_dir, 'last_checkpoint')
+    if osp.isfile(marker):
+        path = open(marker).read().strip()
+        return path if osp.isfile(path) else None
+    return None
+
+
+def _test_metrics(test_dir: str) -> Dict:
+    import glob
+    files = sorted(glob.glob(osp.join(test_dir, '*', '*.json')))
+    if not files:
+        raise RuntimeError(f'tools/test.py wrote no metrics under {test_dir}')
+    with open(files[-1]) as f:
+        return json.loads(f.read().splitlines()[-1])
+
+
+def _record_path(out_dir: str, arm: Arm, seed: int) -> str:
+    return osp.join(out_dir, 'records', f'{arm.norm}@{arm.batch}_seed{seed}.json')
+
+
+_CONFIG_LOCK = threading.Lock()
+
+
+def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str] = PARTS,
+            cfg_options: Optional[Dict] = None, threads: int = 1, nice: int = 0,
+            keep_checkpoints: bool = False, python: str = sys.executable) -> Dict:
+    """Train and evaluate one arm-seed (resuming its own checkpoint); write and return its
+    record."""
+    run_dir = osp.join(out_dir, 'runs', f'{arm.norm}@{arm.batch}_seed{seed}')
+    arm_cfg = osp.join(run_dir, 'config.py')
+    # mmengine's `mmdet::` config lookup (pkg_resources) is not thread-safe
+    with _CONFIG_LOCK:
+        cfg, options = arm_config(config, arm, seed, parts, cfg_options)
+        ensure_dataset(cfg)
+        os.makedirs(run_dir, exist_ok=True)
+        cfg.dump(arm_cfg)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONUNBUFFERED='1')
+    log = osp.join(run_dir, 'run.log')
+    train_dir, test_dir = osp.join(run_dir, 'train'), osp.join(run_dir, 'test')
+    rc, train_s, train_mem = _run([python, osp.join(ROOT, 'tools', 'train.py'), arm_cfg,
+                                   '--work-dir', train_dir, '--resume'], log, env, nice)
+    checkpoint = _last_checkpoint(train_dir)
+    if rc != 0 or checkpoint is None:
+        raise RuntimeError(f'{arm.name} seed {seed}: training failed (exit {rc}); see {log}')
+    rc, test_s, test_mem = _run([python, osp.join(ROOT, 'tools', 'test.py'), arm_cfg,
+                                 checkpoint, '--work-dir', test_dir], log, env, nice)
+    if rc != 0:
+        raise RuntimeError(f'{arm.name} seed {seed}: evaluation failed (exit {rc}); see {log}')
+    metrics = {k: v for k, v in _test_metrics(test_dir).items() if k.startswith('coco/')}
+    record = dict(
+        arm=arm.name, norm=arm.norm, spec=arm.spec, images_per_batch=arm.batch, seed=seed,
+        config=osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config,
+        parts=list(arm.spec.get('parts', parts)), cfg_options=cfg_options or {},
+        options=options, lr=options['optim_wrapper.optimizer.lr'], threads=threads,
+        train_seconds=round(train_s, 1), test_seconds=round(test_s, 1),
+        peak_memory_mib=round(max(train_mem, test_mem), 1), metrics=metrics,
+        finished=datetime.datetime.now().isoformat(timespec='seconds'), **provenance())
+    path = _record_path(out_dir, arm, seed)
+    os.makedirs(osp.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w') as f:
+        json.dump(record, f, indent=1)
+    os.replace(path + '.tmp', path)  # a record exists whole or not at all
+    if not keep_checkpoints:
+        import glob
+        for ckpt in glob.glob(osp.join(train_dir, '*.pth')):
+            os.remove(ckpt)
+    return record
+
+
+def run_sweep(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: str,
+              parts: Sequence[str] = PARTS, cfg_options: Optional[Dict] = None, jobs: int = 1,
+              threads: Optional[int] = None, nice: int = 0, keep_checkpoints: bool = False,
+              logger=None) -> List[Dict]:
+    """Run every (arm, seed) without a record, ``jobs`` at a time, seed-major (all arms of a
+    seed before the next seed, so that a stopped sweep leaves complete pairs); return the
+    records of the grid (old and new)."""
+    from mmengine.logging import print_log
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
+    todo = [(arm, s) for s in seeds for arm in arms
+            if not osp.isfile(_record_path(out_dir, arm, s))]
+    total = len(arms) * len(seeds)
+    print_log(f'norm_sweep: {total} arm-seeds, {total - len(todo)} already recorded, '
+              f'{len(todo)} to run ({jobs} at a time, {threads} thread(s) each) -> {out_dir}',
+              logger=logger)
+    done, lock, failures = total - len(todo), threading.Lock(), []
+
+    def one(item):
+        nonlocal done
+        arm, seed = item
+        try:
+            record = run_arm(config, arm, seed, out_dir, parts, cfg_options, threads, nice,
+                             keep_checkpoints)
+        except Exception as err:  # noqa: BLE001 (report every failure, keep the others going)
+            with lock:
+                failures.append(f'{arm.name} seed {seed}: {err}')
+                print_log(f'norm_sweep: FAILED {arm.name} seed {seed}: {err}', logger=logger,
+                          level=40)
+            return
+        with lock:
+            done += 1
+            wall = record['train_seconds'] + record['test_seconds']
+            print_log(f"norm_sweep [{done}/{total}] {arm.name} seed {seed}: bbox mAP "
+                      f"{record['metrics'].get('coco/bbox_mAP', float('nan')):.3f} "
+                      f"({int(wall) // 60} min {int(wall) % 60:02d} s)", logger=logger)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        list(pool.map(one, todo))
+    if failures:
+        raise RuntimeError('norm_sweep: some arm-seeds failed:\n' + '\n'.join(failures))
+    return load_records(out_dir)
+
+
+def load_records(source: str) -> List[Dict]:
+    """Records from a sweep directory (``records/*.json``) or a report JSON (its ``records``)."""
+    import glob
+    if osp.isfile(source):
+        with open(source) as f:
+            return json.load(f)['records']
+    records = []
+    for path in sorted(glob.glob(osp.join(source, 'records', '*.json'))):
+        with open(path) as f:
+            records.append(json.load(f))
+    return records
+
+
+def _arm_key(name: str) -> Tuple[str, int]:
+    norm, _, batch = name.rpartition('@')
+    return norm, int(batch)
+
+
+def analyze(records: Sequence[Dict], baseline: Optional[str] = 'BN',
+            reference: Optional[str] = None, metric: str = 'coco/bbox_mAP') -> Dict:
+    """Per arm: n, mean, std, and the paired differences vs ``baseline`` (a norm, at the same
+    images per batch) and vs ``reference`` (an arm such as ``BN@8``), with Holm-adjusted
+    p-values over each family of comparisons."""
+    from .paired_stats import holm, paired_difference, summarize
+    by_arm: Dict[str, Dict[int, float]] = {}
+    for rec in records:
+        if metric in rec['metrics']:
+            by_arm.setdefault(rec['arm'], {})[rec['seed']] = rec['metrics'][metric]
+    arms = sorted(by_arm, key=lambda a: (_arm_key(a)[1], _arm_key(a)[0]))
+    rows = []
+    for arm in arms:
+        norm, batch = _arm_key(arm)
+        row = dict(arm=arm, norm=norm, images_per_batch=batch, **summarize(
+            [by_arm[arm][s] for s in sorted(by_arm[arm])]), seeds=sorted(by_arm[arm]))
+        base = f'{baseline}@{batch}' if baseline else None
+        if base in by_arm and base != arm:
+            row['vs_baseline'] = dict(arm=base, **paired_difference(by_arm[arm], by_arm[base]))
+        if reference in by_arm and reference != arm:
+            row['vs_reference'] = dict(arm=reference,
+                                       **paired_difference(by_arm[arm], by_arm[reference]))
+        rows.append(row)
+    for key in ('vs_baseline', 'vs_reference'):
+        family = holm({r['arm']: r[key]['p'] for r in rows if key in r})
+        for row in rows:
+            if row['arm'] in family:
+                row[key]['p_holm'] = family[row['arm']]['p_adj']
+    return dict(metric=metric, baseline=baseline, reference=reference, rows=rows)
+
+
+def format_report(analysis: Dict, title: str = '') -> str:
+    """Markdown: one table, a row per arm (mAP in points: mean ± std (n); paired differences
+    with the 95 % t interval, ``*`` where it excludes 0)."""
+    from .paired_stats import format_interval, format_mean_std
+    base, ref = analysis['baseline'], analysis['reference']
+    head = ['arm', f"{analysis['metric']} ×100, mean ± std (n)"]
+    if base:
+        head.append(f'paired Δ vs {base} at the same images/batch [95 % CI]')
+    if ref:
+        head.append(f'paired Δ vs {ref} [95 % CI]')
+    lines = [f'**{title}**', ''] if title else []
+    lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+    for row in analysis['rows']:
+        cells = [row['arm'], format_mean_std(row)]
+        if base:
+            cells.append(format_interval(row['vs_baseline']) if 'vs_baseline' in row else '–')
+        if ref:
+            cells.append(format_interval(row['vs_reference']) if 'vs_reference' in row else '–')
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    lines.append('')
+    lines.append('`*`: the 95 % t interval of the paired differences (same seed = same init and '
+                 'data order) excludes 0. Δ in mAP points.')
+    return '\n'.join(lines)
+
+
+def plot_sweep(analysis: Dict, path: str, title: str = '',
+               highlight: Sequence[str] = ('CBN', 'MABN', 'BGN', 'BKN', 'XBN')) -> None:
+    """mAP vs images per batch, one line per norm, 95 % t intervals as error bars; the plugin's
+    norms drawn thick and on top, the baselines thin and dashed, every line with its own
+    marker; the reference arm as a shaded band."""
+    import math
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from scipy import stats
+    rows = analysis['rows']
+    ref = analysis['reference']
+    norms = []
+    for row in rows:
+        if row['arm'] != ref and row['norm'] not in norms:
+            norms.append(row['norm'])
+    markers = 'osD^vP*Xh<>p'
+    styles = ['-', '--', '-.', ':']
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    batches = sorted({r['images_per_batch'] for r in rows if r['arm'] != ref})
+    offsets = {n: (i - (len(norms) - 1) / 2) * 0.035 for i, n in enumerate(norms)}
+    for i, norm in enumerate(norms):
+        pts = [r for r in rows if r['norm'] == norm and r['arm'] != ref]
+        pts.sort(key=lambda r: r['images_per_batch'])
+        xs = [math.log2(r['images_per_batch']) + offsets[norm] for r in pts]
+        ys = [r['mean'] * 100 for r in pts]
+        errs = [(stats.t.ppf(0.975, r['n'] - 1) * r['std'] / math.sqrt(r['n']) * 100)
+                if r['n'] > 1 else 0 for r in pts]
+        mine = norm in highlight
+        ax.errorbar(xs, ys, yerr=errs, marker=markers[i % len(markers)],
+                    linestyle='-' if mine else styles[1 + i % 3], linewidth=2.4 if mine else 1.2,
+                    markersize=8 if mine else 6, capsize=4, zorder=3 if mine else 2,
+                    label=f"{norm} (n={min(r['n'] for r in pts)})")
+    for row in rows:
+        if row['arm'] == ref and row['n']:
+            half = (stats.t.ppf(0.975, row['n'] - 1) * row['std'] / math.sqrt(row['n']) * 100
+                    if row['n'] > 1 else 0)
+            ax.axhspan(row['mean'] * 100 - half, row['mean'] * 100 + half, color='grey',
+                       alpha=0.25, zorder=1)
+            ax.axhline(row['mean'] * 100, color='grey', linewidth=1, zorder=1,
+                       label=f"{ref} (reference, n={row['n']})")
+    ax.set_xticks([math.log2(b) for b in batches], [str(b) for b in batches])
+    ax.set_xlabel('images per batch')
+    ax.set_ylabel(f"{analysis['metric']} × 100 (mean, 95 % CI)")
+    if title:
+        ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(records: Sequence[Dict], out_prefix: str, baseline: Optional[str] = 'BN',
+                 reference: Optional[str] = None, title: str = '',
+                 metric: str = 'coco/bbox_mAP') -> Dict:
+    """``<prefix>.md`` (table), ``<prefix>.json`` (records + analysis), ``<prefix>.png``."""
+    analysis = analyze(records, baseline, reference, metric)
+    text = format_report(analysis, title)
+    os.makedirs(osp.dirname(osp.abspath(out_prefix)), exist_ok=True)
+    with open(out_prefix + '.md', 'w') as f:
+        f.write(text + '\n')
+    with open(out_prefix + '.json', 'w') as f:
+        json.dump(dict(title=title, analysis=analysis, records=list(records)), f, indent=1)
+    if analysis['rows']:
+        plot_sweep(analysis, out_prefix + '.png', title)
+    return dict(analysis=analysis, text=text)

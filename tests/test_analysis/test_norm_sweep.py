@@ -1,0 +1,113 @@
+"""norm_sweep: arm configs from any mmdet config, the report, and a resumable end-to-end sweep."""
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+from mmengine.config import Config
+
+from mmnorm_plugin.analysis.norm_sweep import (Arm, analyze, arm_config, format_report,
+                                               load_records, norm_sites, parse_norm,
+                                               write_report)
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+STUDY = osp.join(ROOT, 'configs', 'norm_sweep',
+                 'faster-rcnn_r18-w16_fpn_bn_scratch_photo-digits.py')
+
+
+def _arm(text, batch, groups=None):
+    name, spec = parse_norm(text, groups)
+    return Arm(name, spec, batch)
+
+
+def test_every_norm_site_of_the_chosen_parts_is_swapped_and_nothing_else():
+    cfg, options = arm_config(STUDY, _arm('CBN', 1), seed=3)
+    for path in ('backbone', 'neck', 'roi_head.bbox_head'):
+        assert cfg.model[path.split('.')[0]] is not None
+    assert cfg.model.backbone.norm_cfg.type == 'CBN' and not cfg.model.backbone.norm_eval
+    assert cfg.model.neck.norm_cfg.type == 'CBN'
+    assert cfg.model.roi_head.bbox_head.norm_cfg.type == 'CBN'
+    assert cfg.train_dataloader.batch_size == 1 and cfg.randomness.seed == 3
+    # the LR is written for 8 images per batch; scaled once, never twice
+    assert cfg.optim_wrapper.optimizer.lr == pytest.approx(0.08 / 8)
+    assert cfg.auto_scale_lr.enable is False
+    base = Config.fromfile(STUDY)
+    changed = {k for k in options if not k.startswith(('model.', 'randomness',
+                                                       'train_dataloader.batch_size',
+                                                       'optim_wrapper.optimizer.lr',
+                                                       'auto_scale_lr', 'train_cfg'))}
+    assert not changed
+    assert cfg.model.rpn_head == base.model.rpn_head  # no norm there: untouched
+
+
+def test_parts_mabn_conv_and_groups():
+    cfg, _ = arm_config(STUDY, _arm('MABN', 2), seed=0, parts=['neck', 'heads'])
+    assert cfg.model.backbone.norm_cfg.type == 'BN'  # not a chosen part
+    assert cfg.model.neck.conv_cfg.type == 'CenConv2d'
+    assert cfg.model.roi_head.bbox_head.conv_cfg.type == 'CenConv2d'
+    cfg, _ = arm_config(STUDY, _arm('GN', 2, groups=8), seed=0)
+    assert cfg.model.neck.norm_cfg == dict(type='GN', num_groups=8, requires_grad=True)
+
+
+def test_xbn_and_frozen_bn_arms():
+    cfg, _ = arm_config(STUDY, _arm('XBN', 1, groups=8), seed=0)
+    assert cfg.model.backbone.type == 'XBNResNet'
+    assert cfg.model.backbone.norm_cfg.type == 'BN' and cfg.model.neck.norm_cfg.type == 'GN'
+    cfg, _ = arm_config(STUDY, _arm('FrozenBN', 2), seed=0)
+    assert cfg.model.backbone.norm_cfg.requires_grad is False and cfg.model.backbone.norm_eval
+    assert cfg.model.neck.norm_cfg is None and cfg.model.roi_head.bbox_head.norm_cfg is None
+
+
+def test_a_part_without_norm_is_refused_with_the_fix():
+    cfg = Config.fromfile(STUDY)
+    del cfg.model.roi_head.bbox_head['norm_cfg']
+    path = osp.join(os.environ.get('TMPDIR', '/tmp'), 'no_head_norm.py')
+    cfg.dump(path)
+    with pytest.raises(ValueError, match='heads has no norm_cfg'):
+        arm_config(path, _arm('BN', 1), seed=0)
+    assert norm_sites(cfg.model, ['heads'])['heads'] == []
+
+
+def test_unknown_norm_and_bad_spec():
+    with pytest.raises(ValueError, match="did you mean 'CBN'"):
+        parse_norm('CNB')
+    with pytest.raises(ValueError, match='not JSON'):
+        parse_norm('X={norm_cfg: 1}')
+    name, spec = parse_norm('Mine={"norm_cfg": {"type": "GN", "num_groups": 4}}')
+    assert name == 'Mine' and spec['norm_cfg']['num_groups'] == 4
+
+
+def _records(shift, seeds=range(5)):
+    base = [0.40, 0.45, 0.38, 0.50, 0.42]
+    jitter = [0.010, -0.004, 0.006, -0.008, 0.002]
+    out = []
+    for s in seeds:
+        out.append(dict(arm='BN@1', seed=s, metrics={'coco/bbox_mAP': base[s]}))
+        out.append(dict(arm='Broken@1', seed=s,
+                        metrics={'coco/bbox_mAP': base[s] - shift + jitter[s]}))
+        out.append(dict(arm='BN@8', seed=s, metrics={'coco/bbox_mAP': base[s] + 0.05}))
+    return out
+
+
+def test_a_broken_norm_is_reported_worse_with_an_interval_excluding_zero(tmp_path):
+    analysis = analyze(_records(shift=0.10), baseline='BN', reference='BN@8')
+    row = {r['arm']: r for r in analysis['rows']}['Broken@1']
+    assert row['vs_baseline']['mean'] == pytest.approx(-0.10, abs=0.01)
+    assert row['vs_baseline']['ci'][1] < 0 and row['vs_baseline']['excludes_zero']
+    # seed-to-seed spread of an arm (std 0.047) is far larger than the paired spread: the
+    # pairing is what makes the difference visible
+    assert row['std'] > 4 * row['vs_baseline']['sd']
+    text = format_report(analysis)
+    assert '| Broken@1 |' in text and '*' in text.split('| Broken@1 |')[1].splitlines()[0]
+    out = write_report(_records(0.10), str(tmp_path / 'rep'), 'BN', 'BN@8', 'test')
+    assert (tmp_path / 'rep.png').stat().st_size > 0
+    assert load_records(str(tmp_path / 'rep.json')) == _records(0.10)
+    assert out['analysis']['rows']
+
+
+def test_no_difference_is_not_claimed():
+    analysis = analyze(_records(shift=0.0), baseline='BN')
+    row = {r['arm']: r for r in analysis['rows']}['Broken@1']
+    assert not row['vs_baseline']['excludes_zero']

@@ -1,0 +1,114 @@
+"""A/B normalization layers on any mmdet config: paired seeds, 95 % intervals, table + JSON + PNG.
+
+    python tools/analysis/norm_sweep.py CONFIG --norms BN GN CBN --batch 1 2 --seeds 0 1 2 3 4 \
+        [--parts backbone neck heads] [--also BN@8] [--baseline BN] [--reference BN@8] \
+        [--groups 8] [--norm NAME='{"norm_cfg": {...}}'] [--jobs 2] [--nice 10] \
+        [--cfg-options k=v ...] --out work_dirs/norm_sweep/NAME
+
+Every arm-seed runs tools/train.py then tools/test.py as separate processes; finished arm-seeds
+(records under OUT/records) are skipped, so rerunning the same command resumes a killed sweep.
+`--report-only` (re)writes OUT/sweep.{md,json,png} from the records, `--from-json FILE` from a
+report JSON (e.g. one committed under docs/). See mmnorm_plugin.analysis.norm_sweep.
+"""
+import argparse
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+
+from mmengine.config import DictAction  # noqa: E402
+
+from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, load_records,  # noqa: E402
+                                               parse_norm, run_sweep, write_report)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', nargs='?', help='any mmdet config (not needed with '
+                        '--from-json)')
+    parser.add_argument('--out', help='sweep directory (records/, runs/, sweep.*)')
+    parser.add_argument('--norms', nargs='+', default=['BN', 'GN', 'CBN'],
+                        help='presets (BN SyncBN GN CBN MABN BGN BKN XBN FrozenBN) or names '
+                        'given with --norm')
+    parser.add_argument('--norm', action='append', default=[], metavar="NAME='{json}'",
+                        help='define an arm: a JSON object with norm_cfg, conv_cfg, backbone '
+                        "('XBN'), frozen_backbone, parts")
+    parser.add_argument('--batch', nargs='+', type=int, default=[1, 2],
+                        help='images per batch (the LR is scaled linearly)')
+    parser.add_argument('--also', nargs='*', default=[], metavar='NORM@BATCH',
+                        help='extra arms outside the grid, e.g. a large-batch reference BN@8')
+    parser.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2, 3, 4])
+    parser.add_argument('--parts', nargs='+', default=list(PARTS), choices=PARTS,
+                        help='where the norm goes')
+    parser.add_argument('--groups', type=int, default=None,
+                        help='group count of GN/BGN/XBN arms (default: the methods\' 32)')
+    parser.add_argument('--baseline', default='BN', help='norm compared at the same batch')
+    parser.add_argument('--reference', default=None, help='arm every arm is compared with, '
+                        'e.g. BN@8')
+    parser.add_argument('--jobs', type=int, default=1, help='arm-seeds run at once')
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch threads per job (default: CPUs / jobs)')
+    parser.add_argument('--nice', type=int, default=0, help='niceness of the runs')
+    parser.add_argument('--keep-checkpoints', action='store_true')
+    parser.add_argument('--title', default='')
+    parser.add_argument('--metric', default='coco/bbox_mAP')
+    parser.add_argument('--report-only', action='store_true',
+                        help='only write the report from the records in --out')
+    parser.add_argument('--from-json', help='write the report from this report JSON')
+    parser.add_argument('--report', help='report path prefix (default: OUT/sweep)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='applied to every arm before the norm swap (recorded)')
+    args = parser.parse_args(argv)
+    if not args.from_json and not args.out:
+        parser.error('--out is required (or --from-json)')
+    if not (args.from_json or args.report_only) and not args.config:
+        parser.error('a config is required to run arms')
+    if args.config and not args.config.startswith('mmdet::') and not osp.isfile(args.config):
+        parser.error(f'config {args.config} does not exist')
+    return args
+
+
+def build_arms(args):
+    defined = {}
+    for text in args.norm:
+        name, spec = parse_norm(text)
+        defined[name] = spec
+
+    def spec_of(name):
+        return defined[name] if name in defined else parse_norm(name, args.groups)[1]
+
+    arms = [Arm(n, spec_of(n), b) for b in args.batch for n in args.norms]
+    for item in args.also:
+        norm, sep, batch = item.rpartition('@')
+        if not sep or not batch.isdigit():
+            raise SystemExit(f'--also {item!r}: write NORM@BATCH, e.g. BN@8')
+        if all(a.name != item for a in arms):
+            arms.append(Arm(norm, spec_of(norm), int(batch)))
+    return arms
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.from_json:
+            records = load_records(args.from_json)
+        else:
+            if not args.report_only:
+                arms = build_arms(args)
+                run_sweep(args.config, arms, args.seeds, args.out, args.parts,
+                          args.cfg_options, args.jobs, args.threads, args.nice,
+                          args.keep_checkpoints)
+            records = load_records(args.out)
+    except (ValueError, RuntimeError) as err:
+        raise SystemExit(str(err)) from None
+    prefix = args.report or osp.join(args.out or osp.dirname(args.from_json), 'sweep')
+    report = write_report(records, prefix, args.baseline, args.reference, args.title,
+                          args.metric)
+    print(report['text'])
+    print(f'\nwritten: {prefix}.md, {prefix}.json' + (
+        f', {prefix}.png' if report['analysis']['rows'] else ''))
+
+
+if __name__ == '__main__':
+    main()
