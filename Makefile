@@ -1,7 +1,7 @@
 # Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent) into the
 # active venv, or .venv (created when none is active; MMNORM_VENV=0: the python3 on PATH).
 .PHONY: install demo demo-small-batch test test-fast data small-batch-study norm-sweep-study \
-	norm-sweep-report
+	norm-sweep-report norm-sweep-finetune pretrain
 
 install:
 	bash tools/setup_env.sh
@@ -48,12 +48,27 @@ SWEEP_ARGS = --norms BN GN CBN MABN BGN BKN XBN --batch 1 2 --also BN@8 --refere
 norm-sweep-study: install
 	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/norm_sweep.py $(SWEEP_CONFIG) \
 	  $(SWEEP_ARGS) --jobs $${JOBS:-2} --nice 10 --out work_dirs/norm_sweep/photo-digits_scratch \
-	  --report docs/norm_sweep_photo-digits_scratch \
+	  --report docs/norm_sweep_photo-digits_scratch --readme README.md photo-digits_scratch \
 	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'
 
 # Regenerate the README's norm_sweep table and figure from the committed JSON (no training).
 norm-sweep-report:
 	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/norm_sweep.py \
 	  --from-json docs/norm_sweep_photo-digits_scratch.json --reference BN@8 \
-	  --report docs/norm_sweep_photo-digits_scratch \
+	  --report docs/norm_sweep_photo-digits_scratch --readme README.md photo-digits_scratch \
 	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'
+
+# The fine-tune setting's backbone: ResNet-18-w16 pretrained on 10 digits + background in photo
+# crops (a few minutes on one core); configs/norm_sweep/*_finetune_* load it.
+pretrain: install
+	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/pretrain_backbone.py \
+	  --out checkpoints/r18-w16_photo-digit-crops.pth'
+
+# The fine-tune setting (frozen pretrained backbone, the norm in FPN + head), same grid.
+norm-sweep-finetune: install
+	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/norm_sweep.py \
+	  configs/norm_sweep/faster-rcnn_r18-w16_fpn_bn_finetune_photo-digits.py --parts neck heads \
+	  --norms BN GN CBN MABN BGN BKN FrozenBN --batch 1 2 --also BN@8 --reference BN@8 \
+	  --groups 8 --seeds 0 1 2 3 4 --jobs $${JOBS:-2} --nice 10 \
+	  --out work_dirs/norm_sweep/photo-digits_finetune --report docs/norm_sweep_photo-digits_finetune \
+	  --title "Neutral set (photo digits), fine-tune: frozen pretrained backbone, norm in FPN + head"'

@@ -33,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ['NORM_PRESETS', 'PARTS', 'Arm', 'parse_norm', 'arm_config', 'norm_sites',
            'run_sweep', 'load_records', 'analyze', 'format_report', 'plot_sweep',
-           'write_report', 'ensure_dataset']
+           'write_report', 'ensure_dataset', 'update_readme']
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PARTS = ('backbone', 'neck', 'heads')
@@ -534,3 +534,18 @@ def write_report(records: Sequence[Dict], out_prefix: str, baseline: Optional[st
     if analysis['rows']:
         plot_sweep(analysis, out_prefix + '.png', title)
     return dict(analysis=analysis, text=text)
+
+
+def update_readme(path: str, section: str, text: str) -> None:
+    """Replace what stands between ``<!-- norm_sweep:SECTION -->`` and
+    ``<!-- /norm_sweep:SECTION -->`` in ``path`` by ``text`` (the markers must exist)."""
+    begin, end = f'<!-- norm_sweep:{section} -->', f'<!-- /norm_sweep:{section} -->'
+    with open(path) as f:
+        content = f.read()
+    if content.count(begin) != 1 or content.count(end) != 1 or \
+            content.index(begin) > content.index(end):
+        raise ValueError(f'{path} needs exactly one {begin} ... {end} block')
+    head, rest = content.split(begin)
+    _, tail = rest.split(end)
+    with open(path, 'w') as f:
+        f.write(f'{head}{begin}\n{text.strip()}\n{end}{tail}')

@@ -16,8 +16,9 @@ never to the stored images.
   drawn from disjoint halves (val shows handwriting no training image contains), upscaled
   bilinearly to 14-28 px and alpha-blended with an ink colour that contrasts with the crop's
   local luminance (dark ink on light ground, light on dark), 1 to 4 per image, not overlapping.
-* **Annotations**: the mask is the blended alpha > 0.5; COCO polygons (from its contours), the
-  exact bbox and area of that mask, so ``bbox`` and ``segm`` metrics both work.
+* **Annotations**: the mask is the blended alpha > 0.5, stored as COCO RLE (exact, holes of a 0
+  or a 4 included; polygons would fill them), with the exact bbox and area of that mask, so
+  ``bbox`` and ``segm`` metrics both work.
 
 Deterministic: the same ``seed`` writes byte-identical PNG and JSON files.
 """
@@ -29,7 +30,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 from PIL import Image
 
-__all__ = ['CLASSES', 'make_photo_digits', 'photo_sources']
+__all__ = ['CLASSES', 'make_photo_digits', 'photo_sources', 'photo_digit_crops']
 
 #: the digits drawn, one class each (see the module docstring for why four)
 DIGITS = (0, 1, 4, 7)
@@ -65,16 +66,6 @@ def _background(rng: np.random.Generator, photos: List[np.ndarray], size: int) -
     return crop[:, ::-1] if rng.random() < 0.5 else crop
 
 
-def _polygons(mask: np.ndarray) -> List[List[float]]:
-    import cv2
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_SIMPLE)
-    # pixel centres -> pixel corners would shift by 0.5; COCO polygons use the same convention
-    # as pycocotools' rasterization of contour points, which reproduces the mask area closely
-    return [[float(v) for point in c.reshape(-1, 2) for v in point]
-            for c in contours if len(c) >= 3]
-
-
 def _make_image(rng, photos, digit_images, digit_labels, size, max_objects, side_range):
     img = _background(rng, photos, size)
     objects, boxes = [], []
@@ -107,8 +98,11 @@ def _make_image(rng, photos, digit_images, digit_labels, size, max_objects, side
 def _annotation(mask: np.ndarray, label: int, image_id: int, ann_id: int) -> Dict:
     ys, xs = np.nonzero(mask)
     x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    from pycocotools import mask as mask_utils
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle['counts'] = rle['counts'].decode('ascii')
     return dict(id=ann_id, image_id=image_id, category_id=label + 1,
-                segmentation=_polygons(mask), area=float(mask.sum()),
+                segmentation=rle, area=float(mask.sum()),
                 bbox=[float(x0), float(y0), float(x1 - x0), float(y1 - y0)], iscrowd=0)
 
 
@@ -150,3 +144,39 @@ def make_photo_digits(out_dir: str, num_train: int = 400, num_val: int = 500,
             json.dump(dict(images=entries, annotations=annotations, categories=categories), f)
         paths[split] = path
     return paths
+
+
+def photo_digit_crops(num: int, size: int = 32, side_range: Tuple[int, int] = (14, 28),
+                      seed: int = 0, background_fraction: float = 1 / 11):
+    """The fine-tune setting's pretraining task: classify ``size`` px crops of the same
+    photographs as showing one of the ten digits (0-9) or none (class 10).
+
+    Digits come from the even-index half of scikit-learn's digits only, so the detection set's
+    validation handwriting (odd indices) is never seen in pretraining. Returns ``(images uint8
+    N x size x size x 3, labels int64 N)``, deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    photos = photo_sources()
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images_all = digits.images[0::2].astype(np.float32) / 16.0
+    labels_all = digits.target[0::2].astype(np.int64)
+    out = np.empty((num, size, size, 3), dtype=np.uint8)
+    labels = np.empty(num, dtype=np.int64)
+    for i in range(num):
+        img = _background(rng, photos, size)
+        if rng.random() < background_fraction:
+            labels[i] = 10
+        else:
+            index = int(rng.integers(len(images_all)))
+            side = int(rng.integers(side_range[0], min(side_range[1], size) + 1))
+            x0, y0 = (int(v) for v in rng.integers(0, size - side + 1, size=2))
+            alpha = np.asarray(Image.fromarray(images_all[index]).resize(
+                (side, side), Image.BILINEAR), dtype=np.float32).clip(0, 1)
+            region = img[y0:y0 + side, x0:x0 + side]
+            ink = (rng.uniform(165, 255, size=3) if region.mean() < 128
+                   else rng.uniform(0, 90, size=3))
+            region[...] = region * (1 - alpha[..., None]) + ink * alpha[..., None]
+            labels[i] = labels_all[index]
+        out[i] = np.clip(np.round(img), 0, 255).astype(np.uint8)
+    return out, labels

@@ -111,3 +111,70 @@ def test_no_difference_is_not_claimed():
     analysis = analyze(_records(shift=0.0), baseline='BN')
     row = {r['arm']: r for r in analysis['rows']}['Broken@1']
     assert not row['vs_baseline']['excludes_zero']
+
+
+# An unmodified mmdet model config (RetinaNet from mmdet's own bases, ResNet-18) pointed at the
+# tiny set through the project's dataset and runtime bases; the head opts into the norm swap.
+_USER_CONFIG = """
+_base_ = ['mmdet::_base_/models/retinanet_r50_fpn.py',
+          '{root}/configs/_base_/datasets/tiny_coco_detection.py',
+          '{root}/configs/_base_/tiny_runtime.py', '{root}/configs/_base_/plugin.py']
+model = dict(
+    backbone=dict(depth=18, init_cfg=None, norm_eval=False, frozen_stages=-1),
+    neck=dict(in_channels=[64, 128, 256, 512], out_channels=32),
+    bbox_head=dict(num_classes=3, in_channels=32, feat_channels=32, stacked_convs=1,
+                   norm_cfg=None))
+train_cfg = dict(max_iters=2, val_interval=2)
+default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))
+"""
+
+
+@pytest.mark.slow
+def test_sweep_runs_an_mmdet_config_resumes_after_a_kill_and_reports(tmp_path):
+    from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+    make_tiny_coco(str(tmp_path / 'data' / 'tiny_coco'), num_train=4, num_val=3)
+    config = tmp_path / 'retinanet_r18_tiny.py'
+    config.write_text(_USER_CONFIG.format(root=ROOT))
+    out = tmp_path / 'sweep'
+    cmd = [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'norm_sweep.py'), str(config),
+           '--norms', 'BN', 'GN', 'CBN', '--groups', '8', '--batch', '1', '2', '--seeds', '0',
+           '1', '--jobs', '2', '--out', str(out)]
+    env = dict(os.environ, PYTHONWARNINGS='ignore')
+    # kill the sweep once its first record lands; rerun: finished arm-seeds are not redone
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    records = out / 'records'
+    import time
+    deadline = time.time() + 600
+    while time.time() < deadline and not (records.exists() and any(records.iterdir())):
+        time.sleep(1)
+    os.killpg(proc.pid, 9)
+    proc.wait()
+    first = {p.name: p.stat().st_mtime_ns for p in records.glob('*.json')}
+    assert first, 'no record before the kill'
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert f'{len(first)} already recorded' in done.stdout + done.stderr
+    after = {p.name: p.stat().st_mtime_ns for p in records.glob('*.json')}
+    assert len(after) == 12 and all(after[k] == v for k, v in first.items())
+    rec = json.loads((records / 'CBN@2_seed1.json').read_text())
+    assert rec['options']['model.backbone.norm_cfg']['type'] == 'CBN'
+    assert rec['options']['model.bbox_head.norm_cfg']['type'] == 'CBN'
+    assert rec['images_per_batch'] == 2 and rec['seed'] == 1 and rec['commit']
+    assert rec['lr'] == pytest.approx(0.02 * 2 / 2) and rec['peak_memory_mib'] > 0
+    assert 'coco/bbox_mAP' in rec['metrics'] and rec['versions']['mmdet'] == '3.3.0'
+    for ext in ('md', 'json', 'png'):
+        assert (out / f'sweep.{ext}').stat().st_size > 0
+    table = (out / 'sweep.md').read_text()
+    assert '| CBN@1 |' in table and '(n=2)' in table
+
+
+def test_readme_block_is_replaced_in_place(tmp_path):
+    from mmnorm_plugin.analysis.norm_sweep import update_readme
+    readme = tmp_path / 'README.md'
+    readme.write_text('intro\n<!-- norm_sweep:x -->\nold\n<!-- /norm_sweep:x -->\nrest\n')
+    update_readme(str(readme), 'x', '| new |')
+    assert readme.read_text() == 'intro\n<!-- norm_sweep:x -->\n| new |\n<!-- /norm_sweep:x -->\nrest\n'
+    with pytest.raises(ValueError, match='norm_sweep:y'):
+        update_readme(str(readme), 'y', 'z')

@@ -19,7 +19,8 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmengine.config import DictAction  # noqa: E402
 
 from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, load_records,  # noqa: E402
-                                               parse_norm, run_sweep, write_report)
+                                               parse_norm, run_sweep, update_readme,
+                                               write_report)
 
 
 def parse_args(argv=None):
@@ -57,6 +58,9 @@ def parse_args(argv=None):
                         help='only write the report from the records in --out')
     parser.add_argument('--from-json', help='write the report from this report JSON')
     parser.add_argument('--report', help='report path prefix (default: OUT/sweep)')
+    parser.add_argument('--readme', nargs=2, metavar=('FILE', 'SECTION'),
+                        help='also put the table between <!-- norm_sweep:SECTION --> and '
+                        '<!-- /norm_sweep:SECTION --> in FILE')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='applied to every arm before the norm swap (recorded)')
     args = parser.parse_args(argv)
@@ -105,6 +109,8 @@ def main(argv=None):
     prefix = args.report or osp.join(args.out or osp.dirname(args.from_json), 'sweep')
     report = write_report(records, prefix, args.baseline, args.reference, args.title,
                           args.metric)
+    if args.readme:
+        update_readme(args.readme[0], args.readme[1], report['text'])
     print(report['text'])
     print(f'\nwritten: {prefix}.md, {prefix}.json' + (
         f', {prefix}.png' if report['analysis']['rows'] else ''))
