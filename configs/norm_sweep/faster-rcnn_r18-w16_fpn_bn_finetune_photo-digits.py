@@ -10,4 +10,6 @@ model = dict(
         norm_cfg=dict(type='BN', requires_grad=False),
         norm_eval=True,
         frozen_stages=1,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/r18-w16_photo-digit-crops.pth')))
+        init_cfg=dict(
+            _delete_=True, type='Pretrained',
+            checkpoint='checkpoints/r18-w16_photo-digit-crops.pth')))

@@ -43,6 +43,7 @@ PARTS = ('backbone', 'neck', 'heads')
 #: backbone (its own norms: the config's BN, live, plus GroupNorm in each block) and puts
 #: ``norm_cfg`` in neck and heads. ``frozen_backbone``: the backbone's BN frozen (statistics and
 #: affine), ``norm_cfg`` in neck and heads (the fine-tune setting's "no norm" baseline with None).
+#: A user spec may also give ``custom_hooks`` (appended to the config's, e.g. PreciseNormHook).
 NORM_PRESETS: Dict[str, Dict] = {
     'BN': dict(norm_cfg=dict(type='BN', requires_grad=True)),
     'SyncBN': dict(norm_cfg=dict(type='SyncBN', requires_grad=True)),
@@ -55,7 +56,7 @@ NORM_PRESETS: Dict[str, Dict] = {
     'XBN': dict(backbone='XBN', norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)),
     'FrozenBN': dict(frozen_backbone=True, norm_cfg=None),
 }
-_SPEC_KEYS = {'norm_cfg', 'conv_cfg', 'backbone', 'frozen_backbone', 'parts'}
+_SPEC_KEYS = {'norm_cfg', 'conv_cfg', 'backbone', 'frozen_backbone', 'parts', 'custom_hooks'}
 _XBN_BACKBONES = {'ResNet': 'XBNResNet', 'ResNeXt': 'XBNResNeXt'}
 # necks that take norm_cfg/conv_cfg although configs usually leave them out
 _NECKS_WITH_NORM = {'FPN', 'PAFPN', 'ChannelMapper', 'HRFPN', 'NASFPN', 'NASFCOS_FPN', 'RFP',
@@ -198,6 +199,9 @@ def arm_config(config: str, arm: Arm, seed: int, parts: Sequence[str] = PARTS,
     if 'backbone' in arm_parts and spec.get('norm_cfg') is not None:
         # live statistics in the backbone: mmdet's norm_eval=True would freeze them
         options['model.backbone.norm_eval'] = False
+    if spec.get('custom_hooks'):  # e.g. PreciseNormHook: appended to the config's own hooks
+        options['custom_hooks'] = list(cfg.get('custom_hooks') or []) + \
+            copy.deepcopy(list(spec['custom_hooks']))
     base_batch = cfg.get('auto_scale_lr', {}).get('base_batch_size') or \
         cfg.train_dataloader.batch_size
     lr = cfg.optim_wrapper.optimizer.lr

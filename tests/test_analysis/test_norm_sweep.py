@@ -60,6 +60,14 @@ def test_xbn_and_frozen_bn_arms():
     assert cfg.model.neck.norm_cfg is None and cfg.model.roi_head.bbox_head.norm_cfg is None
 
 
+def test_an_arm_can_add_hooks():
+    name, spec = parse_norm('BGNp={"norm_cfg": {"type": "BGN", "num_groups": 8}, '
+                            '"custom_hooks": [{"type": "PreciseNormHook", "num_batches": 50}]}')
+    cfg, options = arm_config(STUDY, Arm(name, spec, 1), seed=0)
+    assert cfg.custom_hooks[-1] == dict(type='PreciseNormHook', num_batches=50)
+    assert options['custom_hooks'][-1]['type'] == 'PreciseNormHook'
+
+
 def test_a_part_without_norm_is_refused_with_the_fix():
     cfg = Config.fromfile(STUDY)
     del cfg.model.roi_head.bbox_head['norm_cfg']
