@@ -33,7 +33,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 __all__ = ['NORM_PRESETS', 'PARTS', 'Arm', 'parse_norm', 'arm_config', 'norm_sites',
            'run_sweep', 'load_records', 'analyze', 'format_report', 'plot_sweep',
-           'write_report', 'ensure_dataset', 'update_readme']
+           'write_report', 'ensure_dataset', 'update_readme', 'import_records']
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PARTS = ('backbone', 'neck', 'heads')
@@ -395,6 +395,23 @@ def run_sweep(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: s
     if failures:
         raise RuntimeError('norm_sweep: some arm-seeds failed:\n' + '\n'.join(failures))
     return load_records(out_dir)
+
+
+def import_records(records: Sequence[Dict], out_dir: str) -> int:
+    """Write records (e.g. from a committed report JSON) that ``out_dir`` lacks into
+    ``out_dir/records``, verbatim, so that a sweep on a fresh machine never recomputes them;
+    return how many were added."""
+    added = 0
+    for rec in records:
+        norm, batch = _arm_key(rec['arm'])
+        path = _record_path(out_dir, Arm(norm, {}, batch), rec['seed'])
+        if not osp.isfile(path):
+            os.makedirs(osp.dirname(path), exist_ok=True)
+            with open(path + '.tmp', 'w') as f:
+                json.dump(rec, f, indent=1)
+            os.replace(path + '.tmp', path)
+            added += 1
+    return added
 
 
 def load_records(source: str) -> List[Dict]:

@@ -16,8 +16,9 @@ BatchNorm at 8 images per batch (the small-batch regime the plugin's norms are f
   variance *between* images' channel means as large as the variance within an image. BN at
   batch 1 trains on each image's own statistics (it never sees the between-image part) but
   tests with running statistics that contain it, so training and testing disagree; BN at
-  batch 8 trains on statistics that already mix 8 images. Batch-independent norms (GN,
-  BGN, ...) remove a per-image gain/offset in their first layer in training and testing alike.
+  batch 8 trains on statistics that already mix 8 images. Batch-independent norms (GN, XBN's
+  GroupNorm) remove a per-image gain/offset in their first layer in training and testing alike;
+  BGN at batch 1 does so in training only (it evaluates with running averages, like BN).
 * small images, 96x96 px: a stride-32 feature map is 3x3, so BN at batch 1 estimates each
   deep channel's statistics from 9 values (72 at batch 8);
 * per-image object scale: every radius is multiplied by a zoom log-uniform in [0.8, 1.3];

@@ -115,6 +115,15 @@ def test_a_broken_norm_is_reported_worse_with_an_interval_excluding_zero(tmp_pat
     assert out['analysis']['rows']
 
 
+def test_committed_records_are_imported_once_and_verbatim(tmp_path):
+    from mmnorm_plugin.analysis.norm_sweep import import_records
+    records = _records(0.1, seeds=range(2))
+    assert import_records(records, str(tmp_path)) == 6
+    assert import_records(records, str(tmp_path)) == 0
+    assert sorted(load_records(str(tmp_path)), key=lambda r: (r['arm'], r['seed'])) == \
+        sorted(records, key=lambda r: (r['arm'], r['seed']))
+
+
 def test_no_difference_is_not_claimed():
     analysis = analyze(_records(shift=0.0), baseline='BN')
     row = {r['arm']: r for r in analysis['rows']}['Broken@1']

@@ -6,7 +6,8 @@
         [--cfg-options k=v ...] --out work_dirs/norm_sweep/NAME
 
 Every arm-seed runs tools/train.py then tools/test.py as separate processes; finished arm-seeds
-(records under OUT/records) are skipped, so rerunning the same command resumes a killed sweep.
+(records under OUT/records, and those of the --report JSON, e.g. committed under docs/) are
+skipped, so rerunning the same command resumes a killed sweep, on this machine or a fresh one.
 `--report-only` (re)writes OUT/sweep.{md,json,png} from the records, `--from-json FILE` from a
 report JSON (e.g. one committed under docs/). See mmnorm_plugin.analysis.norm_sweep.
 """
@@ -18,9 +19,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmengine.config import DictAction  # noqa: E402
 
-from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, load_records,  # noqa: E402
-                                               parse_norm, run_sweep, update_readme,
-                                               write_report)
+from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, import_records,  # noqa: E402
+                                               load_records, parse_norm, run_sweep,
+                                               update_readme, write_report)
 
 
 def parse_args(argv=None):
@@ -98,6 +99,11 @@ def main(argv=None):
         if args.from_json:
             records = load_records(args.from_json)
         else:
+            report_json = (args.report or osp.join(args.out, 'sweep')) + '.json'
+            if osp.isfile(report_json):  # committed records count as done on any machine
+                added = import_records(load_records(report_json), args.out)
+                if added:
+                    print(f'norm_sweep: {added} records taken from {report_json}')
             if not args.report_only:
                 arms = build_arms(args)
                 run_sweep(args.config, arms, args.seeds, args.out, args.parts,
