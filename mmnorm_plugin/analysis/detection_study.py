@@ -61,8 +61,11 @@ def format_table(arms: Sequence[Dict]) -> str:
 def plot_study(arms: Sequence[Dict], path: str, title: str = '',
                references: Sequence[str] = ()) -> str:
     """Bar chart of bbox mAP (bars) and AP50 (markers) per arm; the arms named in
-    ``references`` (e.g. BN at 8 and at 1 image per batch) are grey bars and a dashed line across
-    the chart. Returns ``path``."""
+    ``references`` (e.g. BN at 8 and at 1 image per batch) are grey bars and a line across the
+    chart, drawn above the bars (one dash pattern each). A variant of an arm
+    (``'CBN-1, official running stats'`` of ``'CBN-1'``, see
+    :mod:`~mmnorm_plugin.analysis.plot_style`) is a hatched, lighter bar, so the defaults stand
+    out without colour. Returns ``path``."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -74,25 +77,36 @@ def plot_study(arms: Sequence[Dict], path: str, title: str = '',
         raise KeyError(f'reference arms {missing} are not among {names}')
     fig, ax = plt.subplots(figsize=(max(5.0, 0.75 * len(arms) + 1.5), 3.6))
     xs = list(range(len(arms)))
-    colours = ['tab:gray' if a['name'] in references else 'tab:blue' for a in arms]
-    bars = ax.bar(xs, [a['mAP'] for a in arms], color=colours)
     from matplotlib.patches import Patch
+
+    from .plot_style import arm_styles
+    styles = arm_styles(names)
+    bars = []
+    for x, arm in zip(xs, arms):
+        colour = 'tab:gray' if arm['name'] in references else 'tab:blue'
+        hatch = styles[arm['name']]['hatch']
+        bars += ax.bar(x, arm['mAP'], color=colour, alpha=1.0 if hatch is None else 0.55,
+                       hatch=hatch, edgecolor='white' if hatch else colour, zorder=2)
     handles = [Patch(color='tab:blue', label='bbox mAP')]
+    if any(not s['default'] for s in styles.values()):
+        handles.append(Patch(facecolor='tab:blue', alpha=0.55, hatch='//', edgecolor='white',
+                             label='bbox mAP, a variant of the arm before it'))
     if references:
         handles.append(Patch(color='tab:gray', label='bbox mAP, reference arm'))
-    ax.plot(xs, [a['AP50'] for a in arms], 'o', color='tab:orange', label='AP50')
+    ax.plot(xs, [a['AP50'] for a in arms], 'o', color='tab:orange', label='AP50', zorder=4)
     for bar, arm in zip(bars, arms):
         ax.annotate(f"{arm['mAP']:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     ha='center', va='bottom', fontsize=7)
     for style, ref in zip(('--', ':', '-.'), references):
-        ax.axhline(by_name[ref]['mAP'], color='gray', linestyle=style, linewidth=1,
-                   label=f'{ref} mAP')
+        ax.axhline(by_name[ref]['mAP'], color='dimgray', linestyle=style, linewidth=1.2,
+                   label=f'{ref} mAP', zorder=3)
     ax.set_xticks(xs)
     ax.set_xticklabels(names, rotation=30, ha='right', fontsize=8)
     ax.set_ylabel('COCO bbox mAP / AP50')
     ax.set_ylim(0, min(1.0, 1.25 * max(max(a['AP50'], a['mAP']) for a in arms) + 0.02))
-    ax.legend(handles=handles + ax.get_legend_handles_labels()[0], fontsize=7, loc='upper left',
-              ncol=2)
+    handles += ax.get_legend_handles_labels()[0]
+    # one row above the highest marker (the y range leaves 25 % headroom for it)
+    ax.legend(handles=handles, fontsize=7, loc='upper left', ncol=len(handles))
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()

@@ -45,3 +45,19 @@ def test_plot_writes_png_and_checks_references(tmp_path):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     with pytest.raises(KeyError, match='GN-1'):
         plot_study(arms, str(tmp_path / 'other.png'), references=['GN-1'])
+
+
+def test_cli_redraws_from_saved_json_without_work_dirs(tmp_path):
+    import importlib.util
+    import os.path as osp
+    root = osp.join(osp.dirname(__file__), '..', '..')
+    spec = importlib.util.spec_from_file_location(
+        'detection_study_cli', osp.join(root, 'tools', 'analysis', 'detection_study.py'))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / 'chart.png'
+    cli.main(['--from-json', osp.join(root, 'docs', 'small_batch_detection.json'),
+              '--out', str(out)])
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with pytest.raises(SystemExit, match='one of the two'):
+        cli.main([])
