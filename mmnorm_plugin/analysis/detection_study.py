@@ -14,7 +14,8 @@ import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence
 
-__all__ = ['read_arm', 'parse_arms', 'format_table', 'plot_study']
+__all__ = ['read_arm', 'parse_arms', 'arm_label', 'compare_with_study', 'format_table',
+           'plot_study']
 
 _STAMP = '%Y%m%d_%H%M%S'
 
@@ -28,8 +29,9 @@ def _timestamp(path: str) -> Optional[float]:
 
 def read_arm(name: str, work_dir: str) -> Dict:
     """Metrics of one arm: ``name``, ``config`` (file name of the config the training dumped
-    into ``work_dir/train``, None if absent), ``mAP``, ``AP50``, ``AP75``, ``seconds`` (None if
-    unknown).
+    into ``work_dir/train``, None if absent), ``norm_cfg_options`` (``{}``: the config as it
+    is; the study's JSON records the options of arms run with ``--cfg-options``), ``mAP``,
+    ``AP50``, ``AP75``, ``seconds`` (None if unknown).
 
     Raises ``FileNotFoundError`` naming ``work_dir`` when no test result is there.
     """
@@ -43,8 +45,30 @@ def read_arm(name: str, work_dir: str) -> Dict:
     seconds = round(os.path.getmtime(results[-1]) - max(starts)) if starts else None
     configs = glob.glob(osp.join(work_dir, 'train', '*.py'))
     return dict(name=name, config=osp.basename(configs[0]) if configs else None,
-                mAP=metrics['coco/bbox_mAP'], AP50=metrics['coco/bbox_mAP_50'],
-                AP75=metrics['coco/bbox_mAP_75'], seconds=seconds)
+                norm_cfg_options={}, mAP=metrics['coco/bbox_mAP'],
+                AP50=metrics['coco/bbox_mAP_50'], AP75=metrics['coco/bbox_mAP_75'],
+                seconds=seconds)
+
+
+def arm_label(arm: Dict) -> str:
+    """An arm as a reader can rerun it: its config and the ``norm_cfg`` options it was run with
+    on top of the config (``norm_cfg_options``, set in every norm_cfg of the model; several
+    arms of the study share a config and differ only there)."""
+    label = arm.get('config') or arm['name']
+    options = arm.get('norm_cfg_options')
+    if options:
+        label += ' + norm_cfg ' + ', '.join(f'{k}={v!r}' for k, v in options.items())
+    return label
+
+
+def compare_with_study(config: str, mAP: float, study: Sequence[Dict]) -> str:
+    """``run_demo.sh``'s summary: this run's bbox mAP above the study's arms of the same config
+    and its BN arms, each named by :func:`arm_label`."""
+    rows = [a for a in study
+            if a['config'] == osp.basename(config) or a['name'].startswith('BN-')]
+    lines = [f'  {mAP:.3f}  this run ({osp.basename(config)})']
+    lines += [f"  {a['mAP']:.3f}  {arm_label(a)}" for a in rows]
+    return '\n'.join(lines)
 
 
 def format_table(arms: Sequence[Dict]) -> str:
