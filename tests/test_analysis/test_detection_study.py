@@ -92,7 +92,8 @@ def test_the_demo_config_comments_name_what_make_demo_runs():
     root = osp.join(osp.dirname(__file__), '..', '..')
     default = re.search(r'CONFIG=\$\{CONFIG:-([^}]+)\}',
                         open(osp.join(root, 'tools', 'run_demo.sh')).read()).group(1)
-    text = open(osp.join(root, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')).read()
+    text = open(osp.join(root, 'configs', 'demo',
+                         'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')).read()
     header = ' '.join(line.lstrip('# ') for line in text.splitlines() if line.startswith('#'))
     assert 'one-command demo' not in header
     assert f'`make demo` alone runs {default}' in header
