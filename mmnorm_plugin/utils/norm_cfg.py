@@ -71,6 +71,16 @@ def _registered_norms(scope: Optional[str]) -> dict:
     return names
 
 
+def _registered_in_another_scope(name: str) -> bool:
+    pending = [MODELS]
+    while pending:
+        registry = pending.pop()
+        if name in registry.module_dict:
+            return True
+        pending.extend(registry.children.values())
+    return False
+
+
 def _is_norm_key(key) -> bool:
     return isinstance(key, str) and key.endswith(_NORM_KEYS) and not key.endswith(_NOT_NORM_KEYS)
 
@@ -208,6 +218,10 @@ def _check_norm_cfgs(model_cfg, scope: Optional[str]) -> None:
             continue
         with MODELS.switch_scope_and_registry(scope) as registry:
             cls = registry.get(norm_type)
+        if cls is None and _registered_in_another_scope(norm_type):
+            # e.g. a norm of mmpretrain's registry under a 'mmpretrain.X' backbone: which
+            # scope builds it is decided deeper down; whether it resolves is not ours to judge
+            continue
         if cls is None:
             registered = registered or _registered_norms(scope)
             alias = _class_name_aliases(registered).get(norm_type)

@@ -206,3 +206,18 @@ def test_image_normalization_is_not_a_norm_layer():
     model = dict(tracker=dict(reid=dict(img_norm_cfg=dict(mean=[0.0], std=[1.0], to_rgb=True),
                                         new_img_norm_cfg=dict(mean=[0.0], std=[1.0]))))
     mmnorm_plugin.validate_norm_cfgs(model)
+
+
+def test_a_norm_registered_in_another_scope_is_left_to_that_scope():
+    """A norm of another package's registry (mmpretrain's LN2d under a 'mmpretrain.ConvNeXt'
+    backbone) may resolve where the sub-model is built: no false alarm from mmdet's scope."""
+    from mmengine.registry import Registry
+    other = Registry('model', parent=ROOT_MODELS, scope='mmnorm_test_scope')
+    try:
+        other.register_module(name='OtherScopeNorm', module=torch.nn.BatchNorm2d)
+        init_default_scope('mmdet')
+        mmnorm_plugin.validate_norm_cfgs(dict(backbone=dict(norm_cfg=dict(type='OtherScopeNorm'))))
+        with pytest.raises(KeyError, match="Unknown norm type 'OtherScopeNorn'"):  # a typo still
+            mmnorm_plugin.validate_norm_cfgs(dict(norm_cfg=dict(type='OtherScopeNorn')))
+    finally:
+        ROOT_MODELS.children.pop('mmnorm_test_scope', None)
