@@ -22,7 +22,8 @@ setup(
     python_requires='>=3.8',
     install_requires=read_requirements('requirements/runtime.txt'),
     extras_require={'tests': read_requirements('requirements/tests.txt'),
-                    'analysis': read_requirements('requirements/analysis.txt')},
+                    'analysis': read_requirements('requirements/analysis.txt'),
+                    'deploy': read_requirements('requirements/deploy.txt')},
     license='Apache-2.0',
     zip_safe=False,
 )

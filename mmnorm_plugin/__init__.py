@@ -9,6 +9,10 @@ Importing the package registers everything (configs do it with
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
 * runner hooks (``CBNBurnInHook``) in mmengine's root ``HOOKS``;
+* the norm config check (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`) on every
+  model build from mmengine's or mmdet's ``MODELS`` (Runner, ``init_detector``,
+  ``DetInferencer``, mmdet's own tools), so a bad norm config is reported with its config path
+  and the fix wherever the model is built;
 * guards around mmengine's ``sync_bn`` conversion and its revert, which turn the plugin norms
   into their synced variants (and back) instead of silently into ``SyncBatchNorm`` (MABN, which
   has none, is kept; see :mod:`mmnorm_plugin.utils.sync_bn`).
@@ -21,9 +25,10 @@ from .version import __version__
 from . import norms  # noqa: F401  (registers the norm and conv layers)
 from . import models  # noqa: F401  (registers the backbones)
 from . import engine  # noqa: F401  (registers the runner hooks, e.g. CBNBurnInHook)
-from .utils.norm_cfg import validate_norm_cfgs
+from .utils.norm_cfg import install_build_validation, validate_norm_cfgs
 from .utils.sync_bn import install_sync_bn_guard
 
 install_sync_bn_guard()
+install_build_validation()
 
 __all__ = ['__version__', 'validate_norm_cfgs']

@@ -40,6 +40,8 @@ def _drop_pretrained(cfg):
 
 
 def _num_classes(model_cfg) -> int:
+    if 'bbox_head' in model_cfg:  # single-stage (configs/examples: RetinaNet)
+        return model_cfg.bbox_head.num_classes
     bbox_head = model_cfg.roi_head.bbox_head
     if isinstance(bbox_head, list):
         bbox_head = bbox_head[0]
@@ -64,9 +66,10 @@ def test_config_builds_trains_and_predicts(config):
     _drop_pretrained(model_cfg)
     # fewer proposals/RoIs than on COCO keeps ~60 R50 configs within CI time; every norm still
     # sees a multi-RoI batch
-    model_cfg.train_cfg.rpn_proposal.max_per_img = 100
-    model_cfg.train_cfg.rcnn.sampler.num = 64
-    model_cfg.test_cfg.rpn.max_per_img = 50
+    if 'rpn_proposal' in model_cfg.train_cfg:
+        model_cfg.train_cfg.rpn_proposal.max_per_img = 100
+        model_cfg.train_cfg.rcnn.sampler.num = 64
+        model_cfg.test_cfg.rpn.max_per_img = 50
     model = MODELS.build(model_cfg)
     model.init_weights()
     with_mask = 'mask_head' in model_cfg.get('roi_head', {})

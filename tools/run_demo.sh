@@ -41,7 +41,7 @@ for run in "${runs[@]}"; do
 done
 "$PY" - "${runs[@]}" <<'PY'
 import glob, json, os.path as osp, sys
-from mmnorm_plugin.analysis.detection_study import read_arm
+from mmnorm_plugin.analysis.detection_study import compare_with_study, read_arm
 reference = 'docs/small_batch_detection.json'
 for spec in sys.argv[1:]:
     config, work_dir = spec.split('=', 1)
@@ -52,10 +52,6 @@ for spec in sys.argv[1:]:
     for key in sorted(k for k in metrics if k.startswith('coco/') and 'mAP' in k):
         print(f'  {key:<22} {metrics[key]:.3f}')
     if '/small_batch/' in config and osp.exists(reference):
-        rows = json.load(open(reference))
         print(f'\nbbox mAP: this run next to the study ({reference}, same configs, same commands):')
-        print(f"  {'this run':<58} {arm['mAP']:.3f}")
-        for row in rows:
-            if row['config'] == osp.basename(config) or row['name'].startswith('BN-'):
-                print(f"  {row['name'] + ' (' + row['config'] + ')':<58} {row['mAP']:.3f}")
+        print(compare_with_study(config, arm['mAP'], json.load(open(reference))))
 PY

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/python_env.sh
-# the analysis extra too: the small-batch study's tests use scikit-learn
-MMNORM_EXTRAS=${MMNORM_EXTRAS:-analysis} bash tools/setup_env.sh
+# the extras whose tests would otherwise skip: the small-batch study's tests use scikit-learn,
+# the ONNX export test onnx/onnxscript/onnxruntime (about 120 MB of wheels, ~15 s to install)
+MMNORM_EXTRAS=${MMNORM_EXTRAS:-analysis,deploy} bash tools/setup_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 "$PY" -m pytest -q --durations=15 "$@"

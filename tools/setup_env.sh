@@ -5,6 +5,7 @@
 #   bash tools/setup_env.sh                          # CPU torch, into .venv (created if needed)
 #   TORCH_VARIANT=cu126 bash tools/setup_env.sh      # a CUDA build of torch instead
 #   MMNORM_EXTRAS=analysis bash tools/setup_env.sh   # + seaborn, psutil, scikit-learn
+#   MMNORM_EXTRAS=deploy bash tools/setup_env.sh     # + onnx, onnxruntime, onnxscript (ONNX export)
 #
 # Where it installs (tools/python_env.sh): $PYTHON if set; else the active venv/conda env; else
 # a virtual environment .venv in the checkout, created here (MMNORM_VENV=DIR for another one,
@@ -90,7 +91,9 @@ else
 fi
 
 reqs=(-r "$here/requirements/runtime.txt" -r "$here/requirements/tests.txt")
-case ",$extras," in *,analysis,*) reqs+=(-r "$here/requirements/analysis.txt") ;; esac
+for extra in analysis deploy; do  # MMNORM_EXTRAS=analysis,deploy: both
+  case ",$extras," in *,"$extra",*) reqs+=(-r "$here/requirements/$extra.txt") ;; esac
+done
 pip_install "${reqs[@]}"
 pip_install --no-build-isolation --no-deps -e "$here"
 log "done: $("$PY" -c 'import torch, mmcv, mmengine, mmdet; print("torch", torch.__version__, "mmcv", mmcv.__version__, "mmengine", mmengine.__version__, "mmdet", mmdet.__version__)')"

@@ -22,9 +22,10 @@ mean ± std over seeds, :func:`format_table` a text table, :func:`plot_study` th
 vs. batch size, log-x, one line per method). ``tools/analysis/small_batch_study.py`` is the CLI.
 """
 import copy
+import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from torch import Tensor, nn
 
 __all__ = [
     'METHODS', 'StudyRecord', 'SmallConvNet', 'load_digits_split', 'train_and_evaluate',
-    'run_study', 'summarize', 'format_table', 'plot_study'
+    'run_study', 'summarize', 'format_cell', 'format_table', 'plot_study'
 ]
 
 # The arms users compare. Each is the norm_cfg (+ conv_cfg) a config would carry; 'XBN' puts
@@ -184,31 +185,39 @@ def train_and_evaluate(method: Dict, batch_size: int, seed: int, data: Sequence[
 
 def run_study(methods: Dict[str, Dict], batch_sizes: Iterable[int] = (1, 2, 4, 32),
               seeds: Iterable[int] = (0, 1, 2), epochs: float = 4, base_lr: float = 0.1,
-              data: Optional[Sequence[Tensor]] = None, progress: bool = True
-              ) -> List[StudyRecord]:
+              data: Optional[Sequence[Tensor]] = None, progress: bool = True,
+              stream: Optional[TextIO] = None) -> List[StudyRecord]:
     """Train every (method, batch size, seed) arm; return the records in that order.
 
     Args:
         methods: name → ``SmallConvNet`` kwargs (``norm_cfg``, optional ``conv_cfg``,
             ``bfn_cfg``), e.g. a subset of :data:`METHODS` or your own norm configs.
-        progress: an mmengine progress bar over all training steps of all arms.
+        progress: report progress on ``stream`` (default ``sys.stdout``): on a terminal an
+            mmengine progress bar over all training steps; otherwise (a log file, CI) one
+            line per finished arm, since a redrawn bar is thousands of lines of ``\r`` there.
     """
+    stream = sys.stdout if stream is None else stream
     data = load_digits_split() if data is None else data
     batch_sizes, seeds = list(batch_sizes), list(seeds)
     arms = [(name, b, s) for name in methods for b in batch_sizes for s in seeds]
     tick = None
-    if progress:
+    bar = progress and stream.isatty()
+    if bar:
         from mmengine.utils import ProgressBar
         n = len(data[0])
-        bar = ProgressBar(sum(max(1, int(round(epochs * (n // b)))) for _, b, _ in arms))
-        tick = bar.update
+        tick = ProgressBar(sum(max(1, int(round(epochs * (n // b)))) for _, b, _ in arms),
+                           file=stream).update
     records = []
-    for name, batch_size, seed in arms:
-        records.append(
-            train_and_evaluate(methods[name], batch_size, seed, data, epochs=epochs,
-                               base_lr=base_lr, name=name, progress=tick))
-    if progress:
-        print()
+    for i, (name, batch_size, seed) in enumerate(arms, 1):
+        record = train_and_evaluate(methods[name], batch_size, seed, data, epochs=epochs,
+                                    base_lr=base_lr, name=name, progress=tick)
+        records.append(record)
+        if progress and not bar:
+            print(f'[{i}/{len(arms)}] {name}, batch {batch_size}, seed {seed}: accuracy '
+                  f'{100 * record.accuracy:.1f} % ({record.seconds:.0f} s)', file=stream,
+                  flush=True)
+    if bar:
+        print(file=stream)
     return records
 
 
@@ -224,8 +233,15 @@ def summarize(records: Sequence[StudyRecord]) -> Dict[str, Dict[int, Tuple[float
     }
 
 
+def format_cell(mean: float, std: float, n: int) -> str:
+    """``'97.9 ± 0.3'`` (%) over ``n`` seeds; ``'97.9 (n=1)'`` for one seed, which has no
+    spread to report (``± 0.0`` would claim a measured one)."""
+    return f'{100 * mean:.1f} ± {100 * std:.1f}' if n > 1 else f'{100 * mean:.1f} (n={n})'
+
+
 def format_table(records: Sequence[StudyRecord]) -> str:
-    """Markdown table: one row per method, one column per batch size, mean ± std (%)."""
+    """Markdown table: one row per method, one column per batch size, mean ± std (%) over
+    seeds, or the single value with ``(n=1)``."""
     summary = summarize(records)
     batch_sizes = sorted({b for by_batch in summary.values() for b in by_batch})
     lines = ['| method | ' + ' | '.join(f'batch {b}' for b in batch_sizes) + ' |',
@@ -234,8 +250,7 @@ def format_table(records: Sequence[StudyRecord]) -> str:
         cells = []
         for b in batch_sizes:
             if b in by_batch:
-                mean, std, _ = by_batch[b]
-                cells.append(f'{100 * mean:.1f} ± {100 * std:.1f}')
+                cells.append(format_cell(*by_batch[b]))
             else:
                 cells.append('–')
         lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
@@ -243,20 +258,34 @@ def format_table(records: Sequence[StudyRecord]) -> str:
 
 
 def plot_study(records: Sequence[StudyRecord], path: str, title: str = '') -> str:
-    """Accuracy vs. batch size (log-x), mean ± std over seeds, one line per method."""
+    """Accuracy vs. batch size (log-x), mean ± std over seeds (no bar for one seed), one line
+    per method. Styles: :mod:`~mmnorm_plugin.analysis.plot_style` (a method and its variants
+    share a colour and marker; defaults solid and on top, variants dashed and hollow); the
+    lines are spread slightly along x so that equal accuracies do not hide each other."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+
+    from .plot_style import arm_styles
     summary = summarize(records)
-    fig, ax = plt.subplots(figsize=(7.2, 4.4))
+    styles = arm_styles(list(summary))
+    fig, ax = plt.subplots(figsize=(8.0, 5.4))
     batch_sizes = sorted({b for by_batch in summary.values() for b in by_batch})
-    for method, by_batch in summary.items():
-        b = np.array(list(by_batch))
+    # spread of the lines around each batch size, in log2 units (0.25 = 19 % apart at most)
+    offsets = np.linspace(-0.125, 0.125, len(summary)) if len(summary) > 1 else [0.0]
+    for offset, (method, by_batch) in zip(offsets, summary.items()):
+        style = styles[method]
+        b = np.array(list(by_batch), dtype=float) * 2.0 ** offset
         mean = np.array([v[0] for v in by_batch.values()]) * 100
-        std = np.array([v[1] for v in by_batch.values()]) * 100
-        ax.errorbar(b, mean, yerr=std, marker='o', capsize=3, label=method)
+        std = np.array([v[1] if v[2] > 1 else 0.0 for v in by_batch.values()]) * 100
+        ax.errorbar(b, mean, yerr=std, capsize=2.5, label=method, color=style['color'],
+                    marker=style['marker'], linestyle=style['linestyle'],
+                    markerfacecolor=style['color'] if style['filled'] else 'white',
+                    markersize=7 if style["default"] else 5.5,
+                    linewidth=1.8 if style['default'] else 1.2, zorder=style['zorder'])
     ax.set_xscale('log', base=2)
     ax.set_xticks(batch_sizes, [str(b) for b in batch_sizes])
+    ax.minorticks_off()
     ax.set_xlabel('images per batch (log scale)')
     ax.set_ylabel('test accuracy (%), eval mode')
     ax.set_title(title or 'Accuracy vs. batch size')

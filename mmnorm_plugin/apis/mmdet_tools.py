@@ -5,7 +5,8 @@ keeping copies) keeps our CLI identical to mmdet's — ``--work-dir``, ``--amp``
 ``--auto-scale-lr``, ``--resume``, ``--cfg-options``, ``--launcher``, ``--out``, ``--show-dir``,
 ``--tta`` ... — for every mmdet release we support.
 
-Before handing over, the config (with ``--cfg-options``) is loaded once and checked:
+Before handing over, a config, checkpoint or ``--resume`` path that does not exist ends the run
+with one line, and the config (with ``--cfg-options``) is loaded once and checked:
 
 * every norm config (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`): missing type,
   unknown type or argument, MABN after a plain conv;
@@ -165,6 +166,20 @@ def _checkpoint_loading(unsafe: bool):
             raise SystemExit(unsafe_load_message(err)) from err
 
 
+def _check_paths_exist(name: str, args) -> None:
+    """End the run with one line for a mistyped path (mmengine would raise it from deep in
+    ``Config.fromfile`` or the Runner's checkpoint loading, a long traceback for a typo)."""
+    paths = [('config file', args.config)]
+    if name == 'test':
+        paths.append(('checkpoint', args.checkpoint))
+    resume = getattr(args, 'resume', None)
+    if isinstance(resume, str) and resume != 'auto':  # bare --resume means 'auto'
+        paths.append(('checkpoint to resume', resume))
+    for what, path in paths:
+        if '://' not in path and not osp.isfile(path):  # URLs: mmengine downloads them
+            raise SystemExit(f'{name}.py: {what} not found: {path}')
+
+
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     """Check the config named on the command line, then run mmdet's tool ``name``."""
     import mmnorm_plugin  # noqa: F401  (registrations)
@@ -176,6 +191,7 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     unsafe_load = _pop_flag(sys.argv, UNSAFE_LOAD_FLAG)
     tool = load_mmdet_tool(name)
     args = tool['parse_args']()
+    _check_paths_exist(name, args)
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)

@@ -54,6 +54,9 @@ __all__ = ['PLUGIN_NORMS', 'PLUGIN_BACKBONES', 'equivalent_batchnorm', 'convert_
 PLUGIN_NORMS = ('CBN', 'MABN', 'BGN', 'BKN', 'SyncCBN', 'SyncBGN', 'SyncBKN')
 #: backbones whose GroupNorms have no BN equivalent (they keep the plugin)
 PLUGIN_BACKBONES = ('XBNResNet', 'XBNResNeXt')
+#: module classes of this package that conversion replaces (subclasses included: the synced
+#: variants)
+PLUGIN_CLASSES = (CBN, MABN, BGN, BatchKalmanNorm2d, CenConv2d)
 #: training-only hooks of this package, dropped from the converted config
 PLUGIN_HOOKS = ('CBNBurnInHook',)
 _PLUGIN_MODULE = 'mmnorm_plugin'
@@ -193,7 +196,7 @@ def convert_detector(config, checkpoint: str, out_config: str, out_checkpoint: s
     model = init_detector(cfg, checkpoint, device=device)
     counts: Dict[str, int] = {}
     for m in model.modules():
-        if isinstance(m, (CBN, MABN, BGN, BatchKalmanNorm2d, CenConv2d)):
+        if isinstance(m, PLUGIN_CLASSES):
             counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
     model = convert_norms_to_bn(model).eval()
     plain_cfg = convert_config(cfg)

@@ -13,11 +13,19 @@ in the model config, names the config path and the fix:
 * unknown argument -> the arguments the class accepts (``inspect.signature``) and, for a plugin
   norm's argument, which plugin norm takes it (``buffer_num`` is CBN's);
 * MABN after a plain conv (warning) -> ``conv_cfg=dict(type='CenConv2d')``.
+
+:func:`install_build_validation` (run once when the plugin is imported) makes every model build
+run the same check: mmdet's ``init_detector``, ``DetInferencer``, mmdet's own
+``tools/train.py``/``test.py`` (the Runner) and a bare ``MODELS.build`` all report a bad norm
+config with these messages instead of mmcv's. A group count that does not divide a layer's
+width is only known while building; that error gets the config paths that set it.
 """
+import contextvars
 import difflib
+import functools
 import inspect
 import warnings
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import mmcv.cnn  # noqa: F401  (registers BN, GN, SyncBN, ... in the root MODELS)
 from mmengine.registry import MODELS
@@ -25,15 +33,23 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 __all__ = ['registered_norm_types', 'validate_norm_cfgs', 'iter_norm_cfgs', 'norm_cfg_types',
-           'accepted_norm_args', 'PLUGIN_NORMS']
+           'accepted_norm_args', 'install_build_validation', 'PLUGIN_NORMS']
 
 _NORM_BASES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 PLUGIN_NORMS = ('CBN', 'MABN', 'BGN', 'BKN')
 # keys whose dict value is a norm config (XBNBlock's batch-free norm is built like one)
 _NORM_KEYS = ('norm_cfg', 'bfn_cfg')
+# ... except the image normalization of mmdet's ReID/tracking configs (mean/std, no layer):
+# checked on every build, a false alarm there would break a valid mmdet config
+_NOT_NORM_KEYS = ('img_norm_cfg', )
 # arguments build_norm_layer consumes or injects itself
 _BUILDER_ARGS = ('type', 'requires_grad')
 _HINT = ("(Plugin norms need custom_imports=dict(imports=['mmnorm_plugin']) in the config.)")
+
+
+# MABN warnings already given: a model checked by our tool is checked again at each build of it
+# (the checkpoint check, the Runner), where the same warning would only repeat itself
+_WARNED = set()
 
 
 def registered_norm_types(scope: Optional[str] = None) -> List[str]:
@@ -55,8 +71,18 @@ def _registered_norms(scope: Optional[str]) -> dict:
     return names
 
 
+def _registered_in_another_scope(name: str) -> bool:
+    pending = [MODELS]
+    while pending:
+        registry = pending.pop()
+        if name in registry.module_dict:
+            return True
+        pending.extend(registry.children.values())
+    return False
+
+
 def _is_norm_key(key) -> bool:
-    return isinstance(key, str) and key.endswith(_NORM_KEYS)
+    return isinstance(key, str) and key.endswith(_NORM_KEYS) and not key.endswith(_NOT_NORM_KEYS)
 
 
 def iter_norm_cfgs(cfg, path: str = '') -> Iterator[Tuple[str, dict]]:
@@ -112,6 +138,7 @@ def _check_args(path: str, norm_type, cls: type, norm_cfg: dict) -> None:
     if not unknown:
         return
     owners = []
+    typos = 0
     for arg in unknown:
         takers = [t for t in PLUGIN_NORMS if MODELS.get(t) is not None
                   and arg in (accepted_norm_args(MODELS.get(t)) or ())]
@@ -120,18 +147,28 @@ def _check_args(path: str, norm_type, cls: type, norm_cfg: dict) -> None:
             owners.append(f"'{arg}' is an argument of {'/'.join(takers)}")
         elif close:
             owners.append(f"did you mean '{close[0]}'?")
+            typos += 1
     owner_text = f" ({'; '.join(owners)})" if owners else ''
     name = norm_type if isinstance(norm_type, str) else cls.__name__
     # the registered name is what the user wrote (BKN), the class name may differ
     who = name if name == cls.__name__ else f'{name} (class {cls.__name__})'
+    fix = 'Remove them'
+    if typos < len(unknown):
+        # A config that swaps the type of an inherited norm_cfg keeps the base's other keys
+        # (mmengine merges dicts key by key), and deleting the key in the child is not
+        # possible: the fix in a config is to replace the whole dict.
+        key = path.rsplit('.', 1)[-1]
+        type_text = repr(name) if isinstance(norm_type, str) else cls.__name__
+        fix += (f"; if they come from a _base_ config (dicts are merged key by key), replace "
+                f"the inherited dict: {key}=dict(_delete_=True, type={type_text}, ...)")
     raise TypeError(
         f"norm config at '{path}' (type '{name}') has argument(s) "
         f"{', '.join(repr(k) for k in unknown)} that {who} does not accept"
-        f"{owner_text}. Remove them; {name} accepts: {', '.join(accepted)}.")
+        f"{owner_text}. {fix}. {name} accepts: {', '.join(accepted)}.")
 
 
-def _check_mabn_conv(model_cfg, path: str = '') -> None:
-    """Warn where a config node gives MABN a plain conv (the method expects CenConv2d)."""
+def _mabn_conv_warnings(model_cfg, path: str = '') -> Iterator[str]:
+    """Where a config node gives MABN a plain conv (the method expects CenConv2d): the text."""
     if isinstance(model_cfg, dict):
         norm_cfg = model_cfg.get('norm_cfg')
         if isinstance(norm_cfg, dict) and norm_cfg.get('type') == 'MABN':
@@ -139,17 +176,17 @@ def _check_mabn_conv(model_cfg, path: str = '') -> None:
             conv_type = conv_cfg.get('type') if isinstance(conv_cfg, dict) else None
             if conv_type != 'CenConv2d':
                 where = f"{path}.conv_cfg" if path else 'conv_cfg'
-                warnings.warn(
+                yield (
                     f"MABN at '{path + '.' if path else ''}norm_cfg' follows plain convolutions "
                     f"('{where}' is {conv_cfg!r}). MABN does not center its input and relies "
                     "on weight-centralized convs to keep E[x] close to 0 (arXiv 2001.06838, "
                     f"Sec. 4.3). Fix: set conv_cfg=dict(type='CenConv2d') next to that norm_cfg "
-                    "(see configs/mabn).", UserWarning, stacklevel=3)
+                    "(see configs/mabn).")
         for key, value in model_cfg.items():
-            _check_mabn_conv(value, f'{path}.{key}' if path else str(key))
+            yield from _mabn_conv_warnings(value, f'{path}.{key}' if path else str(key))
     elif isinstance(model_cfg, (list, tuple)):
         for i, value in enumerate(model_cfg):
-            _check_mabn_conv(value, f'{path}[{i}]')
+            yield from _mabn_conv_warnings(value, f'{path}[{i}]')
 
 
 def validate_norm_cfgs(model_cfg, scope: Optional[str] = None) -> None:
@@ -158,6 +195,13 @@ def validate_norm_cfgs(model_cfg, scope: Optional[str] = None) -> None:
     Raises ``KeyError`` (no type, unknown type) or ``TypeError`` (unknown argument) naming the
     config path and the fix; warns (``UserWarning``) for MABN after a plain conv.
     """
+    _check_norm_cfgs(model_cfg, scope)
+    for message in _mabn_conv_warnings(model_cfg):
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=2)
+
+
+def _check_norm_cfgs(model_cfg, scope: Optional[str]) -> None:
     registered = None
     for path, norm_cfg in iter_norm_cfgs(model_cfg):
         if 'type' not in norm_cfg:
@@ -174,6 +218,10 @@ def validate_norm_cfgs(model_cfg, scope: Optional[str] = None) -> None:
             continue
         with MODELS.switch_scope_and_registry(scope) as registry:
             cls = registry.get(norm_type)
+        if cls is None and _registered_in_another_scope(norm_type):
+            # e.g. a norm of mmpretrain's registry under a 'mmpretrain.X' backbone: which
+            # scope builds it is decided deeper down; whether it resolves is not ours to judge
+            continue
         if cls is None:
             registered = registered or _registered_norms(scope)
             alias = _class_name_aliases(registered).get(norm_type)
@@ -186,4 +234,85 @@ def validate_norm_cfgs(model_cfg, scope: Optional[str] = None) -> None:
                            f"norm layers: {', '.join(sorted(registered))}. {_HINT}")
         if isinstance(cls, type):
             _check_args(path, norm_type, cls, norm_cfg)
-    _check_mabn_conv(model_cfg)
+
+
+# True while a model is being built through a validating build function: the nested builds
+# (backbone, neck, heads) are parts of a model cfg that was checked as a whole.
+_BUILDING = contextvars.ContextVar('mmnorm_building', default=False)
+
+
+def _group_count_paths(err: Exception, model_cfg) -> List[str]:
+    """Config paths whose norm sets the group count that ``err`` (BGN's divisibility error,
+    ``num_groups=G does not divide num_features=C``) complains about."""
+    message = str(err)
+    paths = []
+    for path, norm_cfg in iter_norm_cfgs(model_cfg):
+        norm_type = norm_cfg.get('type')
+        if isinstance(norm_type, str):
+            norm_type = MODELS.get(norm_type)
+        if not isinstance(norm_type, type):
+            continue
+        try:
+            param = inspect.signature(norm_type).parameters.get('num_groups')
+        except (TypeError, ValueError):
+            continue
+        if param is None:
+            continue
+        groups = norm_cfg.get('num_groups', param.default)
+        if f'num_groups={groups} does not divide' in message:
+            paths.append(f"'{path}'" + ('' if 'num_groups' in norm_cfg else
+                                        f' (num_groups={groups}, the default)'))
+    return paths
+
+
+def _validating(build_func: Callable) -> Callable:
+    @functools.wraps(build_func)
+    def build(cfg, *args, **kwargs):
+        if _BUILDING.get() or not isinstance(cfg, (dict, list)):
+            return build_func(cfg, *args, **kwargs)
+        # build_from_cfg builds under the cfg's _scope_ (else the default scope), and so does
+        # build_norm_layer inside it
+        _check_norm_cfgs(cfg, cfg.get('_scope_') if isinstance(cfg, dict) else None)
+        for message in _mabn_conv_warnings(cfg):
+            if message not in _WARNED:
+                _WARNED.add(message)
+                warnings.warn(message, UserWarning, stacklevel=3)
+        token = _BUILDING.set(True)
+        try:
+            return build_func(cfg, *args, **kwargs)
+        except ValueError as err:
+            paths = _group_count_paths(err, cfg)
+            if not paths:
+                raise
+            # same type, same traceback: only the config paths are added
+            raise ValueError(f"{err}. Set at {', '.join(paths)} in the model config."
+                             ).with_traceback(err.__traceback__) from None
+        finally:
+            _BUILDING.reset(token)
+
+    build._mmnorm_validating = True
+    return build
+
+
+def install_build_validation() -> None:
+    """Run :func:`validate_norm_cfgs` on the config of every model built from mmengine's root
+    ``MODELS`` or a child registry that already exists (mmdet's), once per outermost build.
+
+    ``Registry.build`` calls the registry's ``build_func`` attribute, which a child copies from
+    its parent when it is created: wrapping that attribute catches the Runner (root
+    ``MODELS``), mmdet's ``init_detector``/``DetInferencer``/``MODELS.build`` (mmdet's
+    ``MODELS``) and registries created later, without patching ``Registry`` for every other
+    registry. A valid config builds exactly as before; the check walks the config dict once
+    per model (nested builds are skipped). Idempotent.
+    """
+    model_build = MODELS.build_func
+    if getattr(model_build, '_mmnorm_validating', False):
+        return
+    validating = _validating(model_build)
+    pending = [MODELS]
+    while pending:
+        registry = pending.pop()
+        pending.extend(registry.children.values())
+        # a registry with a build function of its own keeps it
+        if registry.build_func is model_build:
+            registry.build_func = validating

@@ -25,7 +25,8 @@ def test_read_arm_takes_last_line_and_wall_time(tmp_path):
     start = __import__('datetime').datetime(2026, 12, 1, 12, 0, 0).timestamp()
     os.utime(path, (start + 321, start + 321))
     arm = read_arm('BN-8', str(tmp_path / 'bn8'))
-    assert arm == dict(name='BN-8', config='arm.py', mAP=0.5, AP50=0.7, AP75=0.4, seconds=321)
+    assert arm == dict(name='BN-8', config='arm.py', norm_cfg_options={}, mAP=0.5, AP50=0.7,
+                       AP75=0.4, seconds=321)
     assert '| BN-8 | 0.500 | 0.700 | 0.400 | 5 min 21 s |' in format_table([arm])
 
 
@@ -45,3 +46,54 @@ def test_plot_writes_png_and_checks_references(tmp_path):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
     with pytest.raises(KeyError, match='GN-1'):
         plot_study(arms, str(tmp_path / 'other.png'), references=['GN-1'])
+
+
+def test_cli_redraws_from_saved_json_without_work_dirs(tmp_path):
+    import importlib.util
+    import os.path as osp
+    root = osp.join(osp.dirname(__file__), '..', '..')
+    spec = importlib.util.spec_from_file_location(
+        'detection_study_cli', osp.join(root, 'tools', 'analysis', 'detection_study.py'))
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / 'chart.png'
+    cli.main(['--from-json', osp.join(root, 'docs', 'small_batch_detection.json'),
+              '--out', str(out)])
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    with pytest.raises(SystemExit, match='one of the two'):
+        cli.main([])
+
+
+def test_demo_summary_names_every_row_by_config_and_options():
+    """run_demo.sh's summary: rows of one config differ by their norm_cfg options, and no row
+    is named by anything a reader cannot rerun (an internal issue number)."""
+    import os.path as osp
+    import re
+    from mmnorm_plugin.analysis.detection_study import arm_label, compare_with_study
+    root = osp.join(osp.dirname(__file__), '..', '..')
+    study = json.load(open(osp.join(root, 'docs', 'small_batch_detection.json')))
+    labels = [arm_label(a) for a in study]
+    assert len(set(labels)) == len(labels)
+    for arm in study:
+        assert not re.search(r'issue', arm['name'] + arm_label(arm), re.I), arm
+        assert osp.exists(osp.join(root, 'configs', 'small_batch', arm['config'])), arm
+    config = 'configs/small_batch/faster-rcnn_r18-w16_fpn_cbn_1xb1_tiny-coco-hard.py'
+    lines = compare_with_study(config, 0.5, study).splitlines()
+    assert lines[0] == f'  0.500  this run ({osp.basename(config)})'
+    rows = lines[1:]
+    assert len(rows) == 6 and len(set(rows)) == 6  # BN-8, BN-1 and the four CBN arms
+    assert "  0.409  faster-rcnn_r18-w16_fpn_cbn_1xb1_tiny-coco-hard.py + norm_cfg " \
+        "running_stats='batch'" in rows
+
+
+def test_the_demo_config_comments_name_what_make_demo_runs():
+    import os.path as osp
+    import re
+    root = osp.join(osp.dirname(__file__), '..', '..')
+    default = re.search(r'CONFIG=\$\{CONFIG:-([^}]+)\}',
+                        open(osp.join(root, 'tools', 'run_demo.sh')).read()).group(1)
+    text = open(osp.join(root, 'configs', 'demo',
+                         'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')).read()
+    header = ' '.join(line.lstrip('# ') for line in text.splitlines() if line.startswith('#'))
+    assert 'one-command demo' not in header
+    assert f'`make demo` alone runs {default}' in header

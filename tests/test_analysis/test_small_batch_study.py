@@ -1,4 +1,5 @@
 """The small-batch study: it trains, reports, plots, and tells a broken norm from a good one."""
+import io
 import json
 import os.path as osp
 
@@ -88,3 +89,76 @@ def test_cli_writes_json_table_and_png_and_merges(tmp_path):
     assert len(json.loads((merged / 'study.json').read_text())) == 4
     with pytest.raises(SystemExit, match='unknown method'):
         cli.main(['--methods', 'NoSuchNorm', '--out-dir', str(out)])
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_is_one_line_per_arm_in_a_log_and_a_bar_on_a_terminal(data):
+    methods = {'BN': dict(norm_cfg=dict(type='BN'))}
+    log = io.StringIO()  # a file or a pipe: CI logs, `tee`, nohup
+    study.run_study(methods, batch_sizes=(32, 64), seeds=(0, ), epochs=0.1, data=data,
+                    stream=log)
+    lines = log.getvalue().splitlines()
+    assert '\r' not in log.getvalue()
+    assert len(lines) == 2 and lines[0].startswith('[1/2] BN, batch 32, seed 0: accuracy ')
+    terminal = _Terminal()
+    study.run_study(methods, batch_sizes=(32, ), seeds=(0, ), epochs=0.1, data=data,
+                    stream=terminal)
+    assert '\r' in terminal.getvalue()  # the redrawn bar, where it belongs
+    quiet = io.StringIO()
+    study.run_study(methods, batch_sizes=(32, ), seeds=(0, ), epochs=0.1, data=data,
+                    progress=False, stream=quiet)
+    assert quiet.getvalue() == ''
+
+
+def test_single_seed_cells_say_n_1_instead_of_a_zero_spread():
+    records = [study.StudyRecord('BN', 1, 0, 0.943, 4, 0.1 / 32, 1.0, 0.1),
+               study.StudyRecord('BN', 32, 0, 0.98, 4, 0.1, 1.0, 0.1),
+               study.StudyRecord('BN', 32, 1, 0.99, 4, 0.1, 1.0, 0.1)]
+    table = study.format_table(records)
+    assert '| BN | 94.3 (n=1) | 98.5 ± 0.5 |' in table
+    assert '± 0.0' not in table
+
+
+def test_every_arm_of_the_study_has_its_own_look_and_defaults_are_on_top():
+    from mmnorm_plugin.analysis.plot_style import arm_styles
+    root = osp.join(osp.dirname(__file__), '..', '..')
+    names = list(dict.fromkeys(r['method'] for r in json.load(
+        open(osp.join(root, 'docs', 'small_batch_study.json')))))
+    styles = arm_styles(names)
+    looks = {(str(s['color']), s['marker'], str(s['linestyle']), s['filled'])
+             for s in styles.values()}
+    assert len(looks) == len(names)  # no two arms drawn alike
+    # without colour: a variant differs from its default in line style and marker fill
+    assert styles['CBN (official grad)']['marker'] == styles['CBN']['marker']
+    assert styles['CBN (official grad)']['linestyle'] != styles['CBN']['linestyle']
+    assert styles['CBN (official grad)']['linestyle'] != \
+        styles['CBN (official running stats)']['linestyle']
+    defaults = [s['zorder'] for n, s in styles.items() if '(' not in n]
+    variants = [s['zorder'] for n, s in styles.items() if '(' in n]
+    assert min(defaults) > max(variants)
+    # the default methods alone: distinct markers, so a grey-scale print still tells them apart
+    markers = [s['marker'] for n, s in styles.items() if '(' not in n]
+    assert len(set(markers)) == len(markers)
+
+
+def test_the_figure_draws_every_arm_with_its_style(tmp_path, monkeypatch):
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    figures = []
+    monkeypatch.setattr(plt, 'close', figures.append)  # keep the figure to inspect it
+    records = [study.StudyRecord(m, b, 0, 0.9, 4, 0.1, 1.0, 0.1)
+               for m in ('BN', 'CBN', 'CBN (official grad)') for b in (1, 32)]
+    study.plot_study(records, str(tmp_path / 'p.png'))
+    # errorbar() returns a container per arm; its first line is the data line
+    lines = {c.get_label(): c.lines[0] for c in figures[0].axes[0].containers}
+    assert set(lines) == {'BN', 'CBN', 'CBN (official grad)'}
+    assert lines['CBN'].get_zorder() > lines['CBN (official grad)'].get_zorder()
+    assert lines['CBN (official grad)'].get_markerfacecolor() == 'white'
+    # equal accuracies at the same batch size are spread apart, not drawn on top of each other
+    xs = {name: tuple(line.get_xdata()) for name, line in lines.items()}
+    assert len(set(xs.values())) == 3

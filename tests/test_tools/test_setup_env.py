@@ -6,6 +6,8 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
@@ -40,3 +42,66 @@ def test_unknown_torch_variant_is_refused_before_installing():
     assert proc.returncode == 2
     assert 'TORCH_VARIANT=cuda: use cpu, a CUDA tag such as cu126, or pypi' in proc.stderr
     assert 'installing' not in proc.stdout
+
+
+def _no_torch_path(tmp_path):
+    """A PATH whose `python`/`python3` come first and cannot import torch (a system Python,
+    a pyenv shim without the stack): the real interpreter without its site-packages."""
+    fake = tmp_path / 'fakebin'
+    fake.mkdir()
+    for name in ('python', 'python3'):
+        (fake / name).write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+        (fake / name).chmod(0o755)
+    return f'{fake}:{os.environ["PATH"]}'
+
+
+def _venv(tmp_path):
+    """A set-up venv: bin/python runs the interpreter that has the stack."""
+    venv = tmp_path / 'venv'
+    (venv / 'bin').mkdir(parents=True)
+    (venv / 'bin' / 'python').write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
+    (venv / 'bin' / 'python').chmod(0o755)
+    return venv
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return str(s.getsockname()[1])
+
+
+def test_dist_train_uses_the_set_up_venv_when_path_python_lacks_torch(tmp_path):
+    path = _no_torch_path(tmp_path)
+    assert _bash('python3 -c "import torch"', PATH=path).returncode != 0  # the premise
+    proc = _bash('bash tools/dist_train.sh missing.py 1', PATH=path,
+                 MMNORM_VENV=str(_venv(tmp_path)), PORT=_free_port(), OMP_NUM_THREADS='1')
+    # torchrun started tools/train.py, which got as far as checking its arguments
+    assert 'train.py: config file not found: missing.py' in proc.stderr, proc.stderr[-3000:]
+    assert 'does not have the stack' not in proc.stderr
+
+
+def test_dist_train_without_a_set_up_python_says_what_to_activate(tmp_path):
+    missing_venv = tmp_path / 'no_venv'
+    proc = _bash('bash tools/dist_train.sh missing.py 1', PATH=_no_torch_path(tmp_path),
+                 MMNORM_VENV=str(missing_venv))
+    assert proc.returncode == 1
+    assert 'python3' in proc.stderr and 'does not have the stack (torch, mmdet)' in proc.stderr
+    assert 'bash tools/setup_env.sh' in proc.stderr and 'source .venv/bin/activate' in proc.stderr
+    assert 'PYTHON=/path/to/python bash tools/dist_train.sh' in proc.stderr
+    assert not missing_venv.exists()  # an entry point never creates an empty venv
+    assert 'Traceback' not in proc.stderr
+
+
+@pytest.mark.parametrize('script, args', [
+    ('slurm_train.sh', ['PART', 'JOB', 'CONFIG', 'WORK_DIR']),
+    ('slurm_test.sh', ['PART', 'JOB', 'CONFIG', 'CKPT']),
+])
+def test_slurm_scripts_run_the_set_up_python_on_the_nodes(tmp_path, script, args):
+    path = _no_torch_path(tmp_path)
+    (tmp_path / 'fakebin' / 'srun').write_text('#!/bin/sh\necho "srun $*"\n')
+    (tmp_path / 'fakebin' / 'srun').chmod(0o755)
+    venv = _venv(tmp_path)
+    proc = _bash(f'bash tools/{script} {" ".join(args)}', PATH=path, MMNORM_VENV=str(venv))
+    assert proc.returncode == 0, proc.stderr
+    assert f' {venv}/bin/python -u ' in proc.stdout, proc.stdout
