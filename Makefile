@@ -36,3 +36,20 @@ test:
 
 test-fast:
 	bash tools/run_tests.sh -m "not slow"
+
+# The GPU check (issue 22, docs/gpu_check.md): correctness on the device, autocast, host syncs,
+# layer timings, torch.compile, a ResNet-50 + FPN step; JSON + table in $OUT or
+# work_dirs/gpu_check. On the lent GPU machine: `bash tools/gpu_check/run.sh` with .whl carried;
+# here: `DEVICE=cpu make gpu-check` (small sizes, a few minutes). GPU_CHECK_ARGS="--budget 300".
+.PHONY: gpu-check gpu-wheels gpu-dry-run
+gpu-check:
+	bash tools/gpu_check/run.sh $(GPU_CHECK_ARGS)
+
+# .whl/: the wheels the device machine lacks (pure Python, cp312 binaries, mmcv 2.1.0 built
+# without ops), size-checked
+gpu-wheels:
+	bash tools/gpu_check/make_wheels.sh
+
+# rehearse the device call: install .whl under Python 3.12, run the kit on a stand-in image
+gpu-dry-run:
+	bash tools/gpu_check/dry_run.sh $(GPU_CHECK_ARGS)
