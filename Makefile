@@ -72,3 +72,20 @@ norm-sweep-finetune: install
 	  --groups 8 --seeds 0 1 2 3 4 --jobs $${JOBS:-2} --nice 10 \
 	  --out work_dirs/norm_sweep/photo-digits_finetune --report docs/norm_sweep_photo-digits_finetune \
 	  --title "Neutral set (photo digits), fine-tune: frozen pretrained backbone, norm in FPN + head"'
+
+# The GPU check (issue 22, docs/gpu_check.md): correctness on the device, autocast, host syncs,
+# layer timings, torch.compile, a ResNet-50 + FPN step; JSON + table in $OUT or
+# work_dirs/gpu_check. On the lent GPU machine: `bash tools/gpu_check/run.sh` with .whl carried;
+# here: `DEVICE=cpu make gpu-check` (small sizes, a few minutes). GPU_CHECK_ARGS="--budget 300".
+.PHONY: gpu-check gpu-wheels gpu-dry-run
+gpu-check:
+	bash tools/gpu_check/run.sh $(GPU_CHECK_ARGS)
+
+# .whl/: the wheels the device machine lacks (pure Python, cp312 binaries, mmcv 2.1.0 built
+# without ops), size-checked
+gpu-wheels:
+	bash tools/gpu_check/make_wheels.sh
+
+# rehearse the device call: install .whl under Python 3.12, run the kit on a stand-in image
+gpu-dry-run:
+	bash tools/gpu_check/dry_run.sh $(GPU_CHECK_ARGS)
