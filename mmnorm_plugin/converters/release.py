@@ -4,12 +4,12 @@ A Runner checkpoint holds everything needed to *resume* training: the optimizer 
 parameter schedulers, the message hub (loss history) and, for the plugin's stateful norms,
 their cross-iteration state. None of it is used at inference:
 
-* CBN: the window ``hist_*`` (means, variances, element counts, their weight projections and gradients:
-  ``buffer_num x C`` per statistic, plus ``buffer_num x C x C_in k^2`` weight gradients — 63 %
-  of the CBN demo checkpoint) and the counters ``num_iters``, ``hist_len``, ``hist_ptr``.
+* CBN: the window ``hist_*`` (means, variances, validity mask, element counts, their weight
+  projections and gradients: ``buffer_num x C`` per statistic, plus
+  ``buffer_num x C x C_in k^2`` weight gradients — 63 % of the CBN demo checkpoint) and the counters ``num_iters``, ``hist_len``, ``hist_ptr``.
   Eval uses ``running_mean``/``running_var``/``weight``/``bias`` only, exactly like BN; a CBN
   layer that loads a state dict without any of these buffers starts with an empty window
-  (:meth:`CBN._load_from_state_dict`), so a stripped checkpoint also loads into a CBN model.
+  (:meth:`CBN._adapt_state`), so a stripped checkpoint also loads into a CBN model.
 * MABN: the rings ``chi2_history``/``psi_history`` (``buffer_size x C``). Eval is
   ``weight * x / sqrt(running_var + eps) + bias``; the rings only feed training.
 

@@ -15,8 +15,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, check_input_4d,
-                         check_input_dtype, check_nchw, convert_norm, synced_variant_of,
-                         training_sync_group, update_running_stats)
+                         check_nchw, convert_norm, synced_variant_of, training_sync_group,
+                         update_running_stats)
 
 __all__ = ['BGN', 'SyncBGN']
 
@@ -187,14 +187,9 @@ class BGN(GuardedNormMixin, _BatchNorm):
             # collectives with a count of 0, or the other ranks would wait for it.)
             return _empty_affine(x, self.weight, self.bias)
         m = x.numel() // self.num_groups
-        if group is not None:
-            # The global count is not known on the host without a device sync, so the
-            # single-value check only applies to the unsynced layer.
-            state = self.weight if self.weight is not None else self.running_mean
-            if state is not None:
-                check_input_dtype(x, state.dtype, self._layer_name)
-        else:
-            self._check_batch(x, m)
+        # synced: the global count is not known on the host without a device sync, so the
+        # single-value check only applies to the unsynced layer
+        self._check_batch(x, m if group is None else -1)
         y, mean, var, total = _BatchGroupNorm.apply(x, self.weight, self.bias, self.num_groups,
                                                     self.eps, group)
         if self.training and self.track_running_stats:

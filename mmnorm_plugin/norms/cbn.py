@@ -3,7 +3,8 @@
 Yao, Cao, Zheng, Huang, Lin. *Cross-Iteration Batch Normalization*. arXiv:2002.05712
 (CVPR 2021). Official code: ``Howal/Cross-iterationBatchNorm`` (``mmdet/models/utils/CBN.py``).
 """
-from typing import Optional, Tuple
+import math
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.registry import MODELS
@@ -11,9 +12,11 @@ from torch import Tensor
 from torch.nn.grad import conv2d_weight
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (ConvOrigin, all_reduce_moments, all_reduce_sum, batch_moments,
-                         check_input_4d, convert_norm, find_producing_conv, synced_variant_of,
-                         training_sync_group, update_running_stats, warn_once)
+from .functional import (COUNT, FINITE, MASK, VARIANCE, ConvOrigin, GuardedNormMixin,
+                         all_reduce_moments, all_reduce_sum, batch_moments, check_input_4d,
+                         convert_norm, find_producing_conv, listen_for_iteration_end,
+                         state_value_problems, synced_variant_of, training_sync_group,
+                         update_running_stats, warn_once)
 
 __all__ = ['CBN', 'SyncCBN']
 
@@ -23,11 +26,13 @@ __all__ = ['CBN', 'SyncCBN']
 # the layer is called per iteration and on the producing conv, both unknown until training
 # runs: saved in the state dict once it exists, not registered as buffers (see CBN, State).
 _WINDOW_STATS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
+# which entries of the window hold a batch's finite statistics, per channel (S, buffer_num, C)
+_MASKS = ('hist_valid', )
 _COUNTS = ('hist_count', )
 _POINTERS = ('hist_len', 'hist_ptr')
 _INTEGER = _COUNTS + _POINTERS  # int64: immune to .half() and exact at any count
 _LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
-_WINDOW = _WINDOW_STATS + _COUNTS + _POINTERS + _LAZY_BUFFERS
+_WINDOW = _WINDOW_STATS + _MASKS + _COUNTS + _POINTERS + _LAZY_BUFFERS
 # The layout of version 1 (E[x²] history, derivative rows per iteration); not migratable.
 _V1_BUFFERS = ('hist_sqmean', 'hist_sqmean_proj', 'hist_sqmean_grad')
 
@@ -106,7 +111,7 @@ class _WindowBatchNorm(torch.autograd.Function):
 
 
 @MODELS.register_module('CBN')
-class CBN(_BatchNorm):
+class CBN(GuardedNormMixin, _BatchNorm):
     r"""Cross-Iteration Batch Normalization for NCHW activations produced by a ``Conv2d``.
 
     Small batches give noisy BN statistics. CBN also uses the statistics of the last ``k``
@@ -183,20 +188,27 @@ class CBN(_BatchNorm):
     state untouched and does not count as an iteration.
 
     **Bad batches.** A channel whose statistics are not finite (an fp16 overflow upstream)
-    updates neither its running statistics nor, in later iterations, the window: such entries
-    fail the validity test and their derivatives are stored as zeros, so the next clean
-    batch is normalized as if the bad one never happened.
+    updates neither its running statistics nor, in later iterations, the window: its entry is
+    stored as zeros with its bit in the validity mask ``hist_valid`` cleared (derivatives as
+    zeros too), so the next clean batch is normalized as if the bad one never happened and no
+    checkpoint ever holds a NaN. Such steps are counted in ``nonfinite_count`` and logged once.
 
     **Iterations and call sites.** The window is cross-*iteration*, so CBN must know where an
-    iteration ends: there the optimizer updates the weights, and the version counter of the
-    producing conv's weight (or, when that is frozen, of the layer's ``γ``) changes (a Python
-    int, no device sync). Calls between two updates are *call sites* of one iteration, each with
-    its own window: a head shared across 5 FPN levels (RetinaNet, FCOS, RPN) keeps 5 windows,
-    one per level, and its burn-in counts iterations, not calls. The number of sites is learned
-    in the first iteration; an iteration with more calls (an optimizer step skipped by AMP's
-    loss scaler) wraps around. With gradient accumulation every micro-batch is a site of its
-    own. Activation checkpointing (``with_cp=True``) re-runs the forward during backward,
-    which would push every batch twice: CBN raises there, naming the fix.
+    iteration ends: at an optimizer step. Every ``torch.optim`` optimizer runs a global step
+    post-hook that ends the iteration of every CBN
+    (:func:`~mmnorm_plugin.norms.functional.listen_for_iteration_end`; Python flags only, no
+    device sync); a loop that updates weights without ``torch.optim`` calls
+    :func:`~mmnorm_plugin.norms.functional.end_iteration`. Calls between two steps are *call
+    sites* of one iteration, each with its own window: a head shared across 5 FPN levels
+    (RetinaNet, FCOS, RPN) keeps 5 windows, one per level, and ``num_iters`` and the burn-in
+    count optimizer steps, not calls, whether or not the layer or its conv is trainable. The
+    number of sites is learned in the first iteration; an iteration with more calls (an
+    optimizer step skipped by AMP's loss scaler) wraps around. With gradient accumulation every
+    micro-batch is a site of its own. The calls of one iteration must normalize outputs of one
+    conv (the window compensates that conv's weight changes): a CBN applied to two different
+    convs in one iteration raises, before changing any state. Activation checkpointing
+    (``with_cp=True``) re-runs the forward during backward, which would push every batch
+    twice: CBN raises there, naming the fix.
 
     **State.** The iteration counter and BN's running statistics are registered buffers. The
     windows (statistics ``(S, k, C)``, ring pointers ``(S,)``, derivative histories
@@ -207,13 +219,19 @@ class CBN(_BatchNorm):
     step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by order or
     alias the state dict at construction), and DDP would broadcast rank 0's per-rank windows.
     Checkpoints carry everything, and a run resumed at iteration ``t`` reproduces iteration
-    ``t+1``. The counters are mirrored in Python (re-read on ``load_state_dict``), so a
-    training step never reads a tensor back to the host. A plain BN checkpoint (ImageNet
-    backbones) has no CBN state: it loads without missing keys and starts empty windows; a CBN
-    checkpoint with another ``buffer_num`` keeps its running statistics and iteration count
-    and restarts the windows (with a warning naming both sizes). A load that fails leaves the
-    layer untouched. Parameter/buffer names and the ``bn`` abbreviation are BN's, so mmdet's
-    ``norm_eval``, zero-init, mmengine's ``norm_decay_mult`` and BN checkpoints work.
+    ``t+1``. The ring pointers are device tensors written with ``index_copy_`` and the
+    iteration counter is mirrored in Python (re-read on ``load_state_dict``), so a training
+    step never reads a tensor back to the host. A plain BN checkpoint (ImageNet backbones) has
+    no CBN state: it loads without missing keys and starts empty windows; a CBN checkpoint with
+    another ``buffer_num`` keeps its running statistics and iteration count and restarts the
+    windows (with a warning naming both sizes, once per distinct pair). Loading goes through
+    :class:`~mmnorm_plugin.norms.functional.GuardedNormMixin`: the whole state is validated
+    first (keys, shapes, dtypes, counters ``>= 0``, ring pointers inside the ring, finite
+    statistics, variances ``>= 0``) and a refused checkpoint, or one missing an entry, leaves
+    the layer untouched; so does a refused input (dtype, device, rank, one value per channel),
+    checked before the first state change. Parameter/buffer names and the ``bn`` abbreviation
+    are BN's, so mmdet's ``norm_eval``, zero-init, mmengine's ``norm_decay_mult`` and BN
+    checkpoints work.
 
     Args:
         num_features (int): channels ``C``.
@@ -253,7 +271,7 @@ class CBN(_BatchNorm):
             0.607): at evaluation. On the classification study the two agreed (1 seed, 98.1 %).
             During burn-in (plain BN) both are the current batch's statistics.
         max_call_sites (int): most call sites (windows) per iteration. Default 8: FPN heads
-            are shared over 5 levels; more calls without a weight update start a new
+            are shared over 5 levels; more calls without an optimizer step start a new
             iteration, which bounds the memory of loops that never step an optimizer.
 
     Notes:
@@ -267,7 +285,10 @@ class CBN(_BatchNorm):
         * The burn-in is two-stage only (the official default ``two_stage=True``).
     """
     _abbr_ = 'bn'
-    _version = 4
+    _version = 5  # 5: the window's validity mask hist_valid
+    _optional_state = ('num_batches_tracked', 'num_iters')  # BN checkpoints lack num_iters
+    _state_rules = dict(GuardedNormMixin._state_rules, num_iters=COUNT)
+    _extra_state_names = _WINDOW + _V1_BUFFERS
 
     def __init__(self,
                  num_features: int,
@@ -305,6 +326,8 @@ class CBN(_BatchNorm):
         self.running_stats = running_stats
         self.register_buffer('num_iters', torch.zeros((), device=device, dtype=torch.long))
         self._empty_window(device=device, dtype=dtype)
+        self._init_guard()
+        listen_for_iteration_end(self)
 
     # ----------------------------------------------------------------------------- state
     def _empty_window(self, device=None, dtype=None) -> None:
@@ -315,28 +338,28 @@ class CBN(_BatchNorm):
         k, c = self.buffer_num, self.num_features
         for name in _WINDOW_STATS:
             setattr(self, name, torch.zeros(0, k, c, device=device, dtype=dtype))
+        for name in _MASKS:
+            setattr(self, name, torch.zeros(0, k, c, device=device, dtype=torch.bool))
         for name in _COUNTS:
             setattr(self, name, torch.zeros(0, k, device=device, dtype=torch.long))
         for name in _POINTERS:
             setattr(self, name, torch.zeros(0, device=device, dtype=torch.long))
         for name in _LAZY_BUFFERS:
             setattr(self, name, torch.zeros(0, device=device, dtype=dtype))
-        self._sync_counters()
+        self._reset_iteration_state()
 
-    def _sync_counters(self) -> None:
-        """Re-read the Python mirrors of the counters (only at construction, reset, load)."""
+    def _reset_iteration_state(self) -> None:
+        """Re-read the iteration counter's Python mirror (construction, reset, load only)."""
         self._iters = int(self.num_iters)
-        self._lens = self.hist_len.tolist()
-        self._ptrs = self.hist_ptr.tolist()
-        self._last_version = None  # the next training call starts an iteration
-        self._site = -1
+        self._site = -1  # no call in this iteration yet: the next training call starts one
+        self._producer = None  # id of the conv weight this iteration's calls normalize
         # the number of call sites per iteration is known once an iteration has ended
-        self._sites_known = self._iters >= 2 and len(self._lens) > 0
+        self._sites_known = self._iters >= 2 and self.num_sites > 0
 
     @property
     def num_sites(self) -> int:
         """Call sites per training iteration (a head shared over 5 FPN levels has 5)."""
-        return len(self._lens)
+        return self.hist_ptr.shape[0]
 
     def reset_history(self) -> None:
         """Forget the cross-iteration windows and restart the burn-in counter."""
@@ -355,127 +378,194 @@ class CBN(_BatchNorm):
             setattr(self, name, fn(getattr(self, name)))
         return self
 
+    def __setstate__(self, state):
+        # deepcopy / pickle build the layer without __init__: it must hear iteration ends too
+        super().__setstate__(state)
+        listen_for_iteration_end(self)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if not self.num_sites:
+        if not (self.num_sites and self.buffer_num):
             return
-        names = _WINDOW_STATS + _COUNTS + _POINTERS
+        # the window holds only finite statistics (_push stores a non-finite entry as zeros
+        # with its validity bit cleared), so what is written here is clean as it is
+        names = _WINDOW_STATS + _MASKS + _COUNTS + _POINTERS
         if self.hist_var_grad.numel():
             names = names + _LAZY_BUFFERS
         for name in names:
             tensor = getattr(self, name)
             destination[prefix + name] = tensor if keep_vars else tensor.detach()
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        keys = {name: prefix + name for name in _WINDOW}
-        window = {name: state_dict[key] for name, key in keys.items() if key in state_dict}
-        if any(prefix + name in state_dict for name in _V1_BUFFERS):
+    # ------------------------------------------------------------------------- loading
+    # Through GuardedNormMixin: the whole state (registered entries and the window) is
+    # validated, adapted and only then copied; a refused checkpoint changes nothing.
+    def _adapt_state(self, state: Dict[str, Any],
+                     notes: List[Tuple[str, str]]) -> Dict[str, Any]:
+        window = {name: state.pop(name) for name in _WINDOW if name in state}
+        legacy = [state.pop(name) for name in _V1_BUFFERS if name in state]
+        if 'num_iters' not in state:  # a BN checkpoint: nothing is missing, no iteration yet
+            state['num_iters'] = torch.zeros_like(self.num_iters)
+        if legacy:
             # The first layout (one site, E[x²], iteration-major derivatives) cannot be reused:
             # keep BN's state and the iteration count, restart the window.
-            warn_once(f'cbn-v1-{prefix}', f'{prefix}: CBN checkpoint of an older layout; '
-                      'running statistics and iteration count are loaded, the '
-                      'cross-iteration window restarts.')
-            window = {}
-        errors = self._validate_window(window, prefix)
-        own = {k: v for k, v in state_dict.items()
-               if not (k in keys.values() or k[len(prefix):] in _V1_BUFFERS
-                       and k.startswith(prefix))}
-        for name, tensor in dict(self._parameters, **self._buffers).items():
-            key = prefix + name
-            if tensor is not None and key in own and own[key].shape != tensor.shape:
-                errors.append(f'{key}: checkpoint shape {tuple(own[key].shape)}, '
-                              f'CBN({self.num_features}) needs {tuple(tensor.shape)}.')
-        if errors:  # refuse before anything changes: a failed load leaves the layer as it was
-            error_msgs.extend(errors)
-            return
-        if window and window['hist_mean'].shape[1] != self.buffer_num:
+            notes.append(('cbn-v1', 'CBN checkpoint of an older layout; running statistics '
+                          'and iteration count are loaded, the cross-iteration window '
+                          'restarts (reported once for every layer).'))
+            return state
+        if not window:
+            return state  # a BN checkpoint, or a CBN that had not trained yet
+        needed = _WINDOW_STATS + _POINTERS
+        missing = [n for n in needed if n not in window]
+        lazy = [n for n in _LAZY_BUFFERS if n in window]
+        if missing or 0 < len(lazy) < len(_LAZY_BUFFERS):
+            missing += [n for n in _LAZY_BUFFERS if lazy and n not in window]
+            raise ValueError(f'CBN checkpoint without {", ".join(missing)} (a BN checkpoint '
+                             'has no CBN window, a CBN checkpoint all of it).')
+        mean = window['hist_mean']
+        if not isinstance(mean, Tensor) or mean.dim() != 3:
+            raise ValueError(f'hist_mean of shape {tuple(getattr(mean, "shape", ()))}: '
+                             f'expected (sites, buffer_num, {self.num_features})')
+        saved_k = mean.shape[1]
+        if saved_k != self.buffer_num:
             # A window of another length cannot be reused slot by slot: keep the running
             # statistics and the iteration count, restart the window.
-            warn_once(f'cbn-k-{prefix}', f'{prefix}: the checkpoint\'s CBN window has buffer_num='
-                      f'{window["hist_mean"].shape[1]}, this layer has buffer_num='
-                      f'{self.buffer_num}; running statistics and iteration count are loaded, '
-                      'the cross-iteration window restarts.')
-            window = {}
-        if window and 'hist_count' not in window:
+            notes.append((f'cbn-window-size-{saved_k}-{self.buffer_num}',
+                          f'the checkpoint\'s CBN window has buffer_num={saved_k}, this layer '
+                          f'has buffer_num={self.buffer_num}; running statistics and iteration '
+                          'count are loaded, the cross-iteration window restarts (reported '
+                          'once for every layer with these sizes).'))
+            return state
+        if 'hist_count' not in window:
             # version 3 saved no counts: only SyncCBN reads them, to weight the ranks of one
             # entry; equal weights until those entries leave the window
-            window['hist_count'] = torch.ones(window['hist_mean'].shape[:2], dtype=torch.long)
-        if prefix + 'num_iters' not in own:  # a BN checkpoint: nothing is missing
-            own[prefix + 'num_iters'] = torch.zeros_like(self.num_iters)
-        super()._load_from_state_dict(own, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+            window['hist_count'] = torch.ones(mean.shape[:2], dtype=torch.long)
+        if 'hist_valid' not in window:
+            window = self._with_validity(window)
+        state.update(window)
+        return state
+
+    @staticmethod
+    def _with_validity(window: Dict[str, Any]) -> Dict[str, Any]:
+        """Version <= 4 (no validity mask): an entry is valid where its slot was filled
+        (``slot < hist_len``) and its statistics are finite; invalid ones are zeroed, as
+        :meth:`_push` stores them now."""
+        mean, var, length = window['hist_mean'], window['hist_var'], window['hist_len']
+        if not (isinstance(var, Tensor) and var.shape == mean.shape
+                and isinstance(length, Tensor) and length.shape == mean.shape[:1]):
+            return window  # _check_state names the shapes
+        filled = (torch.arange(mean.shape[1], device=length.device).view(1, -1)
+                  < length.view(-1, 1))
+        valid = filled.unsqueeze(-1) & torch.isfinite(mean) & torch.isfinite(var) & (var >= 0)
+        window = dict(window, hist_valid=valid)
+        for name in _WINDOW_STATS:
+            value = window[name]
+            if isinstance(value, Tensor) and value.shape == mean.shape:
+                window[name] = torch.where(valid, value, torch.zeros((), dtype=value.dtype))
+        return window
+
+    def _check_state(self, state: Dict[str, Any], prefix: str) -> List[str]:
+        """The window's shapes, dtypes and values: a window that loads is one training can
+        continue from (pointers inside the ring, counts >= 0, finite statistics)."""
+        if 'hist_mean' not in state:
+            return []
+        window = {n: state[n] for n in _WINDOW if n in state}
+        bad = [n for n, v in window.items() if not isinstance(v, Tensor)]
+        if bad:
+            return [f'{prefix}{n}: expected a Tensor, got {type(window[n]).__name__}'
+                    for n in bad]
+        s, k, c = window['hist_mean'].shape[0], self.buffer_num, self.num_features
+        expected = dict({n: (s, k, c) for n in _WINDOW_STATS + _MASKS},
+                        **{n: (s, k) for n in _COUNTS}, **{n: (s, ) for n in _POINTERS})
+        errors = [f'{prefix}{n}: checkpoint shape {tuple(window[n].shape)}, expected {shape}'
+                  for n, shape in expected.items() if tuple(window[n].shape) != shape]
+        if errors:
+            return errors
+        if 'hist_var_grad' in window:
+            mean_grad, var_grad = window['hist_mean_grad'], window['hist_var_grad']
+            if not (var_grad.dim() == 4 and mean_grad.dim() == 4
+                    and tuple(var_grad.shape[:3]) == (s, c, k)
+                    and tuple(mean_grad.shape) == (s, mean_grad.shape[1], k, var_grad.shape[3])
+                    and mean_grad.shape[1] > 0 and c % mean_grad.shape[1] == 0):
+                return [f'{prefix}: CBN({c}) derivative history of shapes '
+                        f'{tuple(mean_grad.shape)} and {tuple(var_grad.shape)}; expected '
+                        f'({s}, groups, {k}, P) and ({s}, {c}, {k}, P).']
+        rules = dict({n: FINITE for n in _WINDOW_STATS + _LAZY_BUFFERS}, hist_var=VARIANCE,
+                     **{n: MASK for n in _MASKS}, **{n: COUNT for n in _COUNTS + _POINTERS})
+        for name, rule in rules.items():
+            if name in window:
+                errors += state_value_problems(prefix + name, window[name], rule)
+        if errors:
+            return errors
+        length, ptr = window['hist_len'], window['hist_ptr']
+        if bool((length > k).any()):
+            errors.append(f'{prefix}hist_len: values must be in [0, {k}] (buffer_num={k}), '
+                          f'got {length.tolist()}')
+        if bool((ptr >= k).any()):
+            errors.append(f'{prefix}hist_ptr: values must be in [0, {k}) (buffer_num={k}), '
+                          f'got {ptr.tolist()}')
+        elif not errors and bool(((length < k) & (ptr != length)).any()):
+            # a ring that has not wrapped yet writes its next entry right after the last one
+            errors.append(f'{prefix}hist_ptr: {ptr.tolist()} does not follow hist_len '
+                          f'{length.tolist()} (a ring not yet full has hist_ptr == hist_len)')
+        return errors
+
+    def _load_extra_state(self, state: Dict[str, Any]) -> None:
         self._empty_window()
         like = self.hist_mean
-        for name, saved in window.items():
-            dtype = torch.long if name in _INTEGER else like.dtype
-            setattr(self, name, saved.detach().to(like.device, dtype, copy=True))
-        self._sync_counters()
+        for name in _WINDOW:
+            if name in state:
+                dtype = (torch.long if name in _INTEGER else
+                         torch.bool if name in _MASKS else like.dtype)
+                setattr(self, name, state[name].detach().to(like.device, dtype, copy=True))
 
-    def _validate_window(self, window, prefix) -> list:
-        """Every reason to refuse a saved window, checked before the layer is modified."""
-        if not window:
-            return []
-        missing = [n for n in _WINDOW_STATS + _POINTERS if n not in window]
-        if missing or (set(_LAZY_BUFFERS) & set(window)
-                       and not set(_LAZY_BUFFERS) <= set(window)):
-            missing += [n for n in _LAZY_BUFFERS if n not in window]
-            return [f'{prefix}: CBN checkpoint without {", ".join(missing)} (a BN checkpoint '
-                    'has no CBN window, a CBN checkpoint all of it).']
-        s, k = window['hist_mean'].shape[:2]
-        errors = [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
-                  f'({s}, {k}, {self.num_features})' for name in _WINDOW_STATS
-                  if window[name].dim() != 3 or window[name].shape != (s, k, self.num_features)]
-        errors += [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
-                   f'({s},)' for name in _POINTERS if window[name].shape != (s, )]
-        errors += [f'{prefix}{name}: checkpoint shape {tuple(window[name].shape)}, expected '
-                   f'({s}, {k})' for name in _COUNTS
-                   if name in window and window[name].shape != (s, k)]
-        if errors or 'hist_var_grad' not in window or k != self.buffer_num:
-            return errors
-        mean_grad, var_grad = window['hist_mean_grad'], window['hist_var_grad']
-        if (var_grad.dim() == 4 and mean_grad.dim() == 4
-                and tuple(var_grad.shape[:3]) == (s, self.num_features, k)
-                and tuple(mean_grad.shape) == (s, mean_grad.shape[1], k, var_grad.shape[3])
-                and mean_grad.shape[1] > 0 and self.num_features % mean_grad.shape[1] == 0):
-            return []
-        return [f'{prefix}: CBN({self.num_features}) derivative history of shapes '
-                f'{tuple(mean_grad.shape)} and {tuple(var_grad.shape)}; expected '
-                f'({s}, groups, {k}, P) and ({s}, {self.num_features}, {k}, P).']
+    def _after_load(self) -> None:
+        super()._after_load()
+        self._reset_iteration_state()
 
+    # ------------------------------------------------------------------ iterations, sites
     @property
     def window_active(self) -> bool:
         """Whether the current training iteration uses past statistics (after burn-in)."""
         return self.buffer_num > 0 and self._iters > self.burnin_iters
 
+    def _end_iteration(self) -> None:
+        """An optimizer step happened (:func:`~.functional.listen_for_iteration_end`): the
+        next training call starts a new iteration. Python state only."""
+        if self._site >= 0:
+            self._sites_known = self.num_sites > 0
+            self._site = -1
+            self._producer = None
+
     def _next_call_site(self, origin: Optional[ConvOrigin]) -> int:
         """The call site of this training call; counts an iteration when one starts.
 
-        An iteration ends when the optimizer changes the weights: the producing conv's weight
-        (or, when it is frozen or derived, this layer's ``γ``) gets a new version counter (a
-        Python int, no device sync). Calls with unchanged weights are further call sites of
-        the same iteration. With nothing trainable to watch, every call is an iteration.
+        An iteration ends at an optimizer step (:meth:`_end_iteration`); calls in between are
+        call sites of one iteration, each with its own window. More calls than the learned
+        number of sites (an optimizer step skipped by AMP's loss scaler), or than
+        ``max_call_sites`` before any step, start a new iteration. Raises, before any state
+        changes, when calls of one iteration normalize outputs of different convolutions.
         """
-        param = origin.parameter if origin is not None else None
-        if param is None and self.weight is not None and self.weight.requires_grad:
-            param = self.weight
-        version = None if param is None else (id(param), param._version)
-        new_iteration = version is None or version != self._last_version
-        if not new_iteration and self._site + 1 >= (self.num_sites if self._sites_known else
-                                                    self.max_call_sites):
-            # more calls than sites: an optimizer step skipped by AMP's loss scaler, or a loop
-            # that never updates the weights
-            new_iteration = True
+        producer = None if origin is None or origin.parameter is None else id(
+            origin.parameter)
+        new_iteration = self._site < 0 or self._site + 1 >= (
+            self.num_sites if self._sites_known else self.max_call_sites)
+        if not new_iteration and producer != self._producer:
+            raise RuntimeError(
+                f'{type(self).__name__}({self.num_features}) normalized the outputs of two '
+                f'different convolutions in one training iteration (call site '
+                f'{self._site + 1}): its cross-iteration windows and derivative history '
+                'belong to one producing conv, whose weight changes they compensate. Give '
+                'each conv its own norm layer; calling one conv several times per iteration '
+                '(a head shared across FPN levels) is fine.')
         if new_iteration:
-            if self._site >= 0:
-                self._sites_known = True
+            self._end_iteration()
             self._site = 0
+            self._producer = producer
             self._iters += 1
             self.num_iters.add_(1)
         else:
             self._site += 1
-        self._last_version = version
-        if self._site >= self.num_sites:
+        if self.buffer_num and self._site >= self.num_sites:
             self._add_site()
         return self._site
 
@@ -485,8 +575,6 @@ class CBN(_BatchNorm):
             if tensor.dim() > 1 or name in _POINTERS:
                 setattr(self, name, torch.cat((tensor, tensor.new_zeros((1, ) +
                                                                       tensor.shape[1:]))))
-        self._lens.append(0)
-        self._ptrs.append(0)
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -511,17 +599,11 @@ class CBN(_BatchNorm):
                 self.num_features)
             return self._normalize(x, mean, var)
         m = x.numel() // x.shape[1]
-        if m == 1 and group is None:
-            raise ValueError(f'CBN expects more than 1 value per channel when training, got '
-                             f'input of shape {tuple(x.shape)}')
-        # read once: it locates iteration boundaries and the conv to compensate
+        # every refusal before the first state change: dtype, device, one value per channel
+        # (synced: the pooled count is on the device), then the conv check of the call site
+        self._check_batch(x, m if group is None else -1)
         origin = find_producing_conv(x) if self.buffer_num else None
-        if self.buffer_num:
-            site = self._next_call_site(origin)
-        else:  # plain BN: every call is an iteration
-            site = 0
-            self._iters += 1
-            self.num_iters.add_(1)
+        site = self._next_call_site(origin)
 
         with torch.no_grad():
             mean, var = self._batch_moments(x)
@@ -614,8 +696,12 @@ class CBN(_BatchNorm):
                               counted=1) -> None:
         """BN's EMA; non-finite entries keep their value (functional.update_running_stats)."""
         self.num_batches_tracked.add_(counted)
-        for running, value in ((self.running_mean, mean), (self.running_var, var_unbiased)):
-            update_running_stats(running, value, self.momentum, self.num_batches_tracked)
+        finite = update_running_stats(self.running_mean, mean, self.momentum,
+                                      self.num_batches_tracked)
+        finite &= update_running_stats(self.running_var, var_unbiased, self.momentum,
+                                       self.num_batches_tracked)
+        # SyncCBN: a step in which every rank was empty (counted 0) is not a non-finite one
+        self._note_nonfinite(finite if isinstance(counted, int) else finite | (counted == 0))
 
     def _conv_terms(self, x: Tensor, mean: Tensor, origin: Optional[ConvOrigin]):
         """The producing conv's weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
@@ -635,9 +721,7 @@ class CBN(_BatchNorm):
             return None, None  # frozen conv weight: nothing to compensate
         dtype = self._state_dtype()
         weight = origin.weight.to(dtype)
-        c = weight.shape[0]
-        if c != self.num_features:
-            raise ValueError(f'CBN({self.num_features}) follows a conv with {c} output channels')
+        c = weight.shape[0]  # x's channel count, checked by check_input_4d
         return weight.reshape(c, -1), self._stat_grads(x.detach(), mean, origin, dtype)
 
     @staticmethod
@@ -687,43 +771,45 @@ class CBN(_BatchNorm):
             return
         if self.hist_var_grad.numel():
             warn_once(
-                f'cbn-shape-{id(self)}',
+                f'cbn-conv-changed-{current[1]}-{shapes[1]}',
                 f'CBN({self.num_features}): the producing conv changed (derivative history '
                 f'{current[1]} -> {shapes[1]}); restarting the cross-iteration window.')
-            self.hist_len.zero_()
-            self.hist_ptr.zero_()
-            self._lens = [0] * s
-            self._ptrs = [0] * s
+            for name in _POINTERS + _COUNTS + _MASKS:
+                getattr(self, name).zero_()
         for name, shape in zip(_LAZY_BUFFERS, shapes):
             setattr(self, name, self.hist_mean.new_zeros(shape))
 
-    def _projections(self, weight: Tensor, site: int, n_past: int) -> Tuple[Tensor, Tensor]:
-        """⟨∂μ_τ/∂W[c], W[c]⟩ and ⟨∂σ²_τ/∂W[c], W[c]⟩ for the first ``n_past`` slots: (n, C)."""
-        d_mean = self.hist_mean_grad[site, :, :n_past]  # (G, n, P)
-        d_var = self.hist_var_grad[site, :, :n_past]  # (C, n, P)
+    def _projections(self, weight: Tensor, site: int) -> Tuple[Tensor, Tensor]:
+        """⟨∂μ_τ/∂W[c], W[c]⟩ and ⟨∂σ²_τ/∂W[c], W[c]⟩ for every window slot: (k, C)."""
+        d_mean = self.hist_mean_grad[site]  # (G, k, P)
+        d_var = self.hist_var_grad[site]  # (C, k, P)
         c, p = weight.shape
-        g = d_mean.shape[0]
-        mean_proj = torch.bmm(weight.reshape(g, c // g, p), d_mean.transpose(1, 2))  # (G,C/G,n)
-        var_proj = torch.bmm(d_var, weight.reshape(c, p, 1))  # (C, n, 1)
-        return mean_proj.reshape(c, n_past).t(), var_proj.reshape(c, n_past).t()
+        g, k = d_mean.shape[:2]
+        mean_proj = torch.bmm(weight.reshape(g, c // g, p), d_mean.transpose(1, 2))  # (G,C/G,k)
+        var_proj = torch.bmm(d_var, weight.reshape(c, p, 1))  # (C, k, 1)
+        return mean_proj.reshape(c, k).t(), var_proj.reshape(c, k).t()
 
     def _compensated_past(self, site: int,
-                          weight: Optional[Tensor]) -> Optional[Tuple[Tensor, Tensor, bool]]:
-        """This rank's past entries moved to the current weights: ``(μ̂, σ̂², compensated)``,
-        each ``(n_past, C)``; None while the window is empty."""
-        n_past = self._lens[site]
-        if n_past == 0:
-            return None
-        past_mean = self.hist_mean[site, :n_past]
-        past_var = self.hist_var[site, :n_past]
+                          weight: Optional[Tensor]) -> Tuple[Tensor, Tensor, bool]:
+        """This rank's window moved to the current weights: ``(μ̂, σ̂², compensated)``, each
+        ``(k, C)``, NaN where the window holds no valid entry (an unfilled slot, a skipped
+        non-finite statistic): the validity test of :meth:`_window_statistics` drops those,
+        and SyncCBN's pooling turns them into invalid pooled entries on every rank.
+
+        Every slot is computed, filled or not: the shapes never depend on the iteration (no
+        Python branch on the fill level, nothing for ``torch.compile`` to specialize on).
+        """
+        past_mean = self.hist_mean[site]
+        past_var = self.hist_var[site]
         compensated = weight is not None and self.rho != 0 and self.hist_var_grad.numel() > 0
         if compensated:
-            mean_proj, var_proj = self._projections(weight, site, n_past)
-            shift = self.rho * (mean_proj - self.hist_mean_proj[site, :n_past])
-            past_var = (past_var + self.rho * (var_proj - self.hist_var_proj[site, :n_past])
-                        - shift**2)
+            mean_proj, var_proj = self._projections(weight, site)
+            shift = self.rho * (mean_proj - self.hist_mean_proj[site])
+            past_var = past_var + self.rho * (var_proj - self.hist_var_proj[site]) - shift**2
             past_mean = past_mean + shift
-        return past_mean, past_var, compensated
+        valid = self.hist_valid[site]
+        return (torch.where(valid, past_mean, math.nan), torch.where(valid, past_var, math.nan),
+                compensated)
 
     def _window_statistics(self, site: int, mean: Tensor, var: Tensor,
                            past: Optional[Tuple[Tensor, Tensor, bool]],
@@ -757,18 +843,17 @@ class CBN(_BatchNorm):
         ``Σ_r w_r (∂σ²_{r,τ}/∂W + 2(μ_{r,τ} − μ_τ)∂μ_{r,τ}/∂W)``): every rank returns its part,
         and DDP's gradient reduction adds them.
         """
-        n_past = valid.shape[0]
-        d_mean = self.hist_mean_grad[site, :, :n_past]  # (G, n, P)
-        d_var = self.hist_var_grad[site, :, :n_past]  # (C, n, P)
-        g = d_mean.shape[0]
+        d_mean = self.hist_mean_grad[site]  # (G, k, P)
+        d_var = self.hist_var_grad[site]  # (C, k, P)
+        g, k = d_mean.shape[:2]
         c = d_var.shape[0]
-        v = valid.to(d_var.dtype).t()  # (C, n)
+        v = valid.to(d_var.dtype).t()  # (C, k)
         if share is not None:
             v = v * share.to(v.dtype)
-        centred = v * 2 * (self.hist_mean[site, :n_past].t() - mean_bar[:, None])
+        centred = v * 2 * (self.hist_mean[site].t() - mean_bar[:, None])
         centred = torch.where(valid.t(), centred, 0.0)
-        coeffs = torch.stack((v, centred))  # (2, C, n)
-        a_e = torch.matmul(coeffs.reshape(2, g, c // g, n_past), d_mean)  # (2, G, C/G, P)
+        coeffs = torch.stack((v, centred))  # (2, C, k)
+        a_e = torch.matmul(coeffs.reshape(2, g, c // g, k), d_mean)  # (2, G, C/G, P)
         a, e = a_e.reshape(2, c, -1).unbind(0)
         e = e + torch.bmm(v.unsqueeze(1), d_var).squeeze(1)
         return a, e
@@ -776,32 +861,45 @@ class CBN(_BatchNorm):
     @torch.no_grad()
     def _push(self, site: int, mean: Tensor, var: Tensor, count: int, weight: Optional[Tensor],
               grads: Optional[Tuple[Tensor, Tensor]]) -> None:
-        slot = self._ptrs[site]
-        self.hist_mean[site, slot] = mean
-        self.hist_var[site, slot] = var
-        self.hist_count[site, slot] = count
+        """Write this batch's entry at the site's ring pointer and advance the ring.
+
+        The slot is a device tensor (``hist_ptr``), written through ``index_copy_``: no host
+        read. A channel whose statistics are not finite is stored as zeros with its validity
+        bit cleared, so the window (and any checkpoint of it) only ever holds finite numbers.
+        """
+        slot = self.hist_ptr[site].view(1)
+        finite = torch.isfinite(mean) & torch.isfinite(var) & (var >= 0)
+        zero = mean.new_zeros(())
+
+        def put(name: str, dim: int, value: Tensor) -> None:
+            target = getattr(self, name)[site]  # (autocast computes the projections in bf16)
+            target.index_copy_(dim, slot, value.unsqueeze(dim).to(target.dtype))
+
+        put('hist_mean', 0, torch.where(finite, mean, zero))
+        put('hist_var', 0, torch.where(finite, var, zero))
+        put('hist_valid', 0, finite)
+        put('hist_count', 0, self.hist_count.new_full((), count))
         if grads is not None:
             d_mean, d_var = grads
-            self.hist_mean_grad[site, :, slot] = d_mean
-            self.hist_var_grad[site, :, slot] = d_var
+            put('hist_mean_grad', 1, d_mean)
+            put('hist_var_grad', 1, d_var)
             # computed exactly as the later ⟨D, W_t⟩, so unchanged weights compensate by 0
             c, p = weight.shape
             g = d_mean.shape[0]
-            self.hist_mean_proj[site, slot] = torch.bmm(weight.reshape(g, c // g, p),
-                                                        d_mean.reshape(g, p, 1)).reshape(c)
-            self.hist_var_proj[site, slot] = torch.bmm(d_var.reshape(c, 1, p),
-                                                       weight.reshape(c, p, 1)).reshape(c)
+            mean_proj = torch.bmm(weight.reshape(g, c // g, p),
+                                  d_mean.reshape(g, p, 1)).reshape(c)
+            var_proj = torch.bmm(d_var.reshape(c, 1, p), weight.reshape(c, p, 1)).reshape(c)
         else:
             # no conv to compensate this time: a zero derivative keeps the entry as measured
             if self.hist_var_grad.numel():
-                self.hist_mean_grad[site, :, slot] = 0
-                self.hist_var_grad[site, :, slot] = 0
-            self.hist_mean_proj[site, slot] = 0
-            self.hist_var_proj[site, slot] = 0
-        self._ptrs[site] = (slot + 1) % self.buffer_num
-        self._lens[site] = min(self._lens[site] + 1, self.buffer_num)
-        self.hist_ptr[site] = self._ptrs[site]
-        self.hist_len[site] = self._lens[site]
+                self.hist_mean_grad[site].index_fill_(1, slot, 0)
+                self.hist_var_grad[site].index_fill_(1, slot, 0)
+            mean_proj = var_proj = zero.expand_as(mean)
+        put('hist_mean_proj', 0, torch.where(finite, mean_proj, zero))
+        put('hist_var_proj', 0, torch.where(finite, var_proj, zero))
+        k = self.buffer_num
+        self.hist_len[site].copy_((self.hist_len[site] + 1).clamp_max(k))
+        self.hist_ptr[site].copy_((slot[0] + 1) % k)
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.
@@ -851,7 +949,9 @@ class SyncCBN(CBN):
     ever travels: per layer and iteration,
 
     * forward, one ``all_reduce`` of ``[m, m·μ̂, m·(σ̂² + μ̂²)]`` for the current batch and
-      the ``n ≤ k`` past entries: ``(k+1)(2C+1)`` float64 numbers
+      the ``k`` slots of the window (a slot not filled yet travels with count 0, so the
+      message has one size from the first window iteration on): ``(k+1)(2C+1)`` float64
+      numbers
       (:func:`~mmnorm_plugin.norms.functional.all_reduce_moments`; float64 keeps the pooled
       variance free of cancellation);
     * backward, one ``all_reduce`` of ``[Σg, Σg·x̂]`` (``2C`` numbers in the statistics'
@@ -874,9 +974,8 @@ class SyncCBN(CBN):
     is empty the step leaves the running statistics and ``num_batches_tracked`` alone, and its
     window entry, pooled from 0 images, is dropped like a bad batch's.
 
-    **Iterations** are detected per rank from the conv weight's version counter, exactly as in
-    CBN; DDP steps every rank's optimizer together, so all ranks agree on call sites and
-    window slots.
+    **Iterations** end at each rank's optimizer step, exactly as in CBN; DDP steps every
+    rank's optimizer together, so all ranks agree on call sites and window slots.
 
     Args:
         process_group: the ranks to pool over (None: the default group, every rank).

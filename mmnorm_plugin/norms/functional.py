@@ -6,6 +6,7 @@ gradients, EMA updates of running statistics in PyTorch's
 convention, finding the convolution that produced an activation) exist exactly once.
 """
 import warnings
+import weakref
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -14,8 +15,10 @@ from torch import Tensor
 
 __all__ = [
     'ConvOrigin', 'find_producing_conv', 'normalize_with_stats', 'update_running_stats',
-    'check_input_4d', 'check_nchw', 'check_input_dtype', 'check_values_per_statistic',
-    'GuardedNormMixin', 'warn_once', 'batch_moments', 'sync_world_size',
+    'check_input_4d', 'check_nchw', 'check_input_dtype', 'check_input_state',
+    'check_values_per_statistic', 'GuardedNormMixin', 'warn_once', 'batch_moments',
+    'state_value_problems', 'FINITE', 'VARIANCE', 'COUNT', 'MASK', 'end_iteration',
+    'listen_for_iteration_end', 'sync_world_size',
     'all_reduce_moments', 'all_reduce_sum', 'convert_norm', 'synced_variant_of',
     'training_sync_group'
 ]
@@ -60,6 +63,17 @@ def check_input_dtype(x: Tensor, state_dtype: torch.dtype, name: str) -> None:
     raise ValueError(f'{name} holds its statistics in {state_dtype} but got a {x.dtype} '
                      f'input; convert the layer (`.to({x.dtype})`) or the input '
                      f'(`.to({state_dtype})`)')
+
+
+def check_input_state(x: Tensor, state: Tensor, name: str) -> None:
+    """Refuse an input the layer's state ``state`` cannot be updated from: another precision
+    (:func:`check_input_dtype`) or another device. Both are tensor metadata (no device sync);
+    the layers call this before any state changes, so a refused input leaves them untouched
+    (torch itself would fail only at the first mixed op, after counters had moved)."""
+    check_input_dtype(x, state.dtype, name)
+    if x.device != state.device:
+        raise ValueError(f'{name} holds its state on {state.device} but got an input on '
+                         f'{x.device}; move the layer (`.to({str(x.device)!r})`) or the input')
 
 
 def check_values_per_statistic(count: int, name: str, shape: List[int]) -> None:
@@ -209,7 +223,12 @@ _warned = set()
 
 
 def warn_once(key: str, message: str) -> None:
-    """Warn through mmengine's logger (and ``warnings``) once per ``key`` per process."""
+    """Warn through mmengine's logger (and ``warnings``) once per ``key`` per process.
+
+    Callers put into ``key`` what the warning is about *and the values that differ* (e.g. both
+    window sizes of a checkpoint mismatch), so each distinct case is reported once, however
+    many layers share it, and a different case of the same kind is reported again.
+    """
     if key in _warned:
         return
     _warned.add(key)
@@ -222,31 +241,89 @@ def warn_once(key: str, message: str) -> None:
     warnings.warn(message, stacklevel=3)
 
 
+# ------------------------------------------------------------------ state value rules
+#: floating point, every entry finite (running means, windows)
+FINITE = 'finite'
+#: floating point, finite and >= 0 (variances, second moments)
+VARIANCE = 'variance'
+#: an integer dtype and >= 0 (iteration and batch counters, element counts)
+COUNT = 'count'
+#: bool (validity masks)
+MASK = 'mask'
+
+
+def state_value_problems(key: str, value: Tensor, rule: str) -> List[str]:
+    """Why the checkpoint entry ``key`` breaks ``rule`` (empty: it does not).
+
+    Checked when a checkpoint is loaded, never in a training step: reading the values back is
+    a host sync, fine there. A counter stored as a float, a negative count or variance, or a
+    non-finite statistic would otherwise load silently and fail (or poison the statistics)
+    iterations later.
+    """
+    if rule == MASK:
+        if value.dtype != torch.bool:
+            return [f'{key}: expected a bool mask, got {value.dtype}']
+        return []
+    if rule == COUNT:
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            return [f'{key}: a counter must have an integer dtype, got {value.dtype}']
+        if value.numel() and bool((value < 0).any()):
+            return [f'{key}: a counter must be >= 0, got {value.min().item()}']
+        return []
+    if not value.is_floating_point():
+        return [f'{key}: expected floating point statistics, got {value.dtype}']
+    if not bool(torch.isfinite(value).all()):
+        return [f'{key}: holds non-finite values (NaN/Inf); the layer never saves such '
+                'statistics, so the file is corrupt or was not written by this layer']
+    if rule == VARIANCE and value.numel() and bool((value < 0).any()):
+        return [f'{key}: a variance (second moment) must be >= 0, got {value.min().item()}']
+    return []
+
+
 class GuardedNormMixin:
     """State mechanics shared by the package's ``_BatchNorm`` subclasses.
 
     Mix in first (``class MABN(GuardedNormMixin, _BatchNorm)``) and call
     :meth:`_init_guard` at the end of ``__init__``. It provides:
 
-    * **Validate-before-mutate loading.** ``_load_from_state_dict`` first builds this layer's
-      entries from the checkpoint, lets the layer convert them to its own layout
-      (:meth:`_adapt_state`: BGN pools finer statistics, MABN restarts its window for a BN
-      checkpoint or another window size), then checks every entry's type and shape
-      (:meth:`_expected_shape`). Only when everything fits is anything copied; otherwise the
-      problems go to ``error_msgs`` (torch raises, mmengine's non-strict load warns) and the
-      layer is left exactly as it was. A layer is loaded whole or not at all: a checkpoint
-      lacking one of its required entries copies nothing into it and reports the entry
-      missing (torch and mmengine both call this method with ``strict=True`` whatever the
-      user asked, so a non-strict partial load of one layer cannot be told apart; with
-      ``strict=False`` the layer keeps its state). ``_optional_state`` names buffers a
-      checkpoint may lack (BN checkpoints): they are never reported missing;
-      :meth:`_adapt_state` decides their value.
+    * **Validate-before-mutate loading**, the one mechanism every norm (and synced variant)
+      loads through. ``_load_from_state_dict`` collects this layer's entries (registered
+      parameters and buffers, plus the names in ``_extra_state_names``: state kept outside
+      buffers, such as CBN's windows, and older layouts' names) and then, before anything is
+      copied, checks
+
+      1. the checkpoint's values against ``_state_rules`` (:func:`state_value_problems`:
+         integer, non-negative counters; finite statistics; non-negative variances);
+      2. the layer's conversion to its own layout (:meth:`_adapt_state`: BGN pools finer
+         statistics, MABN and CBN restart a window of another size; it may refuse);
+      3. every registered entry's type, dtype kind and shape (:meth:`_expected_shape`), and
+         the cross-entry rules of :meth:`_check_state` (CBN: window shapes, pointer ranges);
+      4. that no entry is missing (``_optional_state`` names may be) and no key under the
+         layer's prefix is unknown.
+
+      Only when everything fits is anything copied (registered entries through torch, then
+      :meth:`_load_extra_state`); otherwise the problems go to ``error_msgs`` (torch raises,
+      mmengine's non-strict loader logs), missing and unknown keys to ``missing_keys`` /
+      ``unexpected_keys``, and the layer is left exactly as it was.
+
+      **Missing keys: a layer loads whole or not at all.** torch (and mmengine) call this
+      method with ``strict=True`` whatever the caller passed to ``load_state_dict``, so a layer
+      cannot tell a strict load (which must change nothing, then raise) from a non-strict one.
+      Loading the entries that are present would break the strict case: torch raises only
+      after every module has copied. So a layer lacking any required entry copies nothing and
+      reports the entry missing: with ``strict=True`` torch raises and the layer is untouched;
+      with ``strict=False`` the load returns the key in ``missing_keys``, as torch does, and
+      the layer keeps all of its state, so a checkpoint's ``running_mean`` never sits next to
+      the layer's old ``running_var`` (nor a half window). Unknown keys under the layer's
+      prefix are treated the same way.
     * **Python mirrors of integer counters** (:meth:`_counter`, :meth:`_set_counter`,
       :meth:`_count_batch` for ``num_batches_tracked``): layers index ring buffers and phases
       by the iteration without reading the tensor (a device sync per layer per step on a
       GPU). A mirror is re-read once when its buffer was changed by anything else (load,
       reset, ``.to()``, DDP buffer broadcast, user code), which the tensor's identity and
       version counter tell without a sync.
+    * **Input checks before any state changes** (:meth:`_check_batch`): dtype and device of
+      the input against the layer's state, and one value per statistic in training.
     * **Non-finite bookkeeping.** ``nonfinite_count`` (not persistent) counts training steps
       in which some statistic was skipped because it was not finite; it is incremented on
       the device (no sync) and reported once per class in the log when the layer changes
@@ -256,13 +333,22 @@ class GuardedNormMixin:
 
     #: buffers a checkpoint may lack; BN's own counter is one (old checkpoints)
     _optional_state: Tuple[str, ...] = ('num_batches_tracked', )
+    #: value rules of the checkpoint's entries (checked as read, before :meth:`_adapt_state`)
+    _state_rules: Dict[str, str] = {
+        'running_mean': FINITE,
+        'running_var': VARIANCE,
+        'num_batches_tracked': COUNT,
+    }
+    #: checkpoint names that belong to the layer besides its parameters and buffers
+    _extra_state_names: Tuple[str, ...] = ()
 
     def _check_batch(self, x: Tensor, values_per_statistic: int) -> None:
-        """Refuse, before any state changes, an input of a wider dtype than the layer's state
-        and (in training) a batch with one value per statistic, as BatchNorm does."""
+        """Refuse, before any state changes, an input of another dtype or device than the
+        layer's state and (in training, ``values_per_statistic >= 0``) a batch with one value
+        per statistic, as BatchNorm does. Metadata only: no device sync."""
         state = self.weight if self.weight is not None else self.running_mean
         if state is not None:
-            check_input_dtype(x, state.dtype, self._layer_name)
+            check_input_state(x, state, self._layer_name)
         if self.training:
             check_values_per_statistic(values_per_statistic, self._layer_name, list(x.shape))
 
@@ -331,72 +417,142 @@ class GuardedNormMixin:
 
         Must not modify the module. Raise ValueError to refuse the checkpoint (the message
         should name the fix); append ``(key, message)`` to ``notes`` for warnings that are
-        logged once if the load goes through. Default: unchanged.
+        logged once per ``key`` if the load goes through (put what differs into ``key``).
+        Default: unchanged.
         """
         return state
 
     def _expected_shape(self, name: str, own: Tensor, value: Tensor) -> Tuple[int, ...]:
-        """The shape the checkpoint entry ``value`` for ``name`` must have (default: the
-        current one; a lazily sized buffer may accept ``value``'s and resize in
-        :meth:`_before_copy`)."""
+        """The shape the checkpoint entry ``value`` for the registered ``name`` must have
+        (default: the current one)."""
         return tuple(own.shape)
 
-    def _before_copy(self, state: Dict[str, Any]) -> None:
-        """Called once the checkpoint is known to fit, right before copying."""
+    def _check_state(self, state: Dict[str, Any], prefix: str) -> List[str]:
+        """Problems with the adapted state beyond single registered entries (default: none);
+        CBN checks its window here. Each message names the key."""
+        return []
+
+    def _load_extra_state(self, state: Dict[str, Any]) -> None:
+        """Take the entries of ``_extra_state_names`` from the adapted, validated ``state``
+        (called right after the registered entries were copied)."""
 
     def _after_load(self) -> None:
         """Called after a successful copy."""
         self._counter_mirrors.clear()  # re-read the counters once
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
+    def _persistent_entries(self) -> Dict[str, Tensor]:
         own = {n: t for n, t in self._parameters.items() if t is not None}
         own.update((n, t) for n, t in self._buffers.items()
                    if t is not None and n not in self._non_persistent_buffers_set)
-        state = {n: state_dict[prefix + n] for n in own if prefix + n in state_dict}
+        return own
+
+    def _unknown_keys(self, state_dict, prefix: str, names) -> List[str]:
+        """Keys under this layer's prefix that are neither its entries nor a child's."""
+        unknown = []
+        for key in state_dict:
+            if not key.startswith(prefix):
+                continue
+            head, dot, _ = key[len(prefix):].partition('.')
+            if (dot and head not in self._modules) or (not dot and head not in names):
+                unknown.append(key)
+        return unknown
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        own = self._persistent_entries()
+        names = list(own) + [n for n in self._extra_state_names if n not in own]
+        state = {n: state_dict[prefix + n] for n in names if prefix + n in state_dict}
         version = local_metadata.get('version', None)
         if 'num_batches_tracked' in own and 'num_batches_tracked' not in state and (
                 version is None or version < 2):
             # as _NormBase: checkpoints older than the counter keep the current count
             state['num_batches_tracked'] = own['num_batches_tracked'].detach().clone()
         where = f'{prefix[:-1] or type(self).__name__}'
-        notes: List[Tuple[str, str]] = []
-        try:
-            state = self._adapt_state(state, notes)
-        except ValueError as err:
-            error_msgs.append(f'{where}: {err}')
-            return
         problems = []
         for name, value in state.items():
             if not isinstance(value, Tensor):
                 problems.append(f'{prefix}{name}: expected a Tensor in the checkpoint, got '
                                 f'{type(value).__name__}')
-                continue
-            expected = self._expected_shape(name, own[name], value)
-            got = tuple(value.shape)
-            if got != expected and not (expected == () and got == (1, )):
-                problems.append(f'size mismatch for {prefix}{name}: copying a param with '
-                                f'shape {got} from checkpoint, the shape in current model '
-                                f'is {expected}.')
+            elif name in self._state_rules:
+                problems += state_value_problems(prefix + name, value, self._state_rules[name])
+        notes: List[Tuple[str, str]] = []
+        if not problems:
+            try:
+                state = self._adapt_state(state, notes)
+            except ValueError as err:
+                problems.append(f'{where}: {err}')
+        if not problems:
+            for name, value in state.items():
+                if name not in own:
+                    continue
+                if not isinstance(value, Tensor):
+                    problems.append(f'{prefix}{name}: expected a Tensor, got '
+                                    f'{type(value).__name__}')
+                    continue
+                if (value.is_floating_point() != own[name].is_floating_point()
+                        or (value.dtype == torch.bool) != (own[name].dtype == torch.bool)):
+                    problems.append(f'{prefix}{name}: checkpoint dtype {value.dtype} cannot '
+                                    f'hold this layer\'s {own[name].dtype} entry')
+                    continue
+                expected = self._expected_shape(name, own[name], value)
+                got = tuple(value.shape)
+                if got != expected and not (expected == () and got == (1, )):
+                    problems.append(f'size mismatch for {prefix}{name}: copying a param with '
+                                    f'shape {got} from checkpoint, the shape in current model '
+                                    f'is {expected}.')
+            problems += self._check_state(state, prefix)
         absent = [prefix + n for n in own if n not in state and n not in self._optional_state]
-        if problems or absent:
-            # leave the layer untouched: report, copy nothing. (Both torch and mmengine pass
-            # strict=True here whatever the user asked, so a missing entry cannot be told
-            # apart from a strict failure: the layer is loaded whole or not at all.)
+        unknown = self._unknown_keys(state_dict, prefix, names)
+        if problems or absent or unknown:
+            # refuse: report, copy nothing (see the class docstring for missing keys)
             error_msgs.extend(problems)
             missing_keys.extend(k for k in absent if k not in missing_keys)
+            unexpected_keys.extend(k for k in unknown if k not in unexpected_keys)
             return
-        for name, value in state.items():
-            state_dict[prefix + name] = value  # the loaders pass a per-module copy
-        self._before_copy(state)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+        registered = {prefix + n: v for n, v in state.items() if n in own}
+        super()._load_from_state_dict(registered, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
         for name in self._optional_state:
             if prefix + name in missing_keys:
                 missing_keys.remove(prefix + name)
+        self._load_extra_state(state)
         self._after_load()
         for key, message in notes:
-            warn_once(key, message)
+            warn_once(key, f'{where}: {message}')
+
+
+# ------------------------------------------------------------------ iteration boundaries
+_iteration_listeners: 'weakref.WeakSet' = weakref.WeakSet()
+_optimizer_step_hook = None
+
+
+def listen_for_iteration_end(layer: torch.nn.Module) -> None:
+    """Call ``layer._end_iteration()`` at the end of every training iteration (held weakly).
+
+    A training iteration ends at an optimizer step: every ``torch.optim`` optimizer runs the
+    global step post-hook registered here on first use (mmengine's ``OptimWrapper``, AMP's
+    ``GradScaler`` and gradient accumulation all end in ``optimizer.step()``; a step that AMP
+    skips is no boundary). The hook runs outside the model's forward, and in it, a Python flag
+    per layer: no device sync, nothing for ``torch.compile`` to trace. Loops that update
+    weights without a ``torch.optim`` optimizer call :func:`end_iteration` themselves.
+    """
+    global _optimizer_step_hook
+    if _optimizer_step_hook is None:
+        from torch.optim.optimizer import register_optimizer_step_post_hook
+        _optimizer_step_hook = register_optimizer_step_post_hook(_after_optimizer_step)
+    _iteration_listeners.add(layer)
+
+
+def end_iteration() -> None:
+    """End the current training iteration of every listening layer (CBN: the next training
+    call starts a new iteration). Runs after every ``torch.optim`` optimizer step; call it
+    directly when the weights are updated by other means."""
+    for layer in list(_iteration_listeners):
+        layer._end_iteration()
+
+
+def _after_optimizer_step(optimizer, args, kwargs) -> None:
+    end_iteration()
 
 
 def batch_moments(x: Tensor) -> Tuple[Tensor, Tensor]:

@@ -13,9 +13,8 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, check_input_4d, check_input_dtype, check_nchw,
-                         check_values_per_statistic, normalize_with_stats,
-                         update_running_stats, warn_once)
+from .functional import (FINITE, VARIANCE, GuardedNormMixin, check_input_4d, check_nchw,
+                         normalize_with_stats, update_running_stats, warn_once)
 
 __all__ = ['MABN']
 
@@ -252,6 +251,9 @@ class MABN(GuardedNormMixin, _BatchNorm):
         self._init_guard()
 
     _optional_state = ('num_batches_tracked', 'chi2_history', 'psi_history')
+    # chi2 is a mean of squares; both rings only ever hold finite values
+    _state_rules = dict(GuardedNormMixin._state_rules, chi2_history=VARIANCE,
+                        psi_history=FINITE)
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
@@ -279,8 +281,7 @@ class MABN(GuardedNormMixin, _BatchNorm):
 
     @torch.jit.unused
     def _forward_train(self, x: Tensor) -> Tensor:
-        check_input_dtype(x, self.chi2_history.dtype, self._layer_name)
-        check_values_per_statistic(x.numel() // x.shape[1], self._layer_name, list(x.shape))
+        self._check_batch(x, x.numel() // x.shape[1])
         with torch.no_grad():
             t = self._count_batch()
             slot = t % self.buffer_size
@@ -336,12 +337,13 @@ class MABN(GuardedNormMixin, _BatchNorm):
         # reads it and the renorm hold waits for R again. R and the affine are kept.
         count = state.get('num_batches_tracked')
         if sizes:
-            notes.append(('mabn-window-size',
+            notes.append((f'mabn-window-size-{sorted(sizes)}-{self.buffer_size}',
                           f'MABN: the checkpoint was trained with buffer_size='
                           f'{"/".join(map(str, sorted(sizes)))}, this layer has buffer_size='
                           f'{self.buffer_size}: its window is restarted empty and the '
                           f'iteration count reset to 0 (warm-up and renorm hold start over); '
-                          f'R (running_var) and the affine parameters are loaded.'))
+                          f'R (running_var) and the affine parameters are loaded (reported '
+                          f'once for every layer with these sizes).'))
         elif isinstance(count, Tensor) and bool(count.ne(0).any()):
             notes.append(('mabn-no-history',
                           'MABN: the checkpoint has an iteration count but no MABN ring '

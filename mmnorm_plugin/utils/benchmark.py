@@ -23,6 +23,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
+from ..norms.functional import end_iteration
+
 __all__ = ['NormFactory', 'DETECTION_SHAPES', 'parse_shape', 'compare_norms', 'format_rows',
            'buffer_bytes', 'collective_bytes']
 
@@ -74,8 +76,7 @@ def _timed_step(conv: nn.Module, norm: nn.Module, x: torch.Tensor) -> float:
     out.backward(torch.ones_like(out), inputs=inputs)
     _synchronize(x.device)  # CUDA kernels run asynchronously: time them, not their launch
     elapsed = time.perf_counter() - t0
-    with torch.no_grad():  # what an optimizer step does: a new weight version (CBN counts
-        conv.weight.add_(0.0)  # iterations there; calls without one are call sites)
+    end_iteration()  # what an optimizer step signals (CBN: calls without one are call sites)
     return elapsed
 
 

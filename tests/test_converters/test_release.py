@@ -51,15 +51,16 @@ def test_strip_removes_exactly_the_training_only_state_and_evaluates_identically
     gone = set(checkpoint['state_dict']) - set(release['state_dict'])
     assert gone == {'cbn.num_iters', 'cbn.hist_count', 'cbn.hist_len', 'cbn.hist_ptr', 'cbn.hist_mean',
                     'cbn.hist_var', 'cbn.hist_mean_proj', 'cbn.hist_var_proj',
-                    'cbn.hist_mean_grad', 'cbn.hist_var_grad', 'mabn.chi2_history',
-                    'mabn.psi_history'}
+                    'cbn.hist_mean_grad', 'cbn.hist_var_grad', 'cbn.hist_valid',
+                    'mabn.chi2_history', 'mabn.psi_history'}
     assert 'num_iters' in release['state_dict']  # the foreign buffer
     assert set(release) == {'state_dict', 'meta'}
     assert release['meta'] == dict(cfg='x = 1', iter=4, seed=3,
                                    stripped=['chi2_history', 'hist_count', 'hist_len',
                                              'hist_mean',
                                              'hist_mean_grad', 'hist_mean_proj', 'hist_ptr',
-                                             'hist_var', 'hist_var_grad', 'hist_var_proj',
+                                             'hist_valid', 'hist_var', 'hist_var_grad',
+                                             'hist_var_proj',
                                              'num_iters', 'psi_history'])
     assert removed['norm training state'] > 0 and removed['optimizer'] > 0
     assert set(checkpoint['state_dict']) >= gone  # the input is untouched

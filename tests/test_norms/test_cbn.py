@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from mmnorm_plugin.norms.cbn import CBN
-from mmnorm_plugin.norms.functional import find_producing_conv
+from mmnorm_plugin.norms.functional import end_iteration, find_producing_conv
 
 
 def _pair(cin=3, c=4, k=3, groups=1, bias=False, buffer_num=3, dtype=torch.float64, **kw):
@@ -18,9 +18,8 @@ def _pair(cin=3, c=4, k=3, groups=1, bias=False, buffer_num=3, dtype=torch.float
 
 
 def _step(conv):
-    """What an optimizer step does to CBN: a new version of the conv weight (values kept)."""
-    with torch.no_grad():
-        conv.weight.add_(0.0)
+    """What an optimizer step does to CBN (weights kept): the iteration ends."""
+    end_iteration()
 
 
 def _used_stats(x, y):
@@ -120,6 +119,7 @@ def _compensation_errors(step, rho):
     cbn(conv(z_old))
     with torch.no_grad():
         conv.weight.add_(step * direction)
+    _step(conv)
     x_new = conv(z_new)
     mean, var = _used_stats(x_new.detach(), cbn(x_new).detach())
     with torch.no_grad():
@@ -173,6 +173,7 @@ def test_gradcheck_through_window():
         cbn(conv(torch.randn(2, 2, 4, 4, dtype=torch.float64)))
         with torch.no_grad():
             conv.weight.add_(0.05 * torch.randn_like(conv.weight))
+        _step(conv)
 
     def f(z):  # a fresh copy per call: the layer's forward is stateful
         return copy.deepcopy(cbn)(conv(z))
@@ -296,6 +297,7 @@ def test_autocast_bf16_on_cpu():
             y = cbn(conv(z))
         y.float().sum().backward()
         y_ref = ref_cbn(ref_conv(z))
+        _step(conv)
     assert y.dtype == torch.bfloat16 and torch.isfinite(y.float()).all()
     assert conv.weight.grad is not None and torch.isfinite(conv.weight.grad).all()
     assert cbn.hist_var_grad.dtype == torch.float32 and cbn.hist_var_grad.abs().sum() > 0
@@ -355,6 +357,7 @@ def test_non_conv_producer_warns_once_and_uses_plain_average():
             x = pool(conv(torch.randn(2, 3, 6, 6, dtype=torch.float64)))
             y = cbn(x)
             xs.append(x.detach())
+            _step(conv)
     messages = [str(w.message) for w in caught if 'not by a Conv2d' in str(w.message)]
     assert len(messages) == 1 and 'AvgPool2D' in messages[0]
     mean, var = _used_stats(xs[-1], y.detach())
@@ -370,6 +373,7 @@ def test_conv_shape_change_restarts_window():
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
             cbn(conv(torch.randn(2, cin, 5, 5)))
+        _step(conv)
     assert cbn.hist_len == 1 and cbn.hist_var_grad.shape == (1, 4, 2, 45)
 
 
@@ -391,6 +395,7 @@ def test_matches_official_style_implementation():
         torch.testing.assert_close(ours(x), official(x))
         with torch.no_grad():
             conv.weight.add_(0.02 * torch.randn_like(conv.weight))
+        _step(conv)
 
 
 # ----------------------------------------------------------------- gradient semantics
@@ -407,6 +412,7 @@ def _windowed(groups=1, eps_outside_sqrt=False, grad_through_compensation=True, 
         cbn(conv(torch.randn(2, 4, 4, 4, dtype=torch.float64)))
         with torch.no_grad():
             conv.weight.add_(0.05 * torch.randn_like(conv.weight))
+        _step(conv)
     return conv, cbn
 
 
@@ -501,6 +507,7 @@ def test_history_does_not_cancel_for_large_mean():
         y = cbn(conv(torch.randn(4, 2, 8, 8)))
         with torch.no_grad():  # an optimizer step that moves the weights a little
             conv.weight.mul_(1.01)
+        _step(conv)
     assert cbn.num_sites == 1 and cbn.hist_len == 3
     std = y.detach().std(dim=(0, 2, 3))
     torch.testing.assert_close(std, torch.ones(3), atol=0.05, rtol=0)
@@ -554,7 +561,7 @@ def test_failed_load_leaves_layer_untouched():
         cbn.load_state_dict(bad_history)
     for key, value in cbn.state_dict().items():
         assert torch.equal(value, before[key]), key
-    assert cbn._lens == cbn.hist_len.tolist() and cbn._iters == int(cbn.num_iters)
+    assert cbn._iters == int(cbn.num_iters)
 
 
 def test_older_layout_checkpoint_keeps_running_stats():

@@ -15,6 +15,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import mmnorm_plugin  # noqa: F401
 from mmnorm_plugin.norms.cbn import CBN
+from mmnorm_plugin.norms.functional import end_iteration
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')
@@ -84,6 +85,7 @@ def test_deepcopy_before_first_step_and_to_after_load():
         cbn(conv(torch.randn(2, 3, 6, 6)))
         with torch.no_grad():  # an optimizer step: the next call is the next iteration
             conv.weight.add_(0.01)
+        end_iteration()
     assert cbn.hist_var_grad.shape == (1, 4, 2, 27) and twin.hist_var_grad.numel() == 0
     twin.load_state_dict(cbn.state_dict())  # sized from the checkpoint
     assert torch.equal(twin.hist_var_grad, cbn.hist_var_grad)

@@ -15,6 +15,7 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN
+from mmnorm_plugin.norms.functional import end_iteration
 
 ITERS = 6  # buffer_num 3: the window fills and wraps
 # (per-rank images, layer calls per iteration, CBN options)
@@ -45,11 +46,13 @@ def _data(it, site, total):
 
 
 def _step(conv, norm, it):
-    """The 'optimizer step' both sides apply: a fixed perturbation, in place."""
+    """The 'optimizer step' both sides apply: a fixed perturbation, in place, then the end of
+    the iteration that an optimizer step signals."""
     gen = torch.Generator().manual_seed(7 + it)
     with torch.no_grad():
         for p in (conv.weight, norm.weight, norm.bias):
             p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    end_iteration()
 
 
 def _run(cls, scenario, lo, hi, count_syncs=False):
@@ -198,12 +201,13 @@ def test_one_all_reduce_forward_and_one_backward_per_layer_and_iteration(ranks):
 
 
 def test_bytes_per_layer_and_iteration_are_the_documented_ones(ranks):
-    """Forward (k+1)(2C+1) float64 once the window is full (fewer before), backward 2C in the
-    statistics' dtype (float64 here, a float64 model): the README's communication table."""
+    """Forward (k+1)(2C+1) float64 from the first window iteration on (unfilled slots travel
+    with count 0: the message never changes size), backward 2C in the statistics' dtype
+    (float64 here, a float64 model): the README's communication table."""
     c, k = 8, 3
     sizes = ranks[0]['_all_reduce_sizes'][:2 * ITERS]  # 'even': one site, no burn-in
     forward, backward = sizes[0::2], sizes[1::2]
-    assert [n for n, _ in forward] == [(min(it, k) + 1) * (2 * c + 1) for it in range(ITERS)]
+    assert [n for n, _ in forward] == [(k + 1) * (2 * c + 1)] * ITERS
     assert {d for _, d in forward} == {torch.float64}
     assert backward == [(2 * c, torch.float64)] * ITERS
     assert ranks[1]['_all_reduce_sizes'] == ranks[0]['_all_reduce_sizes']
