@@ -8,7 +8,8 @@ Importing the package registers everything (configs do it with
   root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
-* runner hooks (``CBNBurnInHook``) in mmengine's root ``HOOKS``;
+* runner hooks (``CBNBurnInHook``, ``SafeCheckpointHook``) in mmengine's root ``HOOKS`` and
+  the file backend ``'atomic_local'`` (a new name; the local backend itself is unchanged);
 * guards around mmengine's ``sync_bn`` conversion and its revert, which turn the plugin norms
   into their synced variants (and back) instead of silently into ``SyncBatchNorm`` (MABN, which
   has none, is kept; see :mod:`mmnorm_plugin.utils.sync_bn`).
@@ -20,7 +21,7 @@ Importing it does **not** change ``torch.load``: our tools open
 from .version import __version__
 from . import norms  # noqa: F401  (registers the norm and conv layers)
 from . import models  # noqa: F401  (registers the backbones)
-from . import engine  # noqa: F401  (registers the runner hooks, e.g. CBNBurnInHook)
+from . import engine  # noqa: F401  (registers the runner hooks and the atomic file backend)
 from .utils.norm_cfg import validate_norm_cfgs
 from .utils.sync_bn import install_sync_bn_guard
 
