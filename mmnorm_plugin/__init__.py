@@ -8,7 +8,9 @@ Importing the package registers everything (configs do it with
   root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
-* runner hooks (``CBNBurnInHook``) in mmengine's root ``HOOKS``;
+* runner hooks (``CBNBurnInHook``, ``SafeCheckpointHook``, ``WeightsOnlyCheckpointHook``,
+  ``PreciseNormHook``) in mmengine's root ``HOOKS`` and the file backend ``'atomic_local'`` (a new
+  name; the local backend itself is unchanged);
 * the norm config check (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`) on every
   model build from mmengine's or mmdet's ``MODELS`` (Runner, ``init_detector``,
   ``DetInferencer``, mmdet's own tools), so a bad norm config is reported with its config path
@@ -24,8 +26,13 @@ Importing it does **not** change ``torch.load``: our tools open
 from .version import __version__
 from . import norms  # noqa: F401  (registers the norm and conv layers)
 from . import models  # noqa: F401  (registers the backbones)
-from . import engine  # noqa: F401  (registers the runner hooks, e.g. CBNBurnInHook)
-from .utils.norm_cfg import install_build_validation, validate_norm_cfgs
+* runner hooks (``CBNBurnInHook``, ``SafeCheckpointHook``, ``WeightsOnlyCheckpointHook``,
+  ``PreciseNormHook``) in mmengine's root ``HOOKS`` and the file backend ``'atomic_local'`` (a new
+  name; the local backend itself is unchanged);
+* the norm config check (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`) on every
+  model build from mmengine's or mmdet's ``MODELS`` (Runner, ``init_detector``,
+  ``DetInferencer``, mmdet's own tools), so a bad norm config is reported with its config path
+  and the fix wherever the model is built;
 from .utils.sync_bn import install_sync_bn_guard
 
 install_sync_bn_guard()

@@ -51,3 +51,29 @@ def run_ranks(tmp_path_factory):
         return [torch.load(out, weights_only=False) for out in outs]
 
     return run
+
+
+@pytest.fixture(scope='session')
+def overwrite_tensor_bytes():
+    """``overwrite_tensor_bytes(path)``: overwrite 8 bytes inside the largest tensor of the
+    torch zip checkpoint ``path`` in place, as a flipped disk block would; the file still
+    loads (torch does not check its records' CRCs). Returns the record's name."""
+    import struct
+    import zipfile
+
+    def overwrite(path):
+        with zipfile.ZipFile(path) as zf:
+            record = max((i for i in zf.infolist() if '/data/' in i.filename),
+                         key=lambda i: i.file_size)
+        with open(path, 'r+b') as f:
+            f.seek(record.header_offset)
+            header = f.read(30)  # local header: name and extra lengths at bytes 26..30
+            name_len, extra_len = struct.unpack('<HH', header[26:30])
+            start = record.header_offset + 30 + name_len + extra_len
+            f.seek(start + record.file_size // 2)
+            old = f.read(8)
+            f.seek(start + record.file_size // 2)
+            f.write(bytes(b ^ 0xFF for b in old))
+        return record.filename
+
+    return overwrite

@@ -4,9 +4,11 @@
         [--show-dir DIR] [--cfg-options k=v ...] [--launcher ...] [--tta]
         [--allow-checkpoint-mismatch]
 
-The checkpoint is compared with the model built from CONFIG first: missing weights or other
-shapes are refused with what differs (--allow-checkpoint-mismatch evaluates anyway); extra
-entries or another saved config only warn (a CBN checkpoint under its BN twin config is fine).
+A checkpoint that does not load, or whose recorded SHA-256 no longer matches its tensors, is
+refused in one line (checkpoints without a checksum load unverified). The checkpoint is then
+compared with the model built from CONFIG: missing weights or other shapes are refused with what
+differs (--allow-checkpoint-mismatch evaluates anyway); extra entries or another saved config
+only warn (a CBN checkpoint under its BN twin config is fine).
 """
 import os.path as osp
 import sys

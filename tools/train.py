@@ -8,6 +8,10 @@ cfg.sync_bn turns CBN/BGN/BKN into SyncCBN/SyncBGN/SyncBKN (MABN, which has no s
 variant, is refused in distributed runs), the config gets
 custom_imports=['mmnorm_plugin'] if it lacks it (so the dumped config and the checkpoint load
 in mmdet's APIs), and `--launcher pytorch` without CUDA runs on gloo (tools/dist_train.sh).
+Checkpoints are written atomically with a SHA-256 (SafeCheckpointHook); `--resume` skips
+checkpoints that do not load or verify and resumes from the newest intact one; in distributed
+runs a rank that loses another stops with one line within env_cfg.dist_cfg.timeout (default
+1800 s). See README, "Training on preemptible machines".
 """
 import os.path as osp
 import sys

@@ -13,17 +13,30 @@ mmengine 0.10.7 cannot run ``--launcher pytorch`` on a CPU-only machine, for two
    ``MMDistributedDataParallel`` that drops ``device_ids`` when the module's parameters live
    on the CPU, and :func:`use_cpu_ddp` puts it into the config.
 
-On CUDA machines nothing here is used: mmengine's own path (nccl) runs unchanged.
+On CUDA machines nothing of the above is used: mmengine's own path (nccl) runs unchanged.
+
+For every distributed launch of our tools: collectives wait at most ``env_cfg.dist_cfg.timeout``
+seconds (:data:`DEFAULT_TIMEOUT_S` when unset, :func:`set_default_dist_timeout`) for the other
+ranks, and a rank that then finds another one dead or silent stops with one line
+(:func:`lost_peer_message`) instead of a traceback.
 """
 import os
+import re
 from datetime import timedelta
+from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
-__all__ = ['AnyDeviceDDP', 'init_cpu_process_group', 'needs_cpu_dist', 'use_cpu_ddp']
+__all__ = ['AnyDeviceDDP', 'init_cpu_process_group', 'needs_cpu_dist', 'use_cpu_ddp',
+           'DEFAULT_TIMEOUT_S', 'dist_timeout_s', 'set_default_dist_timeout',
+           'lost_peer_message']
+
+# torch's own default for gloo (its NCCL default is 10 min): long enough for rank 0 to compute
+# COCO metrics while the other ranks wait in the broadcast of the results
+DEFAULT_TIMEOUT_S = 1800
 
 
 @MODEL_WRAPPERS.register_module()
@@ -50,8 +63,8 @@ def needs_cpu_dist(launcher: str) -> bool:
 def init_cpu_process_group(cfg) -> None:
     """Create the default gloo process group from torchrun's environment (idempotent).
 
-    The timeout comes from ``cfg.env_cfg.dist_cfg.timeout`` (seconds) as in mmengine; the
-    backend in ``dist_cfg`` (usually 'nccl') is ignored: gloo is the CPU backend.
+    The timeout is :func:`dist_timeout_s` (``cfg.env_cfg.dist_cfg.timeout`` as in mmengine);
+    the backend in ``dist_cfg`` (usually 'nccl') is ignored: gloo is the CPU backend.
     """
     if torch_dist.is_initialized():
         return
@@ -61,11 +74,49 @@ def init_cpu_process_group(cfg) -> None:
         raise RuntimeError(f"--launcher pytorch without CUDA needs torchrun's environment "
                            f"({', '.join(missing)} unset): start it with tools/dist_train.sh "
                            "or torchrun.")
-    dist_cfg = (cfg.get('env_cfg') or {}).get('dist_cfg') or {}
-    kwargs = {}
-    if dist_cfg.get('timeout') is not None:
-        kwargs['timeout'] = timedelta(seconds=dist_cfg['timeout'])
-    torch_dist.init_process_group(backend='gloo', **kwargs)
+    torch_dist.init_process_group(backend='gloo', timeout=timedelta(seconds=dist_timeout_s(cfg)))
+
+
+def dist_timeout_s(cfg) -> float:
+    """Seconds a collective waits for the other ranks: ``env_cfg.dist_cfg.timeout`` or ours."""
+    timeout = ((cfg.get('env_cfg') or {}).get('dist_cfg') or {}).get('timeout')
+    return DEFAULT_TIMEOUT_S if timeout is None else timeout
+
+
+def set_default_dist_timeout(cfg) -> None:
+    """Write :data:`DEFAULT_TIMEOUT_S` into ``cfg.env_cfg.dist_cfg`` unless it sets a timeout.
+
+    mmengine's ``init_dist`` (nccl) reads it from there; with it in the config, the dumped
+    config states the timeout a run used.
+    """
+    env_cfg = cfg.setdefault('env_cfg', {})
+    dist_cfg = env_cfg.setdefault('dist_cfg', {})
+    if dist_cfg.get('timeout') is None:
+        dist_cfg['timeout'] = DEFAULT_TIMEOUT_S
+
+
+# errors of the collective stack (torch's own DistError subclasses say so by type) ...
+_DIST_SOURCES = ('gloo', 'NCCL', 'c10d', 'ProcessGroup')
+# ... that mean a peer died (its sockets closed) or stopped answering (the timeout ran out)
+_PEER_LOST = ('closed by peer', 'reset by peer', 'Broken pipe', 'Timed out', 'timed out',
+              'timing out', 'communicator was aborted')
+
+
+def lost_peer_message(err: BaseException, timeout_s: float) -> Optional[str]:
+    """One actionable line for an error that means another rank is gone, else ``None``."""
+    text = str(err)
+    from_dist = (isinstance(err, getattr(torch_dist, 'DistError', ()))
+                 or any(source in text for source in _DIST_SOURCES))
+    if not (from_dist and any(marker in text for marker in _PEER_LOST)):
+        return None
+    # gloo prefixes its source position: "[.../gloo/transport/tcp/pair.cc:553] Connection ..."
+    detail = re.sub(r'^\[[^\]]*\]\s*', '', text.strip().splitlines()[0] if text.strip() else '')
+    detail = detail.split('. ')[0].rstrip('.') or type(err).__name__
+    rank = (f'rank {torch_dist.get_rank()} of {torch_dist.get_world_size()}'
+            if torch_dist.is_initialized() else 'this rank')
+    return (f'{rank}: lost contact with another rank ({detail}): a rank died or stopped '
+            f'responding (collectives wait at most env_cfg.dist_cfg.timeout = {timeout_s} s). '
+            'Restart all ranks with --resume to continue from the last checkpoint.')
 
 
 def use_cpu_ddp(cfg) -> None:

@@ -16,6 +16,14 @@ with one line, and the config (with ``--cfg-options``) is loaded once and checke
   from the config; a checkpoint that leaves model weights unset is refused
   (``--allow-checkpoint-mismatch`` evaluates anyway).
 
+Checkpoints are written and read through
+:class:`~mmnorm_plugin.engine.safe_checkpoint.SafeCheckpointHook`, which the configs'
+``CheckpointHook`` becomes: atomic writes, a SHA-256 in every checkpoint, and ``--resume`` walks
+back past checkpoints that do not load or verify. A damaged checkpoint named explicitly
+(``--resume PATH``, ``tools/test.py``'s) stops the run with one line. In distributed runs, a
+rank that loses another one stops with one line too
+(:func:`~mmnorm_plugin.apis.dist.lost_peer_message`).
+
 Checkpoints (``--resume``, ``load_from``, ``tools/test.py``'s checkpoint) are loaded inside
 :func:`~mmnorm_plugin.utils.checkpoint.mmengine_checkpoint_loading`: torch's weights-only
 unpickler with exactly what a Runner checkpoint needs, for this run only. A file that needs more
@@ -94,13 +102,18 @@ def add_weights_only_checkpoints(cfg: Config) -> Config:
 class _PluginConfig:
     """What mmdet's ``main`` sees as ``Config``: ``fromfile`` with the plugin's additions."""
 
-    def __init__(self, cpu_dist: bool):
+    def __init__(self, distributed: bool, cpu_dist: bool):
+        self.distributed = distributed
         self.cpu_dist = cpu_dist
 
     def fromfile(self, *args, **kwargs) -> Config:
+        from ..engine.safe_checkpoint import use_safe_checkpoint_hook
+        from .dist import set_default_dist_timeout, use_cpu_ddp
         cfg = add_weights_only_checkpoints(add_plugin_import(Config.fromfile(*args, **kwargs)))
+        use_safe_checkpoint_hook(cfg)
+        if self.distributed:
+            set_default_dist_timeout(cfg)
         if self.cpu_dist:
-            from .dist import use_cpu_ddp
             use_cpu_ddp(cfg)
         return cfg
 
@@ -114,22 +127,22 @@ def check_test_checkpoint(cfg: Config, checkpoint_path: str, config_path: str = 
 
     Raises :class:`~mmnorm_plugin.utils.checkpoint.CheckpointMismatch` when model weights would
     stay unset (missing keys, other shapes) unless ``allow_mismatch``; returns a warning text
-    for lesser differences (extra keys, another saved config), ``None`` for a match.
+    for lesser differences (extra keys, another saved config), ``None`` for a match. A file that
+    does not load or fails its checksum raises
+    :class:`~mmnorm_plugin.utils.checkpoint_safety.DamagedCheckpoint` first.
     """
-    import torch
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
     from ..utils.checkpoint import (CheckpointMismatch, compare_checkpoint_with_model,
                                     format_mismatch)
+    from ..utils.checkpoint_safety import load_verified_checkpoint
     if not osp.isfile(checkpoint_path):  # URLs etc.: mmengine's loader reports those itself
         return None
+    # a file that does not load, or whose checksum differs, raises DamagedCheckpoint here
+    checkpoint = load_verified_checkpoint(checkpoint_path)
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(copy.deepcopy(cfg.model))  # detectors edit their cfg while building
-    try:  # mmap: no second full read of a large checkpoint
-        checkpoint = torch.load(checkpoint_path, map_location='cpu', mmap=True)
-    except RuntimeError:  # legacy (non-zip) format cannot be mapped
-        checkpoint = torch.load(checkpoint_path, map_location='cpu')
     report = compare_checkpoint_with_model(model, checkpoint, cfg.model)
     if not any(report.values()):
         return None
@@ -157,13 +170,29 @@ def _pop_flag(argv: List[str], flag: str) -> bool:
 
 @contextlib.contextmanager
 def _checkpoint_loading(unsafe: bool):
-    """Our loads' allow-list for the block; a refused file ends the run with one line."""
+    """Our loads' allow-list for the block; a refused or damaged file ends the run in one line."""
     from ..utils.checkpoint import mmengine_checkpoint_loading, unsafe_load_message
+    from ..utils.checkpoint_safety import DamagedCheckpoint
     with mmengine_checkpoint_loading(unsafe=unsafe):
         try:
             yield
         except pickle.UnpicklingError as err:
             raise SystemExit(unsafe_load_message(err)) from err
+        except DamagedCheckpoint as err:
+            raise SystemExit(str(err)) from err
+
+
+@contextlib.contextmanager
+def _lost_peers_end_the_run(timeout_s: float):
+    """In a distributed run, an error meaning another rank is gone ends the run with one line."""
+    from .dist import lost_peer_message
+    try:
+        yield
+    except RuntimeError as err:
+        message = lost_peer_message(err, timeout_s)
+        if message is None:
+            raise
+        raise SystemExit(message) from err
 
 
 def _check_paths_exist(name: str, args) -> None:
@@ -184,7 +213,7 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     """Check the config named on the command line, then run mmdet's tool ``name``."""
     import mmnorm_plugin  # noqa: F401  (registrations)
     from ..utils.checkpoint import UNSAFE_LOAD_FLAG
-    from .dist import init_cpu_process_group, needs_cpu_dist
+    from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
     allow_mismatch = _pop_flag(sys.argv, ALLOW_MISMATCH) if name == 'test' else False
@@ -212,9 +241,11 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     if cpu_dist:
         # before anything else talks to torch.distributed; mmengine then finds the group
         init_cpu_process_group(cfg)
-    tool['main'].__globals__['Config'] = _PluginConfig(cpu_dist)
+    tool['main'].__globals__['Config'] = _PluginConfig(distributed, cpu_dist)
+    lost_peers = (_lost_peers_end_the_run(dist_timeout_s(cfg)) if distributed
+                  else contextlib.nullcontext())
     try:
-        with _checkpoint_loading(unsafe_load):
+        with lost_peers, _checkpoint_loading(unsafe_load):
             if name == 'test' and 'model' in cfg:
                 import torch.distributed as dist
                 rank = dist.get_rank() if dist.is_initialized() else 0

@@ -62,11 +62,13 @@ def from_weights_only(obj: Any) -> Any:
 class WeightsOnlyCheckpointHook(Hook):
     """Write checkpoints that load under ``torch.load(weights_only=True)`` with no allow-list.
 
-    Runs last before a save (``VERY_LOW``), after any hook that adds entries, and converts
-    ``meta`` and ``message_hub``; ``after_load_checkpoint`` converts them back before mmengine
-    reads them. Checkpoints without the tags (plain mmengine ones) pass through unchanged.
+    Runs late before a save (``LOW``: after the hooks that add entries, before
+    ``SafeCheckpointHook`` (``VERY_LOW``) hashes the sections, so the checksum covers what is
+    written) and converts ``meta`` and ``message_hub``; ``after_load_checkpoint`` converts them
+    back before mmengine reads them. Checkpoints without the tags (plain mmengine ones) pass
+    through unchanged.
     """
-    priority = 'VERY_LOW'
+    priority = 'LOW'
 
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         for key in ('meta', 'message_hub'):

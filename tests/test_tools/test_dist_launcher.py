@@ -8,15 +8,20 @@ launcher (CBN) and dist_test evaluates to the same metrics as a single-process t
 With ``sync_bn='torch'`` (CBN, BGN, BKN) our tools/train.py runs their synced variants: the
 statistics are pooled over both ranks, so the running statistics are identical on both ranks
 while CBN's window (each rank's own images) is not, and the checkpoint evaluates.
+A rank killed (or stopped: a vanished machine) in a 2-node run makes the other stop with one
+line within ``env_cfg.dist_cfg.timeout``.
 """
 import glob
 import json
 import os
 import os.path as osp
+import re
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import torch
@@ -189,3 +194,73 @@ def _train_and_test(workdir, norm, synced):
     single = _metric_lines(single_dir)[0]
     assert {k: v for k, v in dist_metrics[0].items() if k.startswith('coco/')} == \
         {k: v for k, v in single.items() if k.startswith('coco/')}
+
+
+def _descendants(pid):
+    children = []
+    for task in os.listdir(f'/proc/{pid}/task'):
+        with open(f'/proc/{pid}/task/{task}/children') as f:
+            children += [int(c) for c in f.read().split()]
+    return children + [d for c in children for d in _descendants(c)]
+
+
+def _train_worker(launcher_pid):
+    """The tools/train.py process under a dist_train.sh (bash -> torchrun -> worker)."""
+    for pid in _descendants(launcher_pid):
+        with open(f'/proc/{pid}/cmdline', 'rb') as f:
+            cmd = f.read().split(b'\0')
+        if any(arg.endswith(b'train.py') for arg in cmd) and b'torch.distributed.run' not in cmd:
+            return pid
+    raise AssertionError(f'no train.py worker under {launcher_pid}')
+
+
+# SIGKILL: the peer's sockets close (gloo notices at once); SIGSTOP: a machine that vanished
+# without closing them (only the timeout ends the wait)
+@pytest.mark.parametrize('sig', [signal.SIGKILL, signal.SIGSTOP], ids=['killed', 'stopped'])
+def test_a_dead_rank_stops_the_other_within_the_timeout(workdir, sig):
+    timeout = 30
+    # two "nodes" of one process each: rank 0's torchrun does not see rank 1 die, so rank 0
+    # itself must notice (on one node, torchrun would stop it with SIGTERM)
+    env = dict(os.environ, PYTHON=sys.executable, PORT=_free_port(), PYTHONPATH=str(workdir),
+               OMP_NUM_THREADS='1', NNODES='2')
+    env.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
+    args = [osp.join(DEMO, 'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py'), '1', '--work-dir',
+            str(workdir / f'dead_rank_{sig.name}'), '--cfg-options', 'train_cfg.max_iters=500',
+            'default_hooks.logger.interval=1', f'env_cfg.dist_cfg.timeout={timeout}']
+    logs = [workdir / f'dead_rank_{sig.name}_node{n}.log' for n in (0, 1)]
+    nodes = []
+    for n in (0, 1):
+        with open(logs[n], 'w') as out:
+            nodes.append(subprocess.Popen(
+                ['bash', osp.join(ROOT, 'tools', 'dist_train.sh'), *args], cwd=workdir,
+                env=dict(env, NODE_RANK=str(n)), stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True))
+    victim = None
+    try:
+        deadline = time.time() + 400
+        while not re.search(r'Iter\(train\) \[\s*2/500\]', logs[0].read_text()):
+            assert nodes[0].poll() is None and nodes[1].poll() is None, logs[0].read_text()[-3000:]
+            assert time.time() < deadline, 'training did not start'
+            time.sleep(0.5)
+        victim = _train_worker(nodes[1].pid)
+        os.kill(victim, sig)
+        start = time.time()
+        try:
+            rc = nodes[0].wait(timeout + 120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f'rank 0 still runs {timeout + 120} s after rank 1 was {sig.name}ed')
+        elapsed = time.time() - start
+    finally:
+        if victim is not None and sig == signal.SIGSTOP:
+            os.kill(victim, signal.SIGCONT)
+        for node in nodes:  # each in its own session: torchrun and its worker
+            if node.poll() is None:
+                os.killpg(node.pid, signal.SIGKILL)
+            node.wait(60)
+    log = logs[0].read_text()
+    line = re.search(r'rank 0 of 2: lost contact with another rank \((.*?)\): .*', log)
+    assert rc != 0 and line, log[-4000:]
+    assert f'env_cfg.dist_cfg.timeout = {timeout} s' in line.group(0)
+    assert '--resume' in line.group(0)
+    # within the timeout (plus the time to leave a step on this shared 2-core machine)
+    assert elapsed < timeout + 45, (elapsed, line.group(0))
