@@ -8,32 +8,22 @@ Importing the package registers everything (configs do it with
   root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
-* runner hooks (``CBNBurnInHook``, ``SafeCheckpointHook``, ``WeightsOnlyCheckpointHook``,
-  ``PreciseNormHook``) in mmengine's root ``HOOKS`` and the file backend ``'atomic_local'`` (a new
-  name; the local backend itself is unchanged);
-* the norm config check (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`) on every
-  model build from mmengine's or mmdet's ``MODELS`` (Runner, ``init_detector``,
-  ``DetInferencer``, mmdet's own tools), so a bad norm config is reported with its config path
-  and the fix wherever the model is built;
+from . import engine  # noqa: F401  (registers the runner hooks and the atomic file backend)
+from .validation.norm_cfg import install_build_validation, validate_norm_cfgs
 * guards around mmengine's ``sync_bn`` conversion and its revert, which turn the plugin norms
   into their synced variants (and back) instead of silently into ``SyncBatchNorm`` (MABN, which
-  has none, is kept; see :mod:`mmnorm_plugin.utils.sync_bn`).
+  has none, is kept; see :mod:`mmnorm_plugin.distributed.sync_bn`).
 
 Importing it does **not** change ``torch.load``: our tools open
-:func:`~mmnorm_plugin.utils.checkpoint.mmengine_checkpoint_loading` around their own loads (see
-:mod:`mmnorm_plugin.utils.checkpoint`); every other caller keeps torch's weights-only defaults.
+:func:`~mmnorm_plugin.checkpoint.loading.mmengine_checkpoint_loading` around their own loads (see
+:mod:`mmnorm_plugin.checkpoint.loading`); every other caller keeps torch's weights-only defaults.
 """
 from .version import __version__
 from . import norms  # noqa: F401  (registers the norm and conv layers)
 from . import models  # noqa: F401  (registers the backbones)
-* runner hooks (``CBNBurnInHook``, ``SafeCheckpointHook``, ``WeightsOnlyCheckpointHook``,
-  ``PreciseNormHook``) in mmengine's root ``HOOKS`` and the file backend ``'atomic_local'`` (a new
-  name; the local backend itself is unchanged);
-* the norm config check (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`) on every
-  model build from mmengine's or mmdet's ``MODELS`` (Runner, ``init_detector``,
-  ``DetInferencer``, mmdet's own tools), so a bad norm config is reported with its config path
-  and the fix wherever the model is built;
-from .utils.sync_bn import install_sync_bn_guard
+from . import engine  # noqa: F401  (registers the runner hooks and the atomic file backend)
+from .validation.norm_cfg import install_build_validation, validate_norm_cfgs
+from .distributed.sync_bn import install_sync_bn_guard
 
 install_sync_bn_guard()
 install_build_validation()

@@ -13,7 +13,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.utils.norm_cfg import validate_norm_cfgs
+from mmnorm_plugin.validation.norm_cfg import validate_norm_cfgs
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = sorted(

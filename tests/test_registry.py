@@ -9,7 +9,7 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from mmengine.registry import MODELS, DefaultScope, init_default_scope
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.utils.norm_cfg import registered_norm_types, validate_norm_cfgs
+from mmnorm_plugin.validation.norm_cfg import registered_norm_types, validate_norm_cfgs
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PLUGIN_NORMS = ('CBN', 'MABN', 'BGN', 'BKN')

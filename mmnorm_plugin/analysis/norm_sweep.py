@@ -245,7 +245,7 @@ def ensure_dataset(cfg) -> Optional[str]:
         from ..datasets import make_photo_digits
         make_photo_digits(root)
     elif name in ('tiny_coco', 'tiny_coco_hard'):
-        from ..utils.tiny_coco import make_tiny_coco
+        from ..datasets.tiny_coco import make_tiny_coco
         make_tiny_coco(root, variant='hard' if name.endswith('_hard') else 'default')
     else:
         return None

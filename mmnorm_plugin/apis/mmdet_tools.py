@@ -8,10 +8,10 @@ keeping copies) keeps our CLI identical to mmdet's — ``--work-dir``, ``--amp``
 Before handing over, a config, checkpoint or ``--resume`` path that does not exist ends the run
 with one line, and the config (with ``--cfg-options``) is loaded once and checked:
 
-* every norm config (:func:`~mmnorm_plugin.utils.norm_cfg.validate_norm_cfgs`): missing type,
+* every norm config (:func:`~mmnorm_plugin.validation.norm_cfg.validate_norm_cfgs`): missing type,
   unknown type or argument, MABN after a plain conv;
 * ``train``: ``cfg.sync_bn`` with a plugin norm that has no synced variant is refused
-  (:func:`~mmnorm_plugin.utils.sync_bn.check_sync_bn_cfg`);
+  (:func:`~mmnorm_plugin.distributed.sync_bn.check_sync_bn_cfg`);
 * ``test``: the checkpoint's keys and shapes (and its saved config) against the model built
   from the config; a checkpoint that leaves model weights unset is refused
   (``--allow-checkpoint-mismatch`` evaluates anyway).
@@ -25,7 +25,7 @@ rank that loses another one stops with one line too
 (:func:`~mmnorm_plugin.apis.dist.lost_peer_message`).
 
 Checkpoints (``--resume``, ``load_from``, ``tools/test.py``'s checkpoint) are loaded inside
-:func:`~mmnorm_plugin.utils.checkpoint.mmengine_checkpoint_loading`: torch's weights-only
+:func:`~mmnorm_plugin.checkpoint.loading.mmengine_checkpoint_loading`: torch's weights-only
 unpickler with exactly what a Runner checkpoint needs, for this run only. A file that needs more
 stops the run with one line naming ``--unsafe-load``, which the user types to trust it.
 
@@ -52,8 +52,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import mmdet
 from mmengine.config import Config
 
-from ..utils.norm_cfg import norm_cfg_types, validate_norm_cfgs
-from ..utils.sync_bn import check_sync_bn_cfg
+from ..validation.norm_cfg import norm_cfg_types, validate_norm_cfgs
+from ..distributed.sync_bn import check_sync_bn_cfg
 
 __all__ = ['load_mmdet_tool', 'run_mmdet_tool', 'add_plugin_import', 'check_test_checkpoint',
            'PLUGIN_IMPORT']
@@ -125,18 +125,18 @@ def check_test_checkpoint(cfg: Config, checkpoint_path: str, config_path: str = 
                           allow_mismatch: bool = False) -> Optional[str]:
     """Compare ``checkpoint_path`` with the model of ``cfg``; raise or return a warning text.
 
-    Raises :class:`~mmnorm_plugin.utils.checkpoint.CheckpointMismatch` when model weights would
+    Raises :class:`~mmnorm_plugin.checkpoint.loading.CheckpointMismatch` when model weights would
     stay unset (missing keys, other shapes) unless ``allow_mismatch``; returns a warning text
     for lesser differences (extra keys, another saved config), ``None`` for a match. A file that
     does not load or fails its checksum raises
-    :class:`~mmnorm_plugin.utils.checkpoint_safety.DamagedCheckpoint` first.
+    :class:`~mmnorm_plugin.checkpoint.safety.DamagedCheckpoint` first.
     """
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
 
-    from ..utils.checkpoint import (CheckpointMismatch, compare_checkpoint_with_model,
+    from ..checkpoint.loading import (CheckpointMismatch, compare_checkpoint_with_model,
                                     format_mismatch)
-    from ..utils.checkpoint_safety import load_verified_checkpoint
+    from ..checkpoint.safety import load_verified_checkpoint
     if not osp.isfile(checkpoint_path):  # URLs etc.: mmengine's loader reports those itself
         return None
     # a file that does not load, or whose checksum differs, raises DamagedCheckpoint here
@@ -171,8 +171,8 @@ def _pop_flag(argv: List[str], flag: str) -> bool:
 @contextlib.contextmanager
 def _checkpoint_loading(unsafe: bool):
     """Our loads' allow-list for the block; a refused or damaged file ends the run in one line."""
-    from ..utils.checkpoint import mmengine_checkpoint_loading, unsafe_load_message
-    from ..utils.checkpoint_safety import DamagedCheckpoint
+    from ..checkpoint.loading import mmengine_checkpoint_loading, unsafe_load_message
+    from ..checkpoint.safety import DamagedCheckpoint
     with mmengine_checkpoint_loading(unsafe=unsafe):
         try:
             yield
@@ -212,7 +212,7 @@ def _check_paths_exist(name: str, args) -> None:
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     """Check the config named on the command line, then run mmdet's tool ``name``."""
     import mmnorm_plugin  # noqa: F401  (registrations)
-    from ..utils.checkpoint import UNSAFE_LOAD_FLAG
+    from ..checkpoint.loading import UNSAFE_LOAD_FLAG
     from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]

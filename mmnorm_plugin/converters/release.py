@@ -23,39 +23,19 @@ dict and the CLI (``tools/model_converters/strip_training_state.py``) writes a n
 """
 import os
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, Tuple
 
 import torch
+
+from ..checkpoint.keys import is_training_only_key, training_only_keys
 
 __all__ = ['is_training_only_key', 'training_only_keys', 'strip_training_state',
            'strip_checkpoint_file', 'RELEASE_META_KEYS']
 
-# buffer -> the sibling buffer that identifies its layer type
-_CBN_SIGNATURE = 'hist_mean'
-_CBN_COUNTERS = ('num_iters', 'hist_len', 'hist_ptr')
-_MABN_RINGS = {'chi2_history': 'psi_history', 'psi_history': 'chi2_history'}
 # checkpoint['meta'] entries kept in a release checkpoint (plain Python types: loadable with
 # torch.load(weights_only=True) without importing anything)
 RELEASE_META_KEYS = ('cfg', 'dataset_meta', 'mmengine_version', 'mmdet_version', 'epoch',
                      'iter', 'time', 'experiment_name', 'seed')
-
-
-def is_training_only_key(key: str, keys) -> bool:
-    """Whether state-dict entry ``key`` is CBN/MABN training-only state (``keys``: all keys)."""
-    prefix, _, name = key.rpartition('.')
-    layer = f'{prefix}.' if prefix else ''
-    if name.startswith('hist_') or name in _CBN_COUNTERS:
-        # a CBN that has not trained yet saves its counter but no window
-        return (f'{layer}{_CBN_SIGNATURE}' in keys
-                or name == 'num_iters' and f'{layer}running_mean' in keys)
-    if name in _MABN_RINGS:
-        return f'{layer}{_MABN_RINGS[name]}' in keys
-    return False
-
-
-def training_only_keys(keys: Iterable[str]) -> List[str]:
-    keys = set(keys)
-    return sorted(k for k in keys if is_training_only_key(k, keys))
 
 
 def _plain_meta(meta: dict) -> dict:
@@ -108,7 +88,7 @@ def strip_checkpoint_file(src: str, dst: str) -> Dict[str, int]:
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError('write the stripped checkpoint to a new file: the original is the '
                          'resume checkpoint and must stay complete')
-    from ..utils.checkpoint import mmengine_checkpoint_loading
+    from ..checkpoint.loading import mmengine_checkpoint_loading
     with mmengine_checkpoint_loading():
         checkpoint = torch.load(src, map_location='cpu', weights_only=True)
     release, removed = strip_training_state(checkpoint)

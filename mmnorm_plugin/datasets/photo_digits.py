@@ -1,6 +1,6 @@
 """The neutral detection proxy: handwritten digits on crops of real photographs, in COCO format.
 
-Why this set exists: the hard tiny set (:mod:`mmnorm_plugin.utils.tiny_coco`, ``variant='hard'``)
+Why this set exists: the hard tiny set (:mod:`mmnorm_plugin.datasets.tiny_coco`, ``variant='hard'``)
 gives every image its own synthetic gain, offset and colour cast. That rewards per-image
 normalization (BN at 1 image evaluated with each image's own statistics beats every method there)
 and has no counterpart in mmdet's COCO pipeline. Here the per-image statistics vary only as

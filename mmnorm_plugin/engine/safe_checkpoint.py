@@ -1,7 +1,7 @@
 """Crash-safe, verified checkpoints for mmengine's Runner, without editing mmengine.
 
 * ``AtomicLocalBackend`` (file backend ``'atomic_local'``): mmengine's ``LocalBackend`` whose
-  ``put``/``put_text`` go through :func:`~mmnorm_plugin.utils.checkpoint_safety.atomic_write`.
+  ``put``/``put_text`` go through :func:`~mmnorm_plugin.checkpoint.safety.atomic_write`.
   ``Runner.save_checkpoint`` writes through the file backend named by the checkpoint hook's
   ``backend_args``, so ``default_hooks.checkpoint.backend_args=dict(backend='atomic_local')``
   makes even mmengine's own ``CheckpointHook`` write atomically.
@@ -24,7 +24,7 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from ..utils.checkpoint_safety import (LAST_CHECKPOINT, DamagedCheckpoint, add_checksum,
+from ..checkpoint.safety import (LAST_CHECKPOINT, DamagedCheckpoint, add_checksum,
                                        atomic_write, checkpoint_problem, find_intact_checkpoint,
                                        resume_candidates, stale_temporaries, was_verified)
 

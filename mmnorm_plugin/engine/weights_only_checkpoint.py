@@ -4,7 +4,7 @@ mmengine 0.10.7 pickles its ``MessageHub`` into every checkpoint: ``HistoryBuffe
 holding numpy arrays, whose statistics methods are pickled as ``getattr(HistoryBuffer, 'mean')``.
 torch >= 2.6 refuses those globals by default, so a Runner checkpoint cannot be resumed or
 evaluated (or opened by mmdet's ``init_detector``/``DetInferencer``) unless someone widens the
-unpickler, which is what a malicious file needs (see :mod:`mmnorm_plugin.utils.checkpoint`).
+unpickler, which is what a malicious file needs (see :mod:`mmnorm_plugin.checkpoint.loading`).
 
 :class:`WeightsOnlyCheckpointHook` removes the need instead of widening anything: before a
 checkpoint is written it replaces every ``HistoryBuffer`` by a tagged dict of tensors and every

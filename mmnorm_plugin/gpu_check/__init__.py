@@ -9,7 +9,7 @@ Parts (:data:`PARTS`, each with its share of the time budget, :data:`SHARES`):
   output, gradients, losses, state), synced variants also against their unsynced layer;
 * ``amp``: bf16 and fp16 autocast steps: finite, float32 state, close to float32;
 * ``host_syncs``: warm training steps with no host synchronisation (counted by
-  :mod:`mmnorm_plugin.utils.sync_count`; on CUDA also ``torch.cuda.set_sync_debug_mode``);
+  :mod:`mmnorm_plugin.benchmarks.sync_count`; on CUDA also ``torch.cuda.set_sync_debug_mode``);
 * ``layer_bench``: norm and conv+norm fwd+bwd timed (CUDA events) against BN and GN at FPN and
   RoI shapes, fp32 and bf16; CBN's layer against its floor; device launches per norm;
 * ``compile``: ``torch.compile`` training steps equal to eager, graph breaks, speed;

@@ -32,7 +32,7 @@ _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 @dataclasses.dataclass
 class KitConfig:
     """Sizes and budgets; :meth:`for_device` gives the presets (CUDA: the detection shapes of
-    :data:`mmnorm_plugin.utils.benchmark.DETECTION_SHAPES` and a ResNet-50 at 800x1216; CPU:
+    :data:`mmnorm_plugin.benchmarks.layer_benchmark.DETECTION_SHAPES` and a ResNet-50 at 800x1216; CPU:
     small enough for 2 cores in a few minutes)."""
     device: str
     budget_s: float
@@ -66,7 +66,7 @@ class KitConfig:
     @classmethod
     def for_device(cls, device: str, **overrides) -> 'KitConfig':
         if device.startswith('cuda'):
-            from mmnorm_plugin.utils.benchmark import DETECTION_SHAPES
+            from mmnorm_plugin.benchmarks.layer_benchmark import DETECTION_SHAPES
             p2, p3, roi = DETECTION_SHAPES
             base = dict(device=device, budget_s=240.0, net_channels=32, small_groups=8,
                         net_input=(8, 3, 32, 32), bench_shapes={'P2': p2, 'P3': p3, 'RoI': roi},

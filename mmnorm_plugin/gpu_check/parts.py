@@ -196,10 +196,10 @@ def _sync_debug(step: Callable[[], None]) -> dict:
 
 def part_host_syncs(ctx: Context) -> dict:
     """Warm training steps (forward, backward, SGD step) of every norm must not synchronise
-    with the host: counted by :mod:`mmnorm_plugin.utils.sync_count` on any device, and on
+    with the host: counted by :mod:`mmnorm_plugin.benchmarks.sync_count` on any device, and on
     CUDA by ``torch.cuda.set_sync_debug_mode`` (which also sees what the counter cannot:
     blocking host-to-device copies, stream and event waits)."""
-    from mmnorm_plugin.utils.sync_count import count_host_syncs
+    from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
     cfg, dev = ctx.cfg, ctx.device
     cases = norm_cases(cfg.small_groups)
     names = list(METHODS + SYNCED + ('BN', ))
@@ -262,12 +262,12 @@ BENCH_NORMS = ('BN', 'GN', 'CBN', 'MABN', 'BGN', 'BKN')
 def _bench_block(ctx: Context, shape, amp: Optional[torch.dtype]) -> List[dict]:
     """Every norm of :data:`BENCH_NORMS` at one NCHW shape: the norm's forward and backward
     down to its input (its producing conv runs untimed, as in
-    :func:`mmnorm_plugin.utils.benchmark.compare_norms`), the whole conv3x3 + norm layer, and
+    :func:`mmnorm_plugin.benchmarks.layer_benchmark.compare_norms`), the whole conv3x3 + norm layer, and
     for CBN its floor (conv3x3 + BN + one weight-gradient convolution, which CBN's exact
     ∂σ²/∂W needs)."""
     from torch.nn.grad import conv2d_weight
 
-    from mmnorm_plugin.utils.benchmark import buffer_bytes
+    from mmnorm_plugin.benchmarks.layer_benchmark import buffer_bytes
     cfg, dev = ctx.cfg, ctx.device
     cases = norm_cases(32)
     n, c, h, w = shape
@@ -521,7 +521,7 @@ def part_model(ctx: Context) -> dict:
     from mmengine.registry import init_default_scope
 
     import mmnorm_plugin  # noqa: F401  (registers the norms)
-    from mmnorm_plugin.utils.sync_count import count_host_syncs
+    from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
     cfg, dev = ctx.cfg, ctx.device
     init_default_scope('mmdet')
     cases = norm_cases(32)

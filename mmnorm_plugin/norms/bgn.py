@@ -93,7 +93,7 @@ class BGN(GuardedNormMixin, _BatchNorm):
     Caveats:
         * Statistics are per device, as in the paper. :class:`SyncBGN` pools the group
           statistics over processes; mmengine's ``sync_bn='torch'`` converts BGN into it once
-          the plugin is imported (:mod:`mmnorm_plugin.utils.sync_bn`).
+          the plugin is imported (:mod:`mmnorm_plugin.distributed.sync_bn`).
           ``nn.SyncBatchNorm.convert_sync_batchnorm`` called directly is not guarded: it
           replaces every ``_BatchNorm`` subclass, this one included, by ``C`` per-channel
           statistics, and the method is lost.

@@ -984,7 +984,7 @@ class SyncCBN(CBN):
     Checkpoints are CBN's (same keys and shapes): a CBN checkpoint loads into SyncCBN and
     back. mmengine's ``sync_bn='torch'`` converts CBN into SyncCBN (``from_unsynced``) when
     the plugin is imported, and mmengine's ``revert_sync_batchnorm`` reverts it
-    (``to_unsynced``); see :mod:`mmnorm_plugin.utils.sync_bn`.
+    (``to_unsynced``); see :mod:`mmnorm_plugin.distributed.sync_bn`.
     """
 
     def __init__(self, num_features: int, *args, process_group=None, **kwargs) -> None:

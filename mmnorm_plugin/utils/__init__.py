@@ -1,0 +1,1 @@
+"""Deprecated import paths kept for users and configs (each module re-exports its new home)."""

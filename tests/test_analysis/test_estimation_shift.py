@@ -104,7 +104,7 @@ def test_cli_on_tiny_coco(tmp_path):
     import json
     import os.path as osp
 
-    from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+    from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
     root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
     data = tmp_path / 'tiny_coco'

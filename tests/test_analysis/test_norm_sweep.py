@@ -148,7 +148,7 @@ default_hooks = dict(checkpoint=dict(interval=2), logger=dict(interval=1))
 
 @pytest.mark.slow
 def test_sweep_runs_an_mmdet_config_resumes_after_a_kill_and_reports(tmp_path):
-    from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+    from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
     make_tiny_coco(str(tmp_path / 'data' / 'tiny_coco'), num_train=4, num_val=3)
     config = tmp_path / 'retinanet_r18_tiny.py'
     config.write_text(_USER_CONFIG.format(root=ROOT))

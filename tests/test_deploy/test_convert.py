@@ -177,7 +177,7 @@ def test_converted_detectors_match_in_plain_mmdet(tmp_path):
     from mmdet.apis import inference_detector
     from mmengine.runner import save_checkpoint
     from mmnorm_plugin.deploy import convert_detector
-    from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+    from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
     data = tmp_path / 'data' / 'tiny_coco'
     make_tiny_coco(str(data), num_train=8, num_val=3)

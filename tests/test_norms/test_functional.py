@@ -79,7 +79,7 @@ def test_check_input_4d_names_the_layer_and_shape():
 
 
 def test_update_running_stats_skips_non_finite_entries_without_sync():
-    from mmnorm_plugin.utils.sync_count import count_host_syncs
+    from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
     running = torch.tensor([1.0, 2.0, 3.0])
     tracked = torch.tensor(2)
     with count_host_syncs() as syncs:

@@ -1,6 +1,6 @@
 """No host synchronisation in a training step of any norm (issue 12, issue 10).
 
-Counted with :mod:`mmnorm_plugin.utils.sync_count` (a dispatch mode seeing every op below
+Counted with :mod:`mmnorm_plugin.benchmarks.sync_count` (a dispatch mode seeing every op below
 autograd, backward included), which is what ``torch.cuda.set_sync_debug_mode`` would report
 on a GPU. Before: MABN read ``int(num_batches_tracked)`` once per forward.
 """
@@ -13,7 +13,7 @@ from mmnorm_plugin.norms.bgn import BGN
 from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
 from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.mabn import MABN
-from mmnorm_plugin.utils.sync_count import count_host_syncs
+from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
 
 # phases short enough that the counted step runs each method's full path (MABN: SMA and
 # free renorm; CBN: the window; BKN: a fused prior; BGN: momentum=None, the cumulative mean)

@@ -77,7 +77,7 @@ def _norm_state(model):
 
 # ------------------------------------------------------------------ one launch, every scenario
 def _rank_train(rank, world):
-    from mmnorm_plugin.utils.sync_count import count_host_syncs
+    from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
     calls = [0]
     outer = dist.all_reduce
 

@@ -92,7 +92,7 @@ def _rank_scenarios(rank, world):
         out['single_value_ok'] = True
 
         # no host synchronisation in a synced training step
-        from mmnorm_plugin.utils.sync_count import count_host_syncs
+        from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
         net = _net(SyncBKN)
         xs, ws = _data((2, 2), 0)
         for _ in range(2):  # warm-up

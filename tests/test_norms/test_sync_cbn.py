@@ -57,7 +57,7 @@ def _step(conv, norm, it):
 
 def _run(cls, scenario, lo, hi, count_syncs=False):
     """Iterations on images [lo, hi) of every batch; per-iteration outputs and gradients."""
-    from mmnorm_plugin.utils.sync_count import count_host_syncs
+    from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
     sizes, sites, options = SCENARIOS[scenario]
     conv, norm = _net(cls, options)
     out = []
@@ -259,7 +259,7 @@ def test_built_from_a_norm_cfg():
 
 
 def test_the_config_validator_knows_every_argument():
-    from mmnorm_plugin.utils.norm_cfg import validate_norm_cfgs
+    from mmnorm_plugin.validation.norm_cfg import validate_norm_cfgs
     validate_norm_cfgs(dict(norm_cfg=dict(type='SyncCBN', buffer_num=2, rho=0.5)))
     with pytest.raises(TypeError, match="did you mean 'buffer_num'"):
         validate_norm_cfgs(dict(norm_cfg=dict(type='SyncCBN', bufer_num=2)))

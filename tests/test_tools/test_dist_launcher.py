@@ -26,7 +26,7 @@ import time
 import pytest
 import torch
 
-from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(ROOT, 'configs', 'demo')

@@ -135,7 +135,7 @@ def test_table_of_a_cuda_summary():
 
 def test_cuda_preset_needs_no_cuda_to_build():
     from mmnorm_plugin.gpu_check import KitConfig
-    from mmnorm_plugin.utils.benchmark import DETECTION_SHAPES
+    from mmnorm_plugin.benchmarks.layer_benchmark import DETECTION_SHAPES
     cfg = KitConfig.for_device('cuda', budget_s=100.0)
     assert cfg.budget_s == 100.0 and cfg.compile_backend == 'inductor'
     assert tuple(cfg.bench_shapes.values()) == DETECTION_SHAPES

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from mmnorm_plugin.utils import checkpoint_safety as cs
-from mmnorm_plugin.utils.checkpoint import mmengine_checkpoint_loading
-from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+from mmnorm_plugin.checkpoint.loading import mmengine_checkpoint_loading
+from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CONFIG = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py')

@@ -15,7 +15,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.utils.norm_cfg import iter_norm_cfgs, validate_norm_cfgs
+from mmnorm_plugin.validation.norm_cfg import iter_norm_cfgs, validate_norm_cfgs
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HEADER = ("_base_ = 'mmdet::faster_rcnn/faster-rcnn_r50_fpn_1x_coco.py'\n"

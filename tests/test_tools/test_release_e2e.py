@@ -14,7 +14,7 @@ import textwrap
 import pytest
 import torch
 
-from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BASE = osp.join(ROOT, 'configs', '_base_')

@@ -22,7 +22,7 @@ import sys
 import pytest
 import torch
 
-from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 BGN_CONFIG = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_bgn_tiny-coco.py')

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from mmnorm_plugin.apis.mmdet_tools import MMDET_TOOLS
-from mmnorm_plugin.utils.checkpoint import mmengine_checkpoint_loading
-from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+from mmnorm_plugin.checkpoint.loading import mmengine_checkpoint_loading
+from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 # the main job (CBN demo) and a Mask R-CNN for segm metrics

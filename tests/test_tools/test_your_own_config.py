@@ -18,7 +18,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.utils.tiny_coco import make_tiny_coco
+from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 EXAMPLE = osp.join(ROOT, 'configs', 'examples', 'your_own_config_retinanet_tiny.py')

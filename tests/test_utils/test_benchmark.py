@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from mmnorm_plugin.utils.benchmark import compare_norms, format_rows, parse_shape
+from mmnorm_plugin.benchmarks.layer_benchmark import compare_norms, format_rows, parse_shape
 
 
 def test_rows_are_ratios_against_the_baseline():
@@ -33,7 +33,7 @@ def _rank_collective_bytes(rank, world):
     from mmnorm_plugin.norms.bgn import SyncBGN
     from mmnorm_plugin.norms.bkn import SyncBKN
     from mmnorm_plugin.norms.cbn import SyncCBN
-    from mmnorm_plugin.utils.benchmark import collective_bytes
+    from mmnorm_plugin.benchmarks.layer_benchmark import collective_bytes
     shape = (2, 16, 6, 6)
     return {name: collective_bytes(make, shape) for name, make in (
         ('SyncCBN', SyncCBN), ('SyncBGN', functools.partial(SyncBGN, num_groups=4)),

@@ -128,7 +128,7 @@ def test_installed_once_on_the_model_registries():
     assert ROOT_MODELS.build_func._mmnorm_validating
     assert MODELS.build_func is ROOT_MODELS.build_func
     before = ROOT_MODELS.build_func
-    mmnorm_plugin.utils.norm_cfg.install_build_validation()
+    mmnorm_plugin.validation.norm_cfg.install_build_validation()
     assert ROOT_MODELS.build_func is before  # idempotent: not wrapped twice
 
 

@@ -22,7 +22,7 @@ from mmengine.runner import load_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.utils.checkpoint import (_history_buffer_statistic,
+from mmnorm_plugin.checkpoint.loading import (_history_buffer_statistic,
                                             mmengine_checkpoint_loading, unsafe_load_message)
 
 
@@ -166,7 +166,7 @@ _ATTACK = textwrap.dedent('''
         scope = contextlib.nullcontext()
     else:
         import mmnorm_plugin
-        from mmnorm_plugin.utils.checkpoint import mmengine_checkpoint_loading
+        from mmnorm_plugin.checkpoint.loading import mmengine_checkpoint_loading
         scope = mmengine_checkpoint_loading() if mode == 'tool-scope' else contextlib.nullcontext()
     with scope:
         for path in (poison, payload):

@@ -21,7 +21,7 @@ import mmnorm_plugin  # noqa: F401
 from mmnorm_plugin.apis.dist import lost_peer_message
 from mmnorm_plugin.engine.safe_checkpoint import SafeCheckpointHook, use_safe_checkpoint_hook
 from mmnorm_plugin.utils import checkpoint_safety as cs
-from mmnorm_plugin.utils.checkpoint import mmengine_checkpoint_loading
+from mmnorm_plugin.checkpoint.loading import mmengine_checkpoint_loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -9,7 +9,7 @@ import pytest
 from mmengine.config import Config
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.utils.norm_cfg import accepted_norm_args, validate_norm_cfgs
+from mmnorm_plugin.validation.norm_cfg import accepted_norm_args, validate_norm_cfgs
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 

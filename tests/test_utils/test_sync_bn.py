@@ -13,8 +13,8 @@ from torch import nn
 
 import mmnorm_plugin  # noqa: F401
 from mmnorm_plugin.utils import sync_bn as sync_mod
-from mmnorm_plugin.utils.norm_cfg import norm_cfg_types
-from mmnorm_plugin.utils.sync_bn import check_sync_bn_cfg, guarded_convert_sync_batchnorm
+from mmnorm_plugin.validation.norm_cfg import norm_cfg_types
+from mmnorm_plugin.distributed.sync_bn import check_sync_bn_cfg, guarded_convert_sync_batchnorm
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CBN_DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')

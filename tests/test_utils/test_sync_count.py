@@ -1,7 +1,7 @@
 """The host-sync counter sees what would stall a GPU stream, and nothing else."""
 import torch
 
-from mmnorm_plugin.utils.sync_count import count_host_syncs
+from mmnorm_plugin.benchmarks.sync_count import count_host_syncs
 
 
 def test_counts_scalar_reads_and_data_dependent_shapes():

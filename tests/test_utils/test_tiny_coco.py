@@ -11,7 +11,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from mmnorm_plugin.utils.tiny_coco import CLASSES, make_tiny_coco
+from mmnorm_plugin.datasets.tiny_coco import CLASSES, make_tiny_coco
 
 #: sha256 of the default set (seed 3, 6 train / 4 val) as written before the 'hard' variant
 #: existed: annotation JSON bytes and decoded PNG pixels (PNG bytes depend on the zlib build).

@@ -1,6 +1,6 @@
 """Per-layer fwd+bwd time and memory of BGN against nn.BatchNorm2d (target: <= 1.2x BN).
 
-A thin CLI over :func:`mmnorm_plugin.utils.benchmark.compare_norms`. Default shapes are those
+A thin CLI over :func:`mmnorm_plugin.benchmarks.layer_benchmark.compare_norms`. Default shapes are those
 BGN meets in the BGN configs: FPN levels P2/P3 of an 800x1216 image pair (N=2, C=256) and the
 4conv1fc box head on 512 RoIs (N=512, C=256, 7x7). Times are the norm's own fwd+bwd cost on a
 conv's output, medians of interleaved runs; run with OMP_NUM_THREADS=1 on a shared machine.
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mmnorm_plugin.norms.bgn import BGN
-from mmnorm_plugin.utils.benchmark import (DETECTION_SHAPES, compare_norms, format_rows,
+from mmnorm_plugin.benchmarks.layer_benchmark import (DETECTION_SHAPES, compare_norms, format_rows,
                                            parse_shape)
 
 TARGET = 1.2

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
-from mmnorm_plugin.utils.benchmark import compare_norms, format_rows
+from mmnorm_plugin.benchmarks.layer_benchmark import compare_norms, format_rows
 
 
 def backbone_step_ratio(size: int, batch: int, iters: int, prior_mode: str) -> dict:

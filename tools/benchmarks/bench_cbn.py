@@ -4,7 +4,7 @@ Usage::
 
     OMP_NUM_THREADS=1 python tools/benchmarks/bench_cbn.py [--iters 3] [--shapes fpn roi]
 
-Time and memory come from :func:`mmnorm_plugin.utils.benchmark.compare_norms` (norm cost inside
+Time and memory come from :func:`mmnorm_plugin.benchmarks.layer_benchmark.compare_norms` (norm cost inside
 ``Conv3x3 -> norm``; see its docstring). Two extra columns put the numbers in context:
 
 * ``x layer``: fwd+bwd of ``Conv3x3 + norm`` against ``Conv3x3 + BN`` (a 3x3 conv's own
@@ -31,7 +31,7 @@ from mmnorm_plugin.norms.cbn import CBN
 from torch.nn.grad import conv2d_weight
 
 from mmnorm_plugin.norms.functional import find_producing_conv
-from mmnorm_plugin.utils.benchmark import (DETECTION_SHAPES, buffer_bytes, compare_norms,
+from mmnorm_plugin.benchmarks.layer_benchmark import (DETECTION_SHAPES, buffer_bytes, compare_norms,
                                            format_rows)
 
 SHAPES = {'fpn': list(DETECTION_SHAPES[:2]), 'roi': [DETECTION_SHAPES[2]]}

@@ -8,7 +8,7 @@ import argparse
 
 import torch
 
-from mmnorm_plugin.utils.detector_benchmark import (METHODS, compare_detectors,
+from mmnorm_plugin.benchmarks.detector_benchmark import (METHODS, compare_detectors,
                                                     format_detector_rows)
 
 

@@ -1,6 +1,6 @@
 """Per-layer fwd+bwd time and memory of MABN and CenConv2d+MABN against BN (target: MABN <= 1.5x BN).
 
-A thin CLI over :func:`mmnorm_plugin.utils.benchmark.compare_norms`. Default shapes are those
+A thin CLI over :func:`mmnorm_plugin.benchmarks.layer_benchmark.compare_norms`. Default shapes are those
 MABN meets in the MABN configs: FPN levels P2/P3 of an 800x1216 image pair (N=2, C=256) and the
 4conv1fc box head on 512 RoIs (N=512, C=256, 7x7). Rows:
 
@@ -22,7 +22,7 @@ from torch import nn
 
 from mmnorm_plugin.models.layers import CenConv2d
 from mmnorm_plugin.norms.mabn import MABN
-from mmnorm_plugin.utils.benchmark import (DETECTION_SHAPES, compare_norms, format_rows,
+from mmnorm_plugin.benchmarks.layer_benchmark import (DETECTION_SHAPES, compare_norms, format_rows,
                                            parse_shape)
 
 TARGET = 1.5

@@ -3,9 +3,9 @@ per-GPU form, and the bytes each layer communicates per iteration (against nn.Sy
 CUDA, which refuses CPU tensors).
 
 Starts ``--nproc`` processes (gloo on CPU, nccl with ``--device cuda``: one GPU each), times
-every norm's fwd+bwd on a conv output with :func:`mmnorm_plugin.utils.benchmark.compare_norms`
+every norm's fwd+bwd on a conv output with :func:`mmnorm_plugin.benchmarks.layer_benchmark.compare_norms`
 (interleaved medians, the same calls on every rank so the collectives pair up) and counts the
-payload of its collectives with :func:`~mmnorm_plugin.utils.benchmark.collective_bytes`.
+payload of its collectives with :func:`~mmnorm_plugin.benchmarks.layer_benchmark.collective_bytes`.
 Rank 0 prints. On a CPU machine the ranks share the cores and gloo goes through loopback TCP,
 so the time ratios are upper bounds of what a GPU cluster sees.
 
@@ -29,7 +29,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmnorm_plugin.norms.bgn import BGN, SyncBGN  # noqa: E402
 from mmnorm_plugin.norms.bkn import BKN, SyncBKN  # noqa: E402
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN  # noqa: E402
-from mmnorm_plugin.utils.benchmark import (collective_bytes, compare_norms,  # noqa: E402
+from mmnorm_plugin.benchmarks.layer_benchmark import (collective_bytes, compare_norms,  # noqa: E402
                                            format_rows, parse_shape)
 
 #: FPN level P3 of two 800x1216 images per GPU, and a 4conv1fc box head on 512 RoIs per GPU

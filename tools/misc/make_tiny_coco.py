@@ -1,7 +1,7 @@
-"""Generate the embedded tiny COCO-format dataset (see mmnorm_plugin.utils.tiny_coco)."""
+"""Generate the embedded tiny COCO-format dataset (see mmnorm_plugin.datasets.tiny_coco)."""
 import argparse
 
-from mmnorm_plugin.utils.tiny_coco import VARIANTS, make_tiny_coco
+from mmnorm_plugin.datasets.tiny_coco import VARIANTS, make_tiny_coco
 
 
 def parse_args():

@@ -26,7 +26,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 import torch  # noqa: E402
 
 from mmnorm_plugin.converters.mabn import convert_official_mabn  # noqa: E402
-from mmnorm_plugin.utils.checkpoint import load_foreign_checkpoint  # noqa: E402
+from mmnorm_plugin.checkpoint.loading import load_foreign_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from mmnorm_plugin.converters.xbn import (checkpoint_key_report,  # noqa: E402
                                           convert_official_xbn, format_key_report,
                                           infer_backbone_cfg)
-from mmnorm_plugin.utils.checkpoint import load_foreign_checkpoint  # noqa: E402
+from mmnorm_plugin.checkpoint.loading import load_foreign_checkpoint  # noqa: E402
 
 
 def parse_args(argv=None):

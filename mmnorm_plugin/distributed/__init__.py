@@ -1,0 +1,2 @@
+"""Multi-GPU: mmengine's ``sync_bn`` conversion turned into the plugin's synced variants
+(:mod:`.sync_bn`)."""

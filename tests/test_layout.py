@@ -1,0 +1,82 @@
+"""The package layout: each folder one concern, no import cycle between them, old paths work."""
+import ast
+import importlib
+import os.path as osp
+import pkgutil
+import warnings
+
+import pytest
+
+import mmnorm_plugin
+
+PKG = osp.dirname(mmnorm_plugin.__file__)
+
+
+def _subpackage_imports():
+    """{subpackage: set of other subpackages it imports} (module level and inside functions)."""
+    graph = {}
+    for info in pkgutil.walk_packages([PKG], 'mmnorm_plugin.'):
+        parts = info.name.split('.')
+        if len(parts) < 2 or parts[1] == 'utils':  # utils/: deprecated re-export shims
+            continue
+        path = osp.join(PKG, *parts[1:]) + ('/__init__.py' if info.ispkg else '.py')
+        tree = ast.parse(open(path).read())
+        package = parts[:-1] if not info.ispkg else parts
+        for node in ast.walk(tree):
+            targets = []
+            if isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package[:len(package) - node.level + 1]
+                    targets.append('.'.join(base + ([node.module] if node.module else [])))
+                elif node.module:
+                    targets.append(node.module)
+            elif isinstance(node, ast.Import):
+                targets += [a.name for a in node.names]
+            for target in targets:
+                t = target.split('.')
+                if t[0] == 'mmnorm_plugin' and len(t) > 1 and t[1] != parts[1] \
+                        and osp.isdir(osp.join(PKG, t[1])):
+                    graph.setdefault(parts[1], set()).add(t[1])
+    return graph
+
+
+def test_no_import_cycle_between_subpackages():
+    graph = _subpackage_imports()
+    state = {}
+
+    def visit(node, path):
+        state[node] = 'open'
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 'open':
+                raise AssertionError('import cycle: ' + ' -> '.join(path + [nxt]))
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 'done'
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+
+
+@pytest.mark.parametrize('old, new, name', [
+    ('utils.tiny_coco', 'datasets.tiny_coco', 'make_tiny_coco'),
+    ('utils.benchmark', 'benchmarks.layer_benchmark', None),
+    ('utils.detector_benchmark', 'benchmarks.detector_benchmark', None),
+    ('utils.sync_count', 'benchmarks.sync_count', None),
+    ('utils.sync_bn', 'distributed.sync_bn', None),
+    ('utils.norm_cfg', 'validation.norm_cfg', 'validate_norm_cfgs'),
+    ('utils.checkpoint', 'checkpoint.loading', 'mmengine_checkpoint_loading'),
+    ('utils.checkpoint_safety', 'checkpoint.safety', None),
+])
+def test_old_import_paths_still_work_and_say_where_things_moved(old, new, name):
+    new_mod = importlib.import_module(f'mmnorm_plugin.{new}')
+    import sys
+    sys.modules.pop(f'mmnorm_plugin.{old}', None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        old_mod = importlib.import_module(f'mmnorm_plugin.{old}')
+    assert any(new in str(w.message) for w in caught)
+    for public in new_mod.__all__:
+        assert getattr(old_mod, public) is getattr(new_mod, public)
+    if name:
+        assert name in new_mod.__all__
