@@ -4,7 +4,7 @@ from torch import nn
 
 from mmnorm_plugin.norms.bgn import BGN
 from mmnorm_plugin.norms.mabn import MABN
-from mmnorm_plugin.utils import detector_benchmark as db
+from mmnorm_plugin.benchmarks import detector_benchmark as db
 
 
 def test_detectors_compared_have_the_norms_in_the_right_places():

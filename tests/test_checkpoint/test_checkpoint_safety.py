@@ -20,7 +20,7 @@ from mmengine.runner.checkpoint import save_checkpoint
 import mmnorm_plugin  # noqa: F401
 from mmnorm_plugin.apis.dist import lost_peer_message
 from mmnorm_plugin.engine.safe_checkpoint import SafeCheckpointHook, use_safe_checkpoint_hook
-from mmnorm_plugin.utils import checkpoint_safety as cs
+from mmnorm_plugin.checkpoint import safety as cs
 from mmnorm_plugin.checkpoint.loading import mmengine_checkpoint_loading
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -139,7 +139,7 @@ def test_kill_9_inside_the_write_leaves_the_old_file_under_the_final_name(tmp_pa
     path.write_bytes(b'old')
     child = textwrap.dedent(f"""
         import os, sys, time
-        from mmnorm_plugin.utils import checkpoint_safety as cs
+        from mmnorm_plugin.checkpoint import safety as cs
 
         def half_then_wait(f, data):
             f.write(data[:len(data) // 2]); f.flush(); os.fsync(f.fileno())

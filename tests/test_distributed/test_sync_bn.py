@@ -12,7 +12,7 @@ from mmengine.registry import MODELS
 from torch import nn
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.utils import sync_bn as sync_mod
+from mmnorm_plugin.distributed import sync_bn as sync_mod
 from mmnorm_plugin.validation.norm_cfg import norm_cfg_types
 from mmnorm_plugin.distributed.sync_bn import check_sync_bn_cfg, guarded_convert_sync_batchnorm
 

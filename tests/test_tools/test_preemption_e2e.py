@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from mmnorm_plugin.utils import checkpoint_safety as cs
+from mmnorm_plugin.checkpoint import safety as cs
 from mmnorm_plugin.checkpoint.loading import mmengine_checkpoint_loading
 from mmnorm_plugin.datasets.tiny_coco import make_tiny_coco
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.slow
 # stops inside the write of iter_2.pth, half of it on disk, until the test kills the process
 PAUSE_IN_WRITE = '''
 import os, time
-from mmnorm_plugin.utils import checkpoint_safety
+from mmnorm_plugin.checkpoint import safety as checkpoint_safety
 
 _write = checkpoint_safety._write_synced
 

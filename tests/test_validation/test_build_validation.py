@@ -18,7 +18,7 @@ from mmengine.registry import init_default_scope
 
 import mmnorm_plugin  # noqa: F401  (installs the check)
 from mmnorm_plugin.apis.mmdet_tools import MMDET_TOOLS
-from mmnorm_plugin.utils import norm_cfg as norm_cfg_module
+from mmnorm_plugin.validation import norm_cfg as norm_cfg_module
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(ROOT, 'configs', 'demo')
