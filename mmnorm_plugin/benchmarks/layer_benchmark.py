@@ -14,8 +14,12 @@ What is measured, for each input shape and each candidate norm factory ``make(C)
   forward, deduplicated by storage, its input included, its parameters not) plus its
   persistent buffers (running statistics, history). On CPU there is no allocator
   peak counter, and these two are what grows with the method.
+
+:func:`compare_compiled` times a small CNN's whole training step per norm, eager against
+``torch.compile(fullgraph=True)`` (``tools/benchmarks/bench_compile.py``).
 """
 import argparse
+import copy
 import statistics
 import time
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -26,7 +30,7 @@ from torch import nn
 from ..norms.functional import end_iteration
 
 __all__ = ['NormFactory', 'DETECTION_SHAPES', 'parse_shape', 'compare_norms', 'format_rows',
-           'buffer_bytes', 'collective_bytes']
+           'buffer_bytes', 'collective_bytes', 'compare_compiled', 'format_compiled_rows']
 
 NormFactory = Callable[[int], nn.Module]
 
@@ -184,3 +188,81 @@ def collective_bytes(make: NormFactory, shape: Tuple[int, int, int, int], warmup
         for name, fn in originals.items():
             setattr(dist, name, fn)
     return forward, backward
+
+
+ConvFactory = Callable[..., nn.Module]
+
+
+def _compile_net(norm: NormFactory, conv: ConvFactory, width: int) -> nn.Module:
+    """Three conv-norm-ReLU stages and a linear head: a small CNN training step."""
+    return nn.Sequential(
+        conv(3, width, 3, padding=1, bias=False), norm(width), nn.ReLU(),
+        conv(width, width, 3, padding=1, bias=False), norm(width), nn.ReLU(),
+        conv(width, width, 3, stride=2, padding=1, bias=False), norm(width), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10))
+
+
+def _training_step(model: nn.Module, forward: Callable, optimizer, x: torch.Tensor) -> float:
+    t0 = time.perf_counter()
+    optimizer.zero_grad()
+    forward(x).square().mean().backward()
+    optimizer.step()
+    _synchronize(x.device)
+    return time.perf_counter() - t0
+
+
+def compare_compiled(candidates: Dict[str, Tuple[NormFactory, ConvFactory]],
+                     shape: Tuple[int, int, int, int] = (8, 3, 32, 32),
+                     width: int = 32,
+                     warmup: int = 3,
+                     iters: int = 10,
+                     backend: str = 'inductor',
+                     seed: int = 0) -> List[dict]:
+    """Training-step time of each norm's small CNN (:func:`_compile_net`), eager against
+    ``torch.compile(fullgraph=True)``, measured in one run.
+
+    Per candidate ``(norm factory, conv class)``: the convs are tapped
+    (:func:`~mmnorm_plugin.norms.functional.tap_convolutions`) and one eager step is taken
+    (BKN records its layer chain); a copy is compiled, its first step timed separately (tracing
+    and code generation, ``compile_s``), then both train ``warmup`` steps and ``iters``
+    interleaved timed steps (forward, backward, SGD step). Rows: ``name``, ``eager_ms`` and
+    ``compiled_ms`` (medians), ``speedup`` (eager / compiled), ``compile_s``.
+    """
+    from ..norms.functional import tap_convolutions
+    if iters < 3:
+        raise ValueError(f'iters={iters}: a median of fewer than 3 timings is noise')
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    rows = []
+    for name, (norm, conv) in candidates.items():
+        torch.manual_seed(seed)
+        eager = _compile_net(norm, conv, width).train()
+        tap_convolutions(eager)
+        eager_opt = torch.optim.SGD(eager.parameters(), lr=0.01, momentum=0.9)
+        _training_step(eager, eager, eager_opt, x)
+        model = copy.deepcopy(eager)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        torch._dynamo.reset()
+        compiled = torch.compile(model, backend=backend, fullgraph=True)
+        compile_s = _training_step(model, compiled, opt, x)
+        for _ in range(warmup):
+            _training_step(eager, eager, eager_opt, x)
+            _training_step(model, compiled, opt, x)
+        times = {'eager': [], 'compiled': []}
+        for _ in range(iters):
+            times['eager'].append(_training_step(eager, eager, eager_opt, x))
+            times['compiled'].append(_training_step(model, compiled, opt, x))
+        eager_s, compiled_s = (statistics.median(times[k]) for k in ('eager', 'compiled'))
+        rows.append(dict(name=name, eager_ms=1e3 * eager_s, compiled_ms=1e3 * compiled_s,
+                         speedup=eager_s / compiled_s, compile_s=compile_s))
+    torch._dynamo.reset()
+    return rows
+
+
+def format_compiled_rows(rows: List[dict]) -> str:
+    header = (f'{"norm":<10}{"eager ms":>10}{"compiled ms":>13}{"eager/compiled":>16}'
+              f'{"compile s":>11}')
+    lines = [header, '-' * len(header)]
+    for r in rows:
+        lines.append(f'{r["name"]:<10}{r["eager_ms"]:>10.2f}{r["compiled_ms"]:>13.2f}'
+                     f'{r["speedup"]:>16.2f}{r["compile_s"]:>11.1f}')
+    return '\n'.join(lines)

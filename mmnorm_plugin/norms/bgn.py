@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, check_input_4d,
                          check_nchw, convert_norm, synced_variant_of, training_sync_group,
-                         update_running_stats)
+                         update_running_stats, write_state)
 
 __all__ = ['BGN', 'SyncBGN']
 
@@ -194,18 +194,19 @@ class BGN(GuardedNormMixin, _BatchNorm):
                                                     self.eps, group)
         if self.training and self.track_running_stats:
             if total is None:
-                self.num_batches_tracked.add_(1)
+                write_state(self, 'num_batches_tracked', self.num_batches_tracked + 1)
                 bessel = m / max(m - 1, 1)
                 present = None
             else:
                 # Global element count per group, a tensor (no host sync); 0 only when every
                 # rank's batch was empty: then nothing is counted or updated.
                 present = total > 0
-                self.num_batches_tracked.add_(present.view(()).to(self.num_batches_tracked.dtype))
+                write_state(self, 'num_batches_tracked', self.num_batches_tracked
+                            + present.view(()).to(self.num_batches_tracked.dtype))
                 bessel = total / (total - 1).clamp_min(1)
             t = self.num_batches_tracked  # 1/t on the device if momentum is None
-            finite = update_running_stats(self.running_mean, mean, self.momentum, t)
-            finite &= update_running_stats(self.running_var, var * bessel, self.momentum, t)
+            finite = update_running_stats(self, 'running_mean', mean, self.momentum, t)
+            finite &= update_running_stats(self, 'running_var', var * bessel, self.momentum, t)
             if present is not None:
                 finite |= ~present  # an all-empty step is not a non-finite one
             self._note_nonfinite(finite)

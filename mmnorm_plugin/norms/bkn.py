@@ -77,14 +77,16 @@ Paper vs. official code (what is the default here)
 How the chain of layers is found (no change to any mmdet module)
 ------------------------------------------------------------------
 ``norm_cfg`` layers are called as ``norm(conv(a))`` and never see the previous layer. Each BKN
-therefore (1) finds its producing conv with :func:`~.functional.find_producing_conv`, (2) walks
+therefore (1) finds its producing conv with :func:`~.functional.producing_conv`, (2) walks
 the autograd graph backwards from the conv's input ``a``, and (3) reads the state that earlier
 BKN layers *attached to the autograd node of their own output* (``grad_fn.metadata``).
 The state lives on the graph of the current forward and dies with it: there is no per-module
 "previous layer" slot and no hook, so nothing needs resetting between forwards, two models (or
 two forwards, e.g. teacher/student) never see each other's state, and the state handed over is
-always the one of the exact tensor the conv reads. The walk understands only operations whose
-effect on a per-channel Gaussian state is known exactly (or by the official approximation):
+always the one of the exact tensor the conv reads (in eager mode; a compiled forward replays
+the recorded chain instead, see the ``torch.compile`` caveat). The walk understands only
+operations whose effect on a per-channel Gaussian state is known exactly (or by the official
+approximation):
 
 * ``ReLU`` (also in-place): the state becomes a rectified Gaussian;
 * ``a + b`` (residual merge): means and variances add (independence, as the official code's
@@ -109,7 +111,15 @@ Requirements and caveats
 * Chaining needs autograd: in training mode under ``torch.no_grad`` (or with reentrant
   activation checkpointing, ``with_cp=True``, whose first forward runs without a graph) BKN
   runs as plain BN and warns once; the recomputed forward would then differ, so do not use
-  ``with_cp`` with BKN. ``torch.compile``/TorchScript do not expose ``grad_fn``.
+  ``with_cp`` with BKN. TorchScript does not expose ``grad_fn``.
+* ``torch.compile`` cannot read ``grad_fn`` either. Every eager training forward records, per
+  layer, how its conv input derives from earlier BKN outputs (the chain of ReLU, sums and
+  upsamplings found by the walk); a compiled forward replays that chain on the states the
+  earlier layers published in the same forward, and finds the conv through the hooks of
+  :func:`~.functional.tap_convolutions`. So: tap the convs, train one eager step, then compile
+  (``fullgraph=True`` traces BKN without a break and trains as eager does). The chain is the
+  model's structure; a forward whose chain differs from the recorded one (another branch of a
+  dynamic model) would replay the recorded one.
 * ``norm_eval=True`` (mmdet's default for the backbone) puts BKN in eval mode like BN: running
   statistics only, no fusion. The configs set ``norm_eval=False``.
 * For batch statistics over every GPU's images use :class:`SyncBKN`
@@ -143,15 +153,15 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, batch_moments,
-                         check_input_4d, check_nchw, convert_norm, find_producing_conv,
+                         check_input_4d, check_nchw, convert_norm, producing_conv,
                          synced_variant_of, training_sync_group, update_running_stats,
-                         warn_once)
+                         warn_once, write_state)
 
 __all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
 
-# Key under which a BKN publishes its state on the autograd node of its output; other
-# visited nodes cache their derived state (or None) under the same key.
+# Key under which a BKN publishes (state, layer) on the autograd node of its output; other
+# visited nodes cache their derived (state, chain) (or (None, None)) under the same key.
 _STATE_KEY = 'mmnorm_bkn_state'
 _MAX_WALK_DEPTH = 64
 # Prior status codes in the ``prior_status`` buffer (diagnostics, not persisted).
@@ -255,8 +265,10 @@ def predict_conv_moments(state: GaussianState, weight: Tensor, bias: Optional[Te
     dt = weight.dtype
     # cached across calls: computed in the key's dtype even under autocast (whose matmuls would
     # otherwise cache bf16 tensors under a float32 key)
+    # (compiled: the geometry is folded into the graph once, the cache is for eager calls)
+    geometry = _conv_geometry.__wrapped__ if torch.compiler.is_compiling() else _conv_geometry
     with torch.autocast(weight.device.type, enabled=False):
-        f, g, eye, all_valid = _conv_geometry(
+        f, g, eye, all_valid = geometry(
             int(in_size[0]), int(in_size[1]), kh, kw, tuple(stride), tuple(padding),
             tuple(dilation), weight.device, dt)
     e_in, v_in = state.moments()
@@ -301,32 +313,59 @@ def _sample_conv_moments(state: GaussianState, weight: Tensor, bias: Optional[Te
     return mean_out, var_out
 
 
-def _state_of(node, depth: int = 0) -> Optional[GaussianState]:
-    """Gaussian state of the tensor produced by autograd ``node``, or None if unknown."""
-    if node is None or depth > _MAX_WALK_DEPTH:
+def _combine(op: str, parts) -> Optional[GaussianState]:
+    """The state after ``op`` of the states ``parts`` (None if unknown): ``'relu'`` rectifies,
+    ``'add'`` sums means and variances (independence), ``'upsample'`` (nearest, integer
+    factor) keeps the moments. The one place these rules live: the autograd walk
+    (:func:`_walk`) and the replay of a recorded chain (:func:`_replay`) both use it."""
+    if any(p is None for p in parts):
         return None
+    if op == 'relu':
+        return GaussianState(parts[0].mean, parts[0].var, True)
+    if op == 'add':
+        (m1, v1), (m2, v2) = parts[0].moments(), parts[1].moments()
+        return GaussianState(m1 + m2, v1 + v2, False) if m1.shape == m2.shape else None
+    return parts[0]  # 'upsample'
+
+
+def _walk(node, depth: int = 0) -> Tuple[Optional[GaussianState], Any]:
+    """Gaussian state of the tensor produced by autograd ``node`` (None if unknown), and its
+    *chain*: how it derives from BKN outputs, ``('bkn', layer)`` or ``(op, *chains)``, which a
+    compiled forward replays (:func:`_replay`) where the autograd graph cannot be read."""
+    if node is None or depth > _MAX_WALK_DEPTH:
+        return None, None
     meta = node.metadata
     if _STATE_KEY in meta:
         return meta[_STATE_KEY]
     name = type(node).__name__
-    state = None
+    op, children = None, []
     if name == 'ReluBackward0':
-        child = _state_of(node.next_functions[0][0], depth + 1)
-        if child is not None:
-            state = GaussianState(child.mean, child.var, True)
-    elif name == 'AddBackward0' and node._saved_alpha == 1:
-        parts = [_state_of(fn, depth + 1) for fn, _ in node.next_functions]
-        if len(parts) == 2 and all(p is not None for p in parts):
-            (m1, v1), (m2, v2) = parts[0].moments(), parts[1].moments()
-            if m1.shape == m2.shape:
-                state = GaussianState(m1 + m2, v1 + v2, False)
+        op, children = 'relu', [node.next_functions[0][0]]
+    elif name == 'AddBackward0' and node._saved_alpha == 1 and len(node.next_functions) == 2:
+        op, children = 'add', [fn for fn, _ in node.next_functions]
     elif name == 'UpsampleNearest2DBackward0':
         in_h, in_w = node._saved_self_sym_sizes[-2:]
         out_h, out_w = node._saved_output_size
         if out_h % in_h == 0 and out_w % in_w == 0:  # pure replication: moments unchanged
-            state = _state_of(node.next_functions[0][0], depth + 1)
-    meta[_STATE_KEY] = state
-    return state
+            op, children = 'upsample', [node.next_functions[0][0]]
+    result = None, None
+    if op is not None:
+        walked = [_walk(child, depth + 1) for child in children]
+        state = _combine(op, [w[0] for w in walked])
+        if state is not None:
+            result = state, (op, ) + tuple(w[1] for w in walked)
+    meta[_STATE_KEY] = result
+    return result
+
+
+def _replay(chain) -> Optional[GaussianState]:
+    """The state a recorded chain gives from the states the BKN layers published in this
+    forward (traceable: no autograd graph)."""
+    if chain is None:
+        return None
+    if chain[0] == 'bkn':
+        return chain[1]._published
+    return _combine(chain[0], [_replay(c) for c in chain[1:]])
 
 
 class _KalmanNormFunction(torch.autograd.Function):
@@ -538,6 +577,11 @@ class BKN(GuardedNormMixin, _BatchNorm):
         # in the state_dict so that BN checkpoints keep loading strictly
         self.register_buffer('prior_status', torch.zeros((), dtype=torch.uint8),
                              persistent=False)
+        # how this layer's conv input derives from earlier BKN outputs, recorded by eager
+        # training forwards and replayed under torch.compile (predict); and the state this
+        # layer published in the current compiled forward
+        self._chain, self._chain_recorded = None, False
+        self._published: Optional[GaussianState] = None
         self._init_guard()
 
     def _check_input_dim(self, x: Tensor) -> None:
@@ -550,15 +594,30 @@ class BKN(GuardedNormMixin, _BatchNorm):
 
     # ---------------------------------------------------------------------------------------
     def predict(self, x: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
-        """Prior (mean, var) for ``x`` from the chain, or None when ``x`` has no predecessor."""
-        fn = x.grad_fn
-        if fn is None or type(fn).__name__ != 'ConvolutionBackward0':
-            return None
-        # the chain state first: a layer that starts a chain skips reading the conv's record
-        state = _state_of(fn.next_functions[0][0])
+        """Prior (mean, var) for ``x`` from the chain, or None when ``x`` has no predecessor.
+
+        Eager: the chain is read from the autograd graph (the states earlier BKN layers
+        attached to their outputs) and recorded (``_chain``). Under ``torch.compile``, which
+        cannot read the graph, the recorded chain is replayed on the states the earlier layers
+        published in the same forward: tap the convs and train one eager step first.
+        """
+        if torch.compiler.is_compiling():
+            if not self._chain_recorded:
+                raise RuntimeError(
+                    f'{type(self).__name__} under torch.compile replays the layer chain that an '
+                    'eager training forward recorded: call mmnorm_plugin.norms.functional.'
+                    'tap_convolutions(model) and train one eager step before compiling.')
+            state = _replay(self._chain)
+        else:
+            fn = x.grad_fn
+            self._chain, self._chain_recorded = None, True
+            if fn is None or type(fn).__name__ != 'ConvolutionBackward0':
+                return None
+            # the chain state first: a layer that starts a chain skips reading the conv's record
+            state, self._chain = _walk(fn.next_functions[0][0])
         if state is None:
             return None
-        origin = find_producing_conv(x)
+        origin = producing_conv(x)
         if origin is None:
             return None
         weight = origin.weight
@@ -566,8 +625,9 @@ class BKN(GuardedNormMixin, _BatchNorm):
             return None
         bias = origin.bias
         if origin.has_bias and bias is None:
-            warn_once('bkn-frozen-bias', 'BKN: the producing conv has a bias that autograd '
-                      'cannot reach (frozen); these layers run as plain BN.')
+            if not torch.compiler.is_compiling():
+                warn_once('bkn-frozen-bias', 'BKN: the producing conv has a bias that autograd '
+                          'cannot reach (frozen); these layers run as plain BN.')
             return None
         # the trainable parameter (when reachable) lets the loss shape W through the prior too,
         # as in the official code where the synthetic map goes through the shared conv variable
@@ -585,8 +645,6 @@ class BKN(GuardedNormMixin, _BatchNorm):
                   origin.groups)
 
     def _publish(self, y: Tensor, mean: Tensor, var: Tensor) -> None:
-        if y.grad_fn is None:
-            return
         if self.prior_input == 'estimated':
             state = GaussianState(mean, var, False)
         else:
@@ -596,7 +654,10 @@ class BKN(GuardedNormMixin, _BatchNorm):
                 scale2 = scale2 * self.weight.to(var.dtype) ** 2
                 out_mean = self.bias.to(mean.dtype).expand_as(mean)
             state = GaussianState(out_mean, scale2, False)
-        y.grad_fn.metadata[_STATE_KEY] = state
+        if torch.compiler.is_compiling():
+            self._published = state  # what a recorded chain reads (see predict)
+        elif y.grad_fn is not None:
+            y.grad_fn.metadata[_STATE_KEY] = state, ('bkn', self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_nchw(x, self.num_features, self._layer_name)
@@ -627,7 +688,7 @@ class BKN(GuardedNormMixin, _BatchNorm):
         # synced: the statistics pool every rank's values and their total count is only on the
         # device, so the one-value-per-statistic check (from the shape) applies outside a group
         self._check_batch(x, n if group is None else -1)
-        if self.training and not torch.is_grad_enabled():
+        if self.training and not torch.is_grad_enabled() and not torch.compiler.is_compiling():
             warn_once('bkn-no-grad', 'BKN in training mode without autograd (torch.no_grad or '
                       'activation checkpointing): no layer chain, running as plain BN.')
 
@@ -645,12 +706,13 @@ class BKN(GuardedNormMixin, _BatchNorm):
             # NaN targets are skipped by update_running_stats
             running_mean = torch.where(present, running_mean, math.nan)
             running_var = torch.where(present, running_var, math.nan)
-        self.prior_status.copy_(status)
+        write_state(self, 'prior_status', status)
         if self.training and self.track_running_stats:
-            self.num_batches_tracked.add_(1 if present is None else present)
+            write_state(self, 'num_batches_tracked',
+                        self.num_batches_tracked + (1 if present is None else present))
             t = self.num_batches_tracked  # 1/t on the device if momentum is None
-            finite = update_running_stats(self.running_mean, running_mean, self.momentum, t)
-            finite &= update_running_stats(self.running_var, running_var, self.momentum, t)
+            finite = update_running_stats(self, 'running_mean', running_mean, self.momentum, t)
+            finite &= update_running_stats(self, 'running_var', running_var, self.momentum, t)
             if present is not None:
                 finite |= ~present  # an all-empty step is not a non-finite one
             self._note_nonfinite(finite)

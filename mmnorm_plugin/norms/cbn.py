@@ -14,9 +14,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (COUNT, FINITE, MASK, VARIANCE, ConvOrigin, GuardedNormMixin,
                          all_reduce_moments, all_reduce_sum, batch_moments, check_input_4d,
-                         convert_norm, find_producing_conv, listen_for_iteration_end,
-                         state_value_problems, synced_variant_of, training_sync_group,
-                         update_running_stats, warn_once)
+                         convert_norm, convolutions_tapped, listen_for_iteration_end,
+                         producing_conv, state_value_problems, synced_variant_of,
+                         training_sync_group, update_running_stats, warn_once, write_state)
 
 __all__ = ['CBN', 'SyncCBN']
 
@@ -179,6 +179,14 @@ class CBN(GuardedNormMixin, _BatchNorm):
     op produced the input (pooling, addition, deformable or transposed conv), CBN warns once
     and uses the uncompensated cross-iteration average.
 
+    **torch.compile.** Compiled code cannot read the autograd graph, so a compiled CBN finds its
+    conv through forward hooks: call :func:`~mmnorm_plugin.norms.functional.tap_convolutions`
+    on the model before compiling (CBN raises otherwise; tapped, eager mode reads the same conv
+    from the hook). Everything else a training step decides is either a device tensor (ring
+    slots, fill levels as validity masks, counters) or decided outside the forward (iteration
+    ends and the burn-in phase, at the optimizer step), so ``torch.compile(fullgraph=True)``
+    traces the layer without a break and one graph serves every step after the burn-in.
+
     **Modes.** In eval mode (``model.eval()``, mmdet's ``norm_eval=True``, frozen stages) CBN is
     exactly ``BatchNorm2d`` with running statistics, hence foldable into the conv. Running
     statistics average, by default, the window statistics training normalized with
@@ -219,7 +227,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
     step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by order or
     alias the state dict at construction), and DDP would broadcast rank 0's per-rank windows.
     Checkpoints carry everything, and a run resumed at iteration ``t`` reproduces iteration
-    ``t+1``. The ring pointers are device tensors written with ``index_copy_`` and the
+    ``t+1``. The ring pointers are device tensors used as indices and the
     iteration counter is mirrored in Python (re-read on ``load_state_dict``), so a training
     step never reads a tensor back to the host. A plain BN checkpoint (ImageNet backbones) has
     no CBN state: it loads without missing keys and starts empty windows; a CBN checkpoint with
@@ -307,13 +315,10 @@ class CBN(GuardedNormMixin, _BatchNorm):
                  dtype=None) -> None:
         if int(buffer_num) != buffer_num or buffer_num < 0:
             raise ValueError(f'CBN buffer_num must be a non-negative integer, got {buffer_num}')
-        if int(burnin_iters) != burnin_iters or burnin_iters < 0:
-            raise ValueError(
-                f'CBN burnin_iters must be a non-negative integer, got {burnin_iters}')
         super().__init__(num_features, eps, momentum, affine, track_running_stats,
                          device=device, dtype=dtype)
         self.buffer_num = int(buffer_num)
-        self.burnin_iters = int(burnin_iters)
+        self.burnin_iters = burnin_iters  # validated by the property
         self.rho = float(rho)
         self.eps_outside_sqrt = bool(eps_outside_sqrt)
         self.grad_through_compensation = bool(grad_through_compensation)
@@ -350,11 +355,31 @@ class CBN(GuardedNormMixin, _BatchNorm):
 
     def _reset_iteration_state(self) -> None:
         """Re-read the iteration counter's Python mirror (construction, reset, load only)."""
-        self._iters = int(self.num_iters)
+        self._iters = int(self.num_iters)  # iterations ended (at a save: also started)
         self._site = -1  # no call in this iteration yet: the next training call starts one
         self._producer = None  # id of the conv weight this iteration's calls normalize
         # the number of call sites per iteration is known once an iteration has ended
         self._sites_known = self._iters >= 2 and self.num_sites > 0
+        self._update_phase()
+
+    def _update_phase(self) -> None:
+        # Whether the next iteration uses the window, decided where iterations end (outside
+        # any compiled region): the forward reads a bool that changes once, not a counter
+        # that changes every step (torch.compile would recompile on each value).
+        self._window_on = self.buffer_num > 0 and self._iters + 1 > self._burnin_iters
+
+    @property
+    def burnin_iters(self) -> int:
+        """Training iterations (optimizer steps) of plain BN before the window is used."""
+        return self._burnin_iters
+
+    @burnin_iters.setter
+    def burnin_iters(self, value: int) -> None:
+        if int(value) != value or value < 0:
+            raise ValueError(f'CBN burnin_iters must be a non-negative integer, got {value}')
+        self._burnin_iters = int(value)
+        if hasattr(self, '_iters'):
+            self._update_phase()
 
     @property
     def num_sites(self) -> int:
@@ -525,16 +550,19 @@ class CBN(GuardedNormMixin, _BatchNorm):
     # ------------------------------------------------------------------ iterations, sites
     @property
     def window_active(self) -> bool:
-        """Whether the current training iteration uses past statistics (after burn-in)."""
-        return self.buffer_num > 0 and self._iters > self.burnin_iters
+        """Whether the current training iteration uses past statistics (after burn-in); between
+        two iterations (after an optimizer step), whether the next one will."""
+        return self._window_on
 
     def _end_iteration(self) -> None:
         """An optimizer step happened (:func:`~.functional.listen_for_iteration_end`): the
-        next training call starts a new iteration. Python state only."""
+        next training call starts a new iteration. Python state only, outside the forward."""
         if self._site >= 0:
             self._sites_known = self.num_sites > 0
             self._site = -1
             self._producer = None
+            self._iters += 1
+            self._update_phase()
 
     def _next_call_site(self, origin: Optional[ConvOrigin]) -> int:
         """The call site of this training call; counts an iteration when one starts.
@@ -558,11 +586,10 @@ class CBN(GuardedNormMixin, _BatchNorm):
                 'each conv its own norm layer; calling one conv several times per iteration '
                 '(a head shared across FPN levels) is fine.')
         if new_iteration:
-            self._end_iteration()
+            self._end_iteration()  # (a no-op after an optimizer step: it ran there)
             self._site = 0
             self._producer = producer
-            self._iters += 1
-            self.num_iters.add_(1)
+            write_state(self, 'num_iters', self.num_iters + 1)
         else:
             self._site += 1
         if self.buffer_num and self._site >= self.num_sites:
@@ -584,7 +611,8 @@ class CBN(GuardedNormMixin, _BatchNorm):
         if not self.training:  # eval without running statistics: current batch, no state
             mean, var = self._batch_moments(x)
             return self._normalize(x, mean, var)
-        if torch._C._current_graph_task_id() != -1:
+        compiling = torch.compiler.is_compiling()
+        if not compiling and torch._C._current_graph_task_id() != -1:
             raise RuntimeError(
                 f'{type(self).__name__}({self.num_features}) ran a training forward inside a '
                 'backward pass: activation checkpointing (with_cp=True, '
@@ -602,7 +630,14 @@ class CBN(GuardedNormMixin, _BatchNorm):
         # every refusal before the first state change: dtype, device, one value per channel
         # (synced: the pooled count is on the device), then the conv check of the call site
         self._check_batch(x, m if group is None else -1)
-        origin = find_producing_conv(x) if self.buffer_num else None
+        if compiling and self.buffer_num and not convolutions_tapped():
+            # compiled code cannot read the autograd graph: without taps every window would
+            # silently go uncompensated, unlike the same model in eager mode
+            raise RuntimeError(
+                f'{type(self).__name__} under torch.compile finds its producing conv through '
+                'forward hooks: call mmnorm_plugin.norms.functional.tap_convolutions(model) '
+                'before compiling the model.')
+        origin = producing_conv(x) if self.buffer_num else None
         site = self._next_call_site(origin)
 
         with torch.no_grad():
@@ -632,7 +667,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
                                                counted)
         live_weight = None
         if comp is not None and self.grad_through_compensation:
-            live_weight = self._live_weight(origin, x)
+            live_weight = origin.live_weight
             if live_weight is None or not live_weight.requires_grad:
                 live_weight, comp = None, None
         else:
@@ -695,10 +730,10 @@ class CBN(GuardedNormMixin, _BatchNorm):
     def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor,
                               counted=1) -> None:
         """BN's EMA; non-finite entries keep their value (functional.update_running_stats)."""
-        self.num_batches_tracked.add_(counted)
-        finite = update_running_stats(self.running_mean, mean, self.momentum,
+        write_state(self, 'num_batches_tracked', self.num_batches_tracked + counted)
+        finite = update_running_stats(self, 'running_mean', mean, self.momentum,
                                       self.num_batches_tracked)
-        finite &= update_running_stats(self.running_var, var_unbiased, self.momentum,
+        finite &= update_running_stats(self, 'running_var', var_unbiased, self.momentum,
                                        self.num_batches_tracked)
         # SyncCBN: a step in which every rank was empty (counted 0) is not a non-finite one
         self._note_nonfinite(finite if isinstance(counted, int) else finite | (counted == 0))
@@ -709,7 +744,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
         Returns ``(None, None)`` when nothing can or needs to be compensated.
         """
         if origin is None:
-            if x.grad_fn is not None:
+            if not torch.compiler.is_compiling() and x.grad_fn is not None:
                 warn_once(
                     f'cbn-no-conv-{type(x.grad_fn).__name__}',
                     f'CBN({self.num_features}): the input was produced by '
@@ -717,7 +752,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
                     'compensated for weight changes; using the uncompensated cross-iteration '
                     'average for such layers.')
             return None, None
-        if x.grad_fn.next_functions[1][0] is None or origin.input is None:
+        if origin.live_weight is None or origin.input is None:
             return None, None  # frozen conv weight: nothing to compensate
         dtype = self._state_dtype()
         weight = origin.weight.to(dtype)
@@ -751,16 +786,6 @@ class CBN(GuardedNormMixin, _BatchNorm):
         # a non-finite batch must not poison later windows through its derivatives
         return (torch.nan_to_num(d_mean, 0.0, 0.0, 0.0), torch.nan_to_num(d_var, 0.0, 0.0, 0.0))
 
-    @staticmethod
-    def _live_weight(origin: Optional[ConvOrigin], x: Tensor) -> Optional[Tensor]:
-        """The producing conv's weight as used, attached to autograd (None if unreachable)."""
-        if origin is None:
-            return None
-        live = x.grad_fn._saved_weight
-        if live is None:  # only saved when the conv input needs a gradient
-            live = origin.parameter
-        return live
-
     def _prepare_history(self, grads: Tuple[Tensor, Tensor]) -> None:
         """Size the derivative history for this conv; restart the windows if the conv changed."""
         d_mean, d_var = grads
@@ -775,7 +800,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
                 f'CBN({self.num_features}): the producing conv changed (derivative history '
                 f'{current[1]} -> {shapes[1]}); restarting the cross-iteration window.')
             for name in _POINTERS + _COUNTS + _MASKS:
-                getattr(self, name).zero_()
+                setattr(self, name, torch.zeros_like(getattr(self, name)))
         for name, shape in zip(_LAZY_BUFFERS, shapes):
             setattr(self, name, self.hist_mean.new_zeros(shape))
 
@@ -863,26 +888,30 @@ class CBN(GuardedNormMixin, _BatchNorm):
               grads: Optional[Tuple[Tensor, Tensor]]) -> None:
         """Write this batch's entry at the site's ring pointer and advance the ring.
 
-        The slot is a device tensor (``hist_ptr``), written through ``index_copy_``: no host
-        read. A channel whose statistics are not finite is stored as zeros with its validity
-        bit cleared, so the window (and any checkpoint of it) only ever holds finite numbers.
+        The slot is a device tensor (``hist_ptr``) used as an index (:func:`write_state`): no
+        host read, nothing ``torch.compile`` specializes on. A channel whose statistics are not
+        finite is stored as zeros with its validity bit cleared, so the window (and any
+        checkpoint of it) only ever holds finite numbers.
         """
-        slot = self.hist_ptr[site].view(1)
+        slot = self.hist_ptr[site:site + 1]
+        at = (slot.new_full((1, ), site), slot)  # [site, slot] of a (S, k, ...) entry
         finite = torch.isfinite(mean) & torch.isfinite(var) & (var >= 0)
         zero = mean.new_zeros(())
 
-        def put(name: str, dim: int, value: Tensor) -> None:
-            target = getattr(self, name)[site]  # (autocast computes the projections in bf16)
-            target.index_copy_(dim, slot, value.unsqueeze(dim).to(target.dtype))
+        def put(name: str, value: Tensor) -> None:
+            # (autocast computes the projections in bfloat16)
+            write_state(self, name, value.unsqueeze(0).to(getattr(self, name).dtype), at)
 
-        put('hist_mean', 0, torch.where(finite, mean, zero))
-        put('hist_var', 0, torch.where(finite, var, zero))
-        put('hist_valid', 0, finite)
-        put('hist_count', 0, self.hist_count.new_full((), count))
+        put('hist_mean', torch.where(finite, mean, zero))
+        put('hist_var', torch.where(finite, var, zero))
+        put('hist_valid', finite)
+        put('hist_count', self.hist_count.new_full((), count))
         if grads is not None:
             d_mean, d_var = grads
-            put('hist_mean_grad', 1, d_mean)
-            put('hist_var_grad', 1, d_var)
+            # the derivative history is (S, G | C, k, P): the slot is its third index
+            derivative_at = (at[0], slice(None), slot)
+            write_state(self, 'hist_mean_grad', d_mean.unsqueeze(0), derivative_at)
+            write_state(self, 'hist_var_grad', d_var.unsqueeze(0), derivative_at)
             # computed exactly as the later ⟨D, W_t⟩, so unchanged weights compensate by 0
             c, p = weight.shape
             g = d_mean.shape[0]
@@ -892,14 +921,15 @@ class CBN(GuardedNormMixin, _BatchNorm):
         else:
             # no conv to compensate this time: a zero derivative keeps the entry as measured
             if self.hist_var_grad.numel():
-                self.hist_mean_grad[site].index_fill_(1, slot, 0)
-                self.hist_var_grad[site].index_fill_(1, slot, 0)
+                derivative_at = (at[0], slice(None), slot)
+                for name in _LAZY_BUFFERS:
+                    write_state(self, name, zero, derivative_at)
             mean_proj = var_proj = zero.expand_as(mean)
-        put('hist_mean_proj', 0, torch.where(finite, mean_proj, zero))
-        put('hist_var_proj', 0, torch.where(finite, var_proj, zero))
+        put('hist_mean_proj', torch.where(finite, mean_proj, zero))
+        put('hist_var_proj', torch.where(finite, var_proj, zero))
         k = self.buffer_num
-        self.hist_len[site].copy_((self.hist_len[site] + 1).clamp_max(k))
-        self.hist_ptr[site].copy_((slot[0] + 1) % k)
+        write_state(self, 'hist_len', (self.hist_len[site:site + 1] + 1).clamp_max(k), at[:1])
+        write_state(self, 'hist_ptr', (slot + 1) % k, at[:1])
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.

@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    'ConvOrigin', 'find_producing_conv', 'normalize_with_stats', 'update_running_stats',
+    'ConvOrigin', 'find_producing_conv', 'producing_conv', 'tap_convolutions',
+    'convolutions_tapped',
+    'normalize_with_stats', 'update_running_stats', 'write_state',
     'check_input_4d', 'check_nchw', 'check_input_dtype', 'check_input_state',
     'check_values_per_statistic', 'GuardedNormMixin', 'warn_once', 'batch_moments',
     'state_value_problems', 'FINITE', 'VARIANCE', 'COUNT', 'MASK', 'end_iteration',
@@ -114,16 +116,44 @@ def normalize_with_stats(x: Tensor, mean: Optional[Tensor], var: Tensor,
     return torch.addcmul(shift, x, scale)
 
 
+def write_state(module: torch.nn.Module, name: str, value: Tensor, index=None) -> None:
+    """``module.<name>[index] = value`` (the whole tensor when ``index`` is None): the one way
+    the layers update persistent state in a training forward.
+
+    Eager: in place, so the tensor keeps its identity (DDP, EMA wrappers and optimizers hold
+    references to buffers) and a window write costs one slot. Under ``torch.compile``: out of
+    place, and the new tensor replaces the old one. AOTAutograd (torch 2.13) may compute a value
+    saved for backward in the backward graph, from a tensor the forward mutated in place, i.e.
+    after the mutation (pytorch/pytorch PR 197039, open): CBN's window statistics and MABN's
+    renormalization factor then silently came out of the *updated* state. A replaced tensor
+    leaves the old value intact for it. Both give the same values.
+    """
+    tensor = getattr(module, name)
+    if not torch.compiler.is_compiling():
+        if index is None:
+            tensor.copy_(value)
+        else:
+            tensor[index] = value
+        return
+    if index is None:
+        new = value.to(tensor.dtype).expand(tensor.shape)
+    else:
+        new = tensor.clone()
+        new[index] = value
+    setattr(module, name, new)
+
+
 @torch.no_grad()
-def update_running_stats(running: Tensor, value: Tensor, momentum: Optional[float],
+def update_running_stats(module: torch.nn.Module, name: str, value: Tensor,
+                         momentum: Optional[float],
                          num_batches_tracked: Union[int, Tensor, None]) -> Tensor:
-    """In-place EMA in PyTorch's convention: running <- (1 - m) * running + m * value.
+    """EMA of the buffer ``module.<name>`` in PyTorch's convention:
+    running <- (1 - m) * running + m * value (written with :func:`write_state`).
 
     ``momentum=None`` means a cumulative average (m = 1 / num_batches_tracked), as in
     ``torch.nn.BatchNorm2d``; the caller increments ``num_batches_tracked`` first. It may be
     the buffer (the weight 1/n is then computed on the device: no sync, and no graph break
-    under ``torch.compile``) or a Python int (e.g. the mirror of
-    :meth:`GuardedNormMixin._count_batch`).
+    under ``torch.compile``) or a Python int.
 
     Entries whose new value is not finite (a NaN/Inf batch, e.g. an fp16 overflow) keep their
     old value: one bad batch never enters the running statistics (``nn.BatchNorm2d``'s stay
@@ -132,6 +162,7 @@ def update_running_stats(running: Tensor, value: Tensor, momentum: Optional[floa
     Returns:
         The boolean per-entry mask of the values that were taken.
     """
+    running = getattr(module, name)
     if momentum is None:
         if isinstance(num_batches_tracked, Tensor):
             momentum = num_batches_tracked.to(running.dtype).reciprocal()
@@ -139,7 +170,7 @@ def update_running_stats(running: Tensor, value: Tensor, momentum: Optional[floa
             momentum = 1.0 / num_batches_tracked
     value = value.to(running.dtype)
     finite = torch.isfinite(value)
-    running.copy_(torch.where(finite, running.lerp(value, momentum), running))
+    write_state(module, name, torch.where(finite, running.lerp(value, momentum), running))
     return finite
 
 
@@ -150,6 +181,8 @@ class ConvOrigin:
     Attributes:
         weight: the weight values the conv actually used (after any AMP cast or
             re-parameterisation such as weight centralization), detached.
+        live_weight: the same weight attached to autograd (a gradient w.r.t. it reaches the
+            conv's parameters); None when the conv weight receives no gradient (frozen).
         parameter: the trainable leaf ``nn.Parameter`` behind ``weight`` when it can be
             reached through casts only; None when the weight is frozen or derived.
         has_bias: whether the conv adds a bias.
@@ -159,6 +192,7 @@ class ConvOrigin:
         stride, padding, dilation, groups: the conv's geometry.
     """
     weight: Tensor
+    live_weight: Optional[Tensor]
     parameter: Optional[Tensor]
     has_bias: bool
     bias: Optional[Tensor]
@@ -207,8 +241,10 @@ def find_producing_conv(x: Tensor) -> Optional[ConvOrigin]:
     saved_input = fn._saved_input
     bias_sizes = fn._saved_bias_sym_sizes_opt
     has_bias = bias_sizes is not None and len(bias_sizes) > 0 and bias_sizes[0] != 0
+    trainable = fn.next_functions[1][0] is not None
     return ConvOrigin(
         weight=weight.detach(),
+        live_weight=weight if trainable else None,
         parameter=parameter,
         has_bias=has_bias,
         bias=_leaf_through_casts(fn.next_functions[2][0]) if has_bias else None,
@@ -217,6 +253,89 @@ def find_producing_conv(x: Tensor) -> Optional[ConvOrigin]:
         padding=tuple(fn._saved_padding),
         dilation=tuple(fn._saved_dilation),
         groups=int(fn._saved_groups))
+
+
+class _ConvTap:
+    """The latest call of a tapped convolution (see :func:`tap_convolutions`)."""
+
+    def __init__(self) -> None:
+        self.module: Optional[torch.nn.Conv2d] = None
+        self.input: Optional[Tensor] = None
+        self.output: Optional[Tensor] = None
+        self.tapped = 0  # convolutions tapped in this process
+
+
+_conv_tap = _ConvTap()
+
+
+def _record_conv(module: torch.nn.Module, args, output: Tensor) -> None:
+    _conv_tap.module, _conv_tap.input, _conv_tap.output = module, args[0], output
+
+
+def tap_convolutions(model: torch.nn.Module) -> int:
+    """Record every ``nn.Conv2d`` call of ``model`` (a forward hook per conv), so that the
+    norms find the conv that produced their input without reading the autograd graph.
+
+    Needed for ``torch.compile``, which cannot trace ``grad_fn`` (CBN's compensation, BKN's
+    prior); in eager mode the tapped and the autograd lookups give the same conv and values,
+    so a tapped model trains identically compiled or not. A hook is a Python call per conv,
+    inlined by ``torch.compile``. Taps convs with the plain ``nn.Conv2d`` forward, zero padding
+    and numeric padding (others, e.g. :class:`CenConv2d`, are found through autograd in eager
+    mode only). Idempotent; returns the number of convs newly tapped.
+    """
+    count = 0
+    for module in model.modules():
+        if (isinstance(module, torch.nn.Conv2d) and type(module).forward is torch.nn.Conv2d.forward
+                and module.padding_mode == 'zeros' and not isinstance(module.padding, str)
+                and not getattr(module, '_mmnorm_tapped', False)):
+            module.register_forward_hook(_record_conv)
+            module._mmnorm_tapped = True
+            count += 1
+    _conv_tap.tapped += count
+    return count
+
+
+def convolutions_tapped() -> bool:
+    """Whether :func:`tap_convolutions` tapped any conv in this process."""
+    return _conv_tap.tapped > 0
+
+
+def producing_conv(x: Tensor) -> Optional[ConvOrigin]:
+    """The 2-D convolution whose output is ``x`` (None if none, or not known).
+
+    A conv tapped by :func:`tap_convolutions` that produced ``x`` in its latest call is read
+    from the tap (traceable by ``torch.compile``); otherwise, in eager mode, from the autograd
+    graph (:func:`find_producing_conv`). Both give the weight and input as the conv used them
+    (AMP casts included) and None without autograd history.
+    """
+    tap = _conv_tap
+    if tap.output is x:
+        return _tapped_origin(tap.module, tap.input, x)
+    if torch.compiler.is_compiling():
+        return None
+    return find_producing_conv(x)
+
+
+def _tapped_origin(conv: torch.nn.Conv2d, z: Tensor, x: Tensor) -> Optional[ConvOrigin]:
+    if not (torch.is_grad_enabled() and x.requires_grad):
+        return None  # as find_producing_conv: no autograd history, nothing to differentiate
+    weight, bias = conv.weight, conv.bias
+    device = x.device.type
+    if torch.is_autocast_enabled(device):  # what autocast's conv did to its operands
+        cast = torch.get_autocast_dtype(device)
+        weight, z = weight.to(cast), z.to(cast)
+    trainable = conv.weight.requires_grad
+    return ConvOrigin(
+        weight=weight.detach(),
+        live_weight=weight if trainable else None,
+        parameter=conv.weight if trainable else None,
+        has_bias=bias is not None,
+        bias=bias if bias is not None and bias.requires_grad else None,
+        input=z.detach(),
+        stride=tuple(conv.stride),
+        padding=tuple(conv.padding),
+        dilation=tuple(conv.dilation),
+        groups=int(conv.groups))
 
 
 _warned = set()
@@ -316,12 +435,6 @@ class GuardedNormMixin:
       the layer keeps all of its state, so a checkpoint's ``running_mean`` never sits next to
       the layer's old ``running_var`` (nor a half window). Unknown keys under the layer's
       prefix are treated the same way.
-    * **Python mirrors of integer counters** (:meth:`_counter`, :meth:`_set_counter`,
-      :meth:`_count_batch` for ``num_batches_tracked``): layers index ring buffers and phases
-      by the iteration without reading the tensor (a device sync per layer per step on a
-      GPU). A mirror is re-read once when its buffer was changed by anything else (load,
-      reset, ``.to()``, DDP buffer broadcast, user code), which the tensor's identity and
-      version counter tell without a sync.
     * **Input checks before any state changes** (:meth:`_check_batch`): dtype and device of
       the input against the layer's state, and one value per statistic in training.
     * **Non-finite bookkeeping.** ``nonfinite_count`` (not persistent) counts training steps
@@ -360,36 +473,13 @@ class GuardedNormMixin:
         device = tensors[0].device if tensors else None
         self.register_buffer('nonfinite_count', torch.zeros((), dtype=torch.long,
                                                             device=device), persistent=False)
-        # name -> ((id, version) of the tensor when read or written, value)
-        self._counter_mirrors: Dict[str, Tuple[Tuple[int, int], int]] = {}
-
-    # ------------------------------------------------------------------ counter mirrors
-    def _counter(self, name: str = 'num_batches_tracked') -> int:
-        """The 0-d integer buffer ``name`` as a Python int, without a device sync in steady
-        state: read once, then only again if something else changed the tensor."""
-        buf = getattr(self, name)
-        key = (id(buf), buf._version)
-        mirror = self._counter_mirrors.get(name)
-        if mirror is None or mirror[0] != key:
-            mirror = (key, int(buf.item()))  # once after a load/reset/.to()/user write
-            self._counter_mirrors[name] = mirror
-        return mirror[1]
-
-    def _set_counter(self, name: str, value: int) -> None:
-        """Write ``value`` into the 0-d buffer ``name`` and its mirror (no device sync)."""
-        buf = getattr(self, name)
-        buf.fill_(value)
-        self._counter_mirrors[name] = ((id(buf), buf._version), int(value))
-
-    def _count_batch(self) -> int:
-        """Increment ``num_batches_tracked`` and return the new value (no device sync)."""
-        value = self._counter() + 1
-        self._set_counter('num_batches_tracked', value)
-        return value
 
     # ------------------------------------------------------------------ non-finite report
     def _note_nonfinite(self, finite: Tensor) -> None:
-        """Count a step in which some entries of ``finite`` are False (no device sync)."""
+        """Count a step in which some entries of ``finite`` are False (no device sync).
+
+        In place even under ``torch.compile`` (unlike :func:`write_state`): a diagnostic
+        counter that no computation reads, which MABN's backward increments too."""
         self.nonfinite_count.add_(finite.logical_not().any())
 
     def train(self, mode: bool = True):
@@ -437,8 +527,7 @@ class GuardedNormMixin:
         (called right after the registered entries were copied)."""
 
     def _after_load(self) -> None:
-        """Called after a successful copy."""
-        self._counter_mirrors.clear()  # re-read the counters once
+        """Called after a successful copy (CBN re-reads its Python mirror of num_iters)."""
 
     def _persistent_entries(self) -> Dict[str, Tensor]:
         own = {n: t for n, t in self._parameters.items() if t is not None}

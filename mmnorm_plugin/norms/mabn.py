@@ -14,7 +14,8 @@ from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import (FINITE, VARIANCE, GuardedNormMixin, check_input_4d, check_nchw,
-                         normalize_with_stats, update_running_stats, warn_once)
+                         normalize_with_stats, update_running_stats, warn_once,
+                         write_state)
 
 __all__ = ['MABN']
 
@@ -41,25 +42,25 @@ class _MABNFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                chi2: Tensor, r: Tensor, psi_history: Tensor, slot: int, prev_slot: int,
-                use_sma: bool, eps: float, nonfinite_count: Tensor) -> Tensor:
+                chi2: Tensor, r: Tensor, psi_history: Tensor, phase: Tensor, eps: float,
+                nonfinite_count: Tensor) -> Tensor:
         inv_std = (chi2 + eps).rsqrt()
         gamma_r = r if weight is None else weight * r
-        ctx.save_for_backward(x, weight, inv_std, r)
+        # phase = (slot, previous slot, use the SMA) of this call, as device integers: a
+        # Python int would make torch.compile specialize (recompile) on every iteration
+        ctx.save_for_backward(x, weight, inv_std, r, phase)
         # The ring buffer is written in backward, in place, so it is held as an attribute
         # (save_for_backward would reject the in-place update through its version check).
         ctx.psi_history = psi_history
         ctx.nonfinite_count = nonfinite_count
-        ctx.slot = slot
-        ctx.prev_slot = prev_slot
-        ctx.use_sma = use_sma
         ctx.psi_written = False
         return normalize_with_stats(x, None, chi2, gamma_r, bias, eps)
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x, weight, inv_std, r = ctx.saved_tensors
+        x, weight, inv_std, r, phase = ctx.saved_tensors
         history = ctx.psi_history
+        slot, prev_slot, use_sma = phase[0:1], phase[1:2], phase[2].bool()
         gamma_r = r if weight is None else weight * r
         m_count = x.numel() // x.shape[1]
         # sum(g * x) serves both Psi and dL/dgamma; reductions in float32 at least
@@ -70,17 +71,15 @@ class _MABNFunction(torch.autograd.Function):
         # A non-finite gradient (NaN loss, fp16 overflow) must not enter the window: those
         # channels repeat the previous iteration's Psi, finite by induction.
         finite = torch.isfinite(psi)
-        psi = torch.where(finite, psi, history[ctx.prev_slot])
-        if ctx.use_sma:
-            # The window with this iteration's slot holding this backward's Psi: identical
-            # to "write, then average", but a second backward through the same graph
-            # (retain_graph) does not write the state twice.
-            psi_bar = (history.sum(0) - history[ctx.slot] + psi) / history.shape[0]
-        else:
-            psi_bar = psi
+        psi = torch.where(finite, psi, history.index_select(0, prev_slot)[0])
+        # The window with this iteration's slot holding this backward's Psi: identical to
+        # "write, then average", but a second backward through the same graph (retain_graph)
+        # does not write the state twice.
+        window = (history.sum(0) - history.index_select(0, slot)[0] + psi) / history.shape[0]
+        psi_bar = torch.where(use_sma, window, psi)
         if not ctx.psi_written:
             with torch.no_grad():
-                history[ctx.slot].copy_(psi)
+                history.index_copy_(0, slot, psi.unsqueeze(0))
                 ctx.nonfinite_count.add_(finite.logical_not().any())
             ctx.psi_written = True
 
@@ -95,7 +94,7 @@ class _MABNFunction(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             # float32 accumulation under autocast (a bfloat16 sum over N*H*W loses digits)
             grad_bias = grad_out.sum(dim=_DIMS, dtype=sum_gx.dtype)
-        return (grad_x, grad_weight, grad_bias) + (None, ) * 8
+        return (grad_x, grad_weight, grad_bias) + (None, ) * 6
 
 
 @MODELS.register_module()
@@ -200,8 +199,11 @@ class MABN(GuardedNormMixin, _BatchNorm):
         * The input must have the layer's dtype, or be float16/bfloat16 into a float32
           layer (autocast; statistics in float32); a float64 input into a float32 layer
           raises.
-        * No host synchronisation in a training step: ring slots and phases come from a
-          Python mirror of ``num_batches_tracked``, re-read once after a load.
+        * No host synchronisation in a training step, and nothing ``torch.compile`` must
+          specialize on: ring slots and phases are computed on the device from
+          ``num_batches_tracked`` (indexed writes, ``where`` selects), so one compiled
+          graph serves every iteration (``torch.compile(fullgraph=True)`` traces the layer
+          without a break).
         * ``torch.jit.script`` works for the eval-mode layer (the inference formula); the
           scripted module refuses training mode (the training step is a custom autograd
           function, which TorchScript cannot compile).
@@ -283,28 +285,33 @@ class MABN(GuardedNormMixin, _BatchNorm):
     def _forward_train(self, x: Tensor) -> Tensor:
         self._check_batch(x, x.numel() // x.shape[1])
         with torch.no_grad():
-            t = self._count_batch()
-            slot = t % self.buffer_size
-            prev_slot = (t - 1) % self.buffer_size
+            # The iteration t, its ring slots and phases are device tensors: no host read,
+            # and nothing torch.compile would specialize (recompile) on each iteration.
+            write_state(self, 'num_batches_tracked', self.num_batches_tracked + 1)
+            t = self.num_batches_tracked
+            m = self.buffer_size
+            use_sma = (t > m) & (t >= self.warmup_iters)
+            # one tensor for the backward: AOTAutograd (torch 2.13) may recompute a saved
+            # value from the counter it reads after this forward incremented it again
+            # (pytorch/pytorch#197039); a stacked value is saved as computed
+            phase = torch.stack((t % m, (t - 1) % m, use_sma.long()))
+            slot, prev_slot = phase[0:1], phase[1:2]
             chi2_t = _second_moment(x).to(self.chi2_history.dtype)
             # A non-finite channel repeats the previous iteration's chi2 (finite by induction;
             # at t = 1 the slot is rewritten before any average reads it) and leaves R alone.
             finite = torch.isfinite(chi2_t)
-            chi2_t = torch.where(finite, chi2_t, self.chi2_history[prev_slot])
+            chi2_t = torch.where(finite, chi2_t, self.chi2_history.index_select(0, prev_slot)[0])
             self._note_nonfinite(finite)
-            self.chi2_history[slot].copy_(chi2_t)
-            use_sma = t > self.buffer_size and t >= self.warmup_iters
-            chi2 = self.chi2_history.mean(0) if use_sma else chi2_t
-            if t <= max(self.renorm_hold_iters, self.warmup_iters):
-                r = torch.ones_like(chi2)
-            else:
-                r = ((chi2 + self.eps) / (self.running_var + self.eps)).sqrt().clamp_(
-                    1.0 / self.r_max, self.r_max)
-            # r above uses R before this iteration's update, as in the official layer
-            update_running_stats(self.running_var, torch.where(finite, chi2, self.running_var),
+            write_state(self, 'chi2_history', chi2_t.unsqueeze(0), slot)
+            chi2 = torch.where(use_sma, self.chi2_history.mean(0), chi2_t)
+            # r uses R before this iteration's update, as in the official layer
+            renorm = ((chi2 + self.eps) / (self.running_var + self.eps)).sqrt().clamp_(
+                1.0 / self.r_max, self.r_max)
+            r = torch.where(t <= max(self.renorm_hold_iters, self.warmup_iters), 1.0, renorm)
+            update_running_stats(self, 'running_var', torch.where(finite, chi2, self.running_var),
                                  self.momentum, t)
         return _MABNFunction.apply(x, self.weight, self.bias, chi2, r, self.psi_history,
-                                   slot, prev_slot, use_sma, self.eps, self.nonfinite_count)
+                                   phase, self.eps, self.nonfinite_count)
 
     def _adapt_state(self, state: Dict[str, Any],
                      notes: List[Tuple[str, str]]) -> Dict[str, Any]:

@@ -48,3 +48,18 @@ def test_collective_bytes_are_the_readmes_communication_table(run_ranks):
                 'SyncBKN': ((2 * c + 1) * 8, 2 * c * 4), 'BN': (0, 0)}
     for rank in run_ranks(__file__, '_rank_collective_bytes'):
         assert {k: rank[k] for k in expected} == expected
+
+
+def test_compiled_rows_time_both_modes_of_each_norm():
+    from mmnorm_plugin.norms.bkn import BKN
+    from mmnorm_plugin.utils.benchmark import compare_compiled, format_compiled_rows
+    rows = compare_compiled({'BN': (nn.BatchNorm2d, nn.Conv2d), 'BKN': (BKN, nn.Conv2d)},
+                            shape=(2, 3, 8, 8), width=4, warmup=1, iters=3,
+                            backend='aot_eager')
+    assert [r['name'] for r in rows] == ['BN', 'BKN']
+    for r in rows:
+        assert r['eager_ms'] > 0 and r['compiled_ms'] > 0 and r['compile_s'] > 0
+        assert r['speedup'] == pytest.approx(r['eager_ms'] / r['compiled_ms'])
+    assert 'BKN' in format_compiled_rows(rows)
+    with pytest.raises(ValueError):
+        compare_compiled({'BN': (nn.BatchNorm2d, nn.Conv2d)}, iters=2)

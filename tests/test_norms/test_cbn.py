@@ -67,11 +67,12 @@ def test_burnin_is_batchnorm_then_window():
     for it in range(3):
         x = conv(torch.randn(2, 3, 5, 5, dtype=torch.float64))
         y = cbn(x)
+        assert cbn.window_active == (it >= 2)  # during iteration it + 1
         _step(conv)
         xs.append(x.detach())
         if it < 2:
             torch.testing.assert_close(y, bn(x))
-            assert cbn.hist_len == 0 and not cbn.window_active
+            assert cbn.hist_len == 0
     # the window starts at call burnin_iters + 1 with an empty history, as in the official code
     assert cbn.window_active and cbn.hist_len == 1
     x = conv(torch.randn(2, 3, 5, 5, dtype=torch.float64))
@@ -636,9 +637,9 @@ def test_shared_head_keeps_one_window_per_level_and_counts_iterations():
             ys.append((x.detach(), y.detach()))
             seen[lvl].append(x.detach())
         loss.backward()
+        assert cbn.num_iters == it + 1 and cbn.window_active == (it + 1 > 2)
         opt.step()
         opt.zero_grad()
-        assert cbn.num_iters == it + 1 and cbn.window_active == (it + 1 > 2)
     assert cbn.num_sites == 3 and cbn.hist_len.tolist() == [2, 2, 2]
     for lvl, (x, y) in enumerate(ys):  # last iteration: the window of its own level
         mean, var = _used_stats(x, y)

@@ -155,11 +155,11 @@ def test_retinanet_shared_head_has_one_window_per_level_and_burns_in_by_step():
         cls_scores, bbox_preds = head([torch.randn(1, 8, s, s) for s in sizes])
         loss = sum(c.square().mean() + b.square().mean() for c, b in zip(cls_scores, bbox_preds))
         loss.backward()
-        opt.step()
-        opt.zero_grad()
-        for layer in layers:
+        for layer in layers:  # during iteration step + 1
             assert layer.num_iters == step + 1
             assert layer.window_active == (step + 1 > 2)
+        opt.step()
+        opt.zero_grad()
     for layer in layers:
         assert layer.num_sites == 5
         assert layer.hist_len.tolist() == [1] * 5  # one windowed iteration per level

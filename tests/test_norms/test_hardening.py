@@ -193,8 +193,8 @@ def test_load_missing_a_required_key_copies_nothing(name):
 
 
 @pytest.mark.parametrize('name', sorted(NORMS))
-def test_round_trip_and_counter_mirror_follow_the_buffer(name):
-    """The Python mirror of num_batches_tracked is re-read after a load or a user write."""
+def test_round_trip_and_counter_follow_the_buffer(name):
+    """The layers count from num_batches_tracked as loaded or written by the user."""
     layer = _trained(name, steps=5)
     fresh = NORMS[name](8)
     fresh(torch.randn(2, 8, 5, 5)).sum().backward()
@@ -206,7 +206,7 @@ def test_round_trip_and_counter_mirror_follow_the_buffer(name):
     assert fresh.num_batches_tracked.item() == 42
 
 
-def test_mabn_mirror_selects_the_slot_after_a_user_write():
+def test_mabn_counter_selects_the_slot_after_a_user_write():
     layer = MABN(2, buffer_size=4, warmup_iters=0, renorm_hold_iters=0)
     layer(torch.randn(2, 2, 3, 3))  # t = 1, slot 1
     layer.num_batches_tracked.fill_(6)
