@@ -52,7 +52,7 @@ def test_collective_bytes_are_the_readmes_communication_table(run_ranks):
 
 def test_compiled_rows_time_both_modes_of_each_norm():
     from mmnorm_plugin.norms.bkn import BKN
-    from mmnorm_plugin.utils.benchmark import compare_compiled, format_compiled_rows
+    from mmnorm_plugin.benchmarks.layer_benchmark import compare_compiled, format_compiled_rows
     rows = compare_compiled({'BN': (nn.BatchNorm2d, nn.Conv2d), 'BKN': (BKN, nn.Conv2d)},
                             shape=(2, 3, 8, 8), width=4, warmup=1, iters=3,
                             backend='aot_eager')

@@ -1,6 +1,6 @@
 """Training-step time of every norm, eager against torch.compile(fullgraph=True), in one run.
 
-A thin CLI over :func:`mmnorm_plugin.utils.benchmark.compare_compiled`: a three-stage CNN
+A thin CLI over :func:`mmnorm_plugin.benchmarks.layer_benchmark.compare_compiled`: a three-stage CNN
 (conv-norm-ReLU, the convs tapped, one eager step first) per norm, its compiled copy, and
 interleaved timed training steps (forward, backward, SGD step). Prints medians and the
 eager/compiled ratio (> 1: compiled is faster) and the first compiled step's time (tracing and
@@ -18,7 +18,7 @@ from mmnorm_plugin.norms.bgn import BGN
 from mmnorm_plugin.norms.bkn import BKN
 from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.mabn import MABN
-from mmnorm_plugin.utils.benchmark import compare_compiled, format_compiled_rows, parse_shape
+from mmnorm_plugin.benchmarks.layer_benchmark import compare_compiled, format_compiled_rows, parse_shape
 
 # Each in its steady state from the first timed step: CBN's window on, MABN past warm-up and
 # renorm hold (the conv it is meant for: weight-centralized).
