@@ -157,8 +157,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
     compensation's gradient is what restores the invariance, *approximately*: the first-order
     variance compensation does not scale with ``W`` as a variance must, so with the exact
     gradient the cosine is −0.0000 / −0.0014 / −0.013 / −0.11 at a relative weight drift over
-    the window of 0 / 0.35 % / 3.5 % / 34 % (small drifts are the regime CBN is for: one SGD
-    step moves a weight by well under 1 %). The exact gradient costs one
+    the window of 0 / 0.35 % / 3.5 % / 34 %. The exact gradient costs one
     batched matmul per layer in forward and one weight-sized multiply-add in backward.
 
     **Derivatives, cheaply and exactly.** Only the producing conv's weight is compensated (the
