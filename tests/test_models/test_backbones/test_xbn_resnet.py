@@ -187,7 +187,7 @@ def test_num_groups_cap_and_clear_errors():
         _build(type='XBNResNet', depth=50, bfn_cfg=dict(type='GN', num_groups=3), **TINY)
     with pytest.raises(ValueError, match='bfn_position'):
         _build(type='XBNResNet', depth=50, bfn_position='P4', **TINY)
-    with pytest.raises(KeyError, match='not a registered'):
+    with pytest.raises(KeyError, match=r"Unknown norm type 'NoSuchNorm' at 'bfn_cfg'"):
         _build(type='XBNResNet', depth=50, bfn_cfg=dict(type='NoSuchNorm'), **TINY)
     with pytest.raises(TypeError, match='bfn_cfg'):
         _build(type='XBNResNet', depth=50, bfn_cfg='GN', **TINY)
