@@ -213,8 +213,18 @@ def arm_config(config: str, arm: Arm, seed: int, parts: Sequence[str] = PARTS,
     options['train_cfg.val_interval'] = 10 ** 9
     for key, value in options.items():
         *parents, leaf = _split(key)
-        _get(cfg, parents)[leaf] = copy.deepcopy(value)
+        _parent(cfg, parents)[leaf] = copy.deepcopy(value)
     return cfg, options
+
+
+def _parent(node, path):
+    """Walk ``path``, creating missing dict levels as mmengine's ``--cfg-options`` does (e.g.
+    ``randomness`` in a config that never set a seed)."""
+    for key in path:
+        if isinstance(key, str) and key not in node:
+            node[key] = {}
+        node = node[key]
+    return node
 
 
 def _split(dotted: str) -> List:
@@ -300,6 +310,21 @@ def _test_metrics(test_dir: str) -> Dict:
         return json.loads(f.read().splitlines()[-1])
 
 
+_EMPTY_RESULTS = 'The testing results of the whole dataset is empty.'  # mmdet's CocoMetric
+
+
+def _zero_metrics(cfg) -> Dict:
+    evaluators = cfg.test_evaluator if isinstance(cfg.test_evaluator, list) else \
+        [cfg.test_evaluator]
+    metrics = {}
+    for evaluator in evaluators:
+        kinds = evaluator.get('metric', 'bbox')
+        for kind in [kinds] if isinstance(kinds, str) else kinds:
+            for suffix in ('', '_50', '_75', '_s', '_m', '_l'):
+                metrics[f'coco/{kind}_mAP{suffix}'] = 0.0
+    return metrics
+
+
 def _record_path(out_dir: str, arm: Arm, seed: int) -> str:
     return osp.join(out_dir, 'records', f'{arm.norm}@{arm.batch}_seed{seed}.json')
 
@@ -329,11 +354,24 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
     checkpoint = _last_checkpoint(train_dir)
     if rc != 0 or checkpoint is None:
         raise RuntimeError(f'{arm.name} seed {seed}: training failed (exit {rc}); see {log}')
+    test_log_start = osp.getsize(log)
     rc, test_s, test_mem = _run([python, osp.join(ROOT, 'tools', 'test.py'), arm_cfg,
                                  checkpoint, '--work-dir', test_dir], log, env, nice)
     if rc != 0:
         raise RuntimeError(f'{arm.name} seed {seed}: evaluation failed (exit {rc}); see {log}')
     metrics = {k: v for k, v in _test_metrics(test_dir).items() if k.startswith('coco/')}
+    extra = {}
+    if not metrics:
+        with open(log) as f:
+            f.seek(test_log_start)
+            empty = _EMPTY_RESULTS in f.read()
+        if not empty:
+            raise RuntimeError(f'{arm.name} seed {seed}: tools/test.py reported no COCO '
+                               f'metrics; see {log}')
+        # mmdet's CocoMetric returns nothing when the detector kept no box at all; COCO AP of
+        # an empty detection set is 0, and dropping the arm-seed would break its pairs
+        metrics = _zero_metrics(cfg)
+        extra['no_detections'] = True
     record = dict(
         arm=arm.name, norm=arm.norm, spec=arm.spec, images_per_batch=arm.batch, seed=seed,
         config=osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config,
@@ -341,7 +379,7 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
         options=options, lr=options['optim_wrapper.optimizer.lr'], threads=threads,
         train_seconds=round(train_s, 1), test_seconds=round(test_s, 1),
         peak_memory_mib=round(max(train_mem, test_mem), 1), metrics=metrics,
-        finished=datetime.datetime.now().isoformat(timespec='seconds'), **provenance())
+        finished=datetime.datetime.now().isoformat(timespec='seconds'), **extra, **provenance())
     path = _record_path(out_dir, arm, seed)
     os.makedirs(osp.dirname(path), exist_ok=True)
     with open(path + '.tmp', 'w') as f:
