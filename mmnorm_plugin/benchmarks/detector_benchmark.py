@@ -27,8 +27,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-__all__ = ['DEMO_CONFIG', 'METHODS', 'STEADY_STATE', 'build_detectors', 'compare_detectors',
-           'format_detector_rows']
+__all__ = ['COMPILED_PARTS', 'DEMO_CONFIG', 'METHODS', 'STEADY_STATE', 'build_detectors',
+           'compare_compiled_detectors', 'compare_detectors', 'compile_norm_parts',
+           'format_compiled_detector_rows', 'format_detector_rows']
 
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO_CONFIG = osp.join(_ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_{}_tiny-coco.py')
@@ -181,4 +182,94 @@ def format_detector_rows(rows: List[dict], title: Optional[str] = None) -> str:
     for r in rows:
         lines.append(f'{r["mode"]:<7}{r["name"]:<20}{r["ms"]:>10.1f}{r["x_twin"]:>11.2f}'
                      f'{r["x_frozen"]:>13.2f}')
+    return '\n'.join(lines)
+
+
+#: the detector parts that hold the norms; torch.compile'd with fullgraph=True. RPN sampling,
+#: RoIAlign (an mmcv op), NMS and the losses stay eager: they are the same in every arm.
+COMPILED_PARTS = ('backbone', 'neck', 'roi_head.bbox_head')
+
+
+def compile_norm_parts(model, backend: str = 'inductor', parts: Sequence[str] = COMPILED_PARTS):
+    """Replace each of ``parts`` of an mmdet detector by ``torch.compile(part, fullgraph=True)``
+    in place (the parameters stay the same objects, so an optimizer built before still steps
+    them). The convs must be tapped and one eager step taken first (see
+    :func:`~mmnorm_plugin.norms.functional.tap_convolutions`)."""
+    for path in parts:
+        *parents, leaf = path.split('.')
+        owner = model
+        for key in parents:
+            owner = getattr(owner, key)
+        setattr(owner, leaf, torch.compile(getattr(owner, leaf), backend=backend, fullgraph=True))
+    return model
+
+
+def compare_compiled_detectors(methods: Sequence[str] = METHODS,
+                               image_size: Tuple[int, int] = (160, 160),
+                               batch: int = 2,
+                               iters: int = 5,
+                               warmup: int = 2,
+                               device: str = 'cpu',
+                               backend: str = 'inductor',
+                               num_objects: int = 3) -> List[dict]:
+    """Whole-detector training iteration, eager against the norm-bearing parts compiled.
+
+    Per detector (each method's and the BN twin): the convs are tapped, one eager
+    ``train_step`` is taken (BKN records its layer chain), a deep copy gets
+    :func:`compile_norm_parts`; its first step is timed alone (``compile_s``: tracing and code
+    generation, graph breaks would raise), then ``iters`` interleaved eager/compiled steps
+    after ``warmup``. Rows: ``name``, ``eager_ms``, ``compiled_ms`` (medians), ``speedup``
+    (eager / compiled, > 1: compiled faster), ``compile_s``.
+    """
+    from mmdet.testing import demo_mm_inputs
+    from mmengine.optim import OptimWrapper
+    from ..norms.functional import tap_convolutions
+
+    if iters < 3:
+        raise ValueError(f'iters={iters}: a median of fewer than 3 timings is noise')
+    h, w = image_size
+    packed = demo_mm_inputs(batch_size=batch, image_shapes=[(3, h, w)] * batch,
+                            num_items=[num_objects] * batch, num_classes=3)
+    rows = []
+    for name, eager in build_detectors(methods, device).items():
+        if name == 'frozen BN':
+            continue
+        eager.train()
+        tap_convolutions(eager)
+
+        def optim(model):
+            return OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
+
+        eager_optim = optim(eager)
+        torch.manual_seed(0)
+        eager.train_step(copy.deepcopy(packed), eager_optim)
+        model = copy.deepcopy(eager)
+        model_optim = optim(model)
+        # momentum included, deep-copied: load_state_dict would share the eager buffers
+        model_optim.optimizer.load_state_dict(copy.deepcopy(eager_optim.optimizer.state_dict()))
+        torch._dynamo.reset()
+        compile_norm_parts(model, backend)
+        jobs = {'eager': lambda: eager.train_step(copy.deepcopy(packed), eager_optim),
+                'compiled': lambda: model.train_step(copy.deepcopy(packed), model_optim)}
+        torch.manual_seed(0)
+        _sync(device)
+        t0 = time.perf_counter()
+        jobs['compiled']()
+        _sync(device)
+        compile_s = time.perf_counter() - t0
+        med = _medians(jobs, warmup, iters, device)
+        rows.append(dict(name=name, eager_ms=1e3 * med['eager'],
+                         compiled_ms=1e3 * med['compiled'],
+                         speedup=med['eager'] / med['compiled'], compile_s=compile_s))
+    torch._dynamo.reset()
+    return rows
+
+
+def format_compiled_detector_rows(rows: List[dict], title: Optional[str] = None) -> str:
+    header = (f'{"detector":<10}{"eager ms":>10}{"compiled ms":>13}{"eager/compiled":>16}'
+              f'{"compile s":>11}')
+    lines = ([title] if title else []) + [header, '-' * len(header)]
+    for r in rows:
+        lines.append(f'{r["name"]:<10}{r["eager_ms"]:>10.1f}{r["compiled_ms"]:>13.1f}'
+                     f'{r["speedup"]:>16.2f}{r["compile_s"]:>11.1f}')
     return '\n'.join(lines)

@@ -1,15 +1,19 @@
 """Training-iteration and inference time of each norm's detector against its BN twin and
-frozen BN, interleaved in one run (see mmnorm_plugin/utils/detector_benchmark.py).
+frozen BN, interleaved in one run (see mmnorm_plugin/benchmarks/detector_benchmark.py).
+With ``--compile``: each detector's training iteration eager against its backbone, FPN and box
+head compiled with ``torch.compile(fullgraph=True)`` (Inductor).
 
     OMP_NUM_THREADS=1 python tools/benchmarks/bench_detector.py [--iters 5] [--size 160 160]
+    OMP_NUM_THREADS=1 python tools/benchmarks/bench_detector.py --compile --methods cbn bkn
     python tools/benchmarks/bench_detector.py --device cuda --size 800 1333   # on a GPU
 """
 import argparse
 
 import torch
 
-from mmnorm_plugin.benchmarks.detector_benchmark import (METHODS, compare_detectors,
-                                                    format_detector_rows)
+from mmnorm_plugin.benchmarks.detector_benchmark import (
+    METHODS, compare_compiled_detectors, compare_detectors, format_compiled_detector_rows,
+    format_detector_rows)
 
 
 def main():
@@ -23,12 +27,20 @@ def main():
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--modes', nargs='+', default=['train', 'infer'],
                         choices=['train', 'infer'])
+    parser.add_argument('--compile', action='store_true',
+                        help='eager vs torch.compile of the norm-bearing parts (training only)')
+    parser.add_argument('--backend', default='inductor', help='torch.compile backend')
     args = parser.parse_args()
+    title = (f'Faster R-CNN R18-w16 FPN, {args.batch}x3x{args.size[0]}x{args.size[1]}, '
+             f'{args.device}, torch threads {torch.get_num_threads()}, medians of {args.iters}')
+    if args.compile:
+        rows = compare_compiled_detectors(args.methods, tuple(args.size), args.batch, args.iters,
+                                          args.warmup, args.device, args.backend)
+        print(format_compiled_detector_rows(rows, title + f', {args.backend}'))
+        return
     rows = compare_detectors(args.methods, tuple(args.size), args.batch, args.iters,
                              args.warmup, args.device, args.modes)
-    print(format_detector_rows(rows, f'Faster R-CNN R18-w16 FPN, {args.batch}x3x{args.size[0]}'
-                                     f'x{args.size[1]}, {args.device}, torch threads '
-                                     f'{torch.get_num_threads()}, medians of {args.iters}'))
+    print(format_detector_rows(rows, title))
 
 
 if __name__ == '__main__':
