@@ -140,19 +140,46 @@ def _accuracy(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 256) -> 
     return correct / len(x)
 
 
+@torch.no_grad()
+def _remove_radial_component(weights: Sequence[Tensor]) -> None:
+    """Project each conv filter's gradient onto the tangent space of its weight:
+    ``g_c <- g_c - <g_c, w_c> / |w_c|^2 * w_c`` per output channel ``c``.
+
+    A norm that is invariant to the scale of each filter has no gradient along ``w_c``; the
+    study's causal control for CBN's official gradient (which has one) removes it and checks
+    whether that alone restores the accuracy.
+    """
+    for w in weights:
+        if w.grad is None:
+            continue
+        # views (not copies) of the filters, so that sub_ edits the gradient itself
+        flat, grad = w.view(w.shape[0], -1), w.grad.view(w.shape[0], -1)
+        coef = (grad * flat).sum(1, keepdim=True) / flat.square().sum(1, keepdim=True).clamp_min(
+            1e-12)
+        grad.sub_(coef * flat)
+
+
 def train_and_evaluate(method: Dict, batch_size: int, seed: int, data: Sequence[Tensor],
                        epochs: float = 4, base_lr: float = 0.1, weight_decay: float = 5e-4,
                        name: str = '', progress: Optional[Callable[[], None]] = None
                        ) -> StudyRecord:
     """Train :class:`SmallConvNet` with ``method`` (its kwargs) at ``batch_size``, evaluate.
 
-    ``epochs`` may be fractional (tests use a tiny budget). The peak learning rate is
+    ``method`` holds :class:`SmallConvNet`'s kwargs and, optionally, training options of the
+    arm: ``epochs`` (overrides the argument) and ``radial_free_grad`` (remove each conv
+    filter's gradient component along its weight before every step; the causal control for
+    CBN's official gradient). ``epochs`` may be fractional (tests use a tiny budget). The peak
+    learning rate is
     ``base_lr × batch_size / 32``; the last, incomplete batch of an epoch is dropped so every
     training batch has exactly ``batch_size`` images.
     """
     train_x, train_y, test_x, test_y = data
+    method = copy.deepcopy(method)
+    epochs = method.pop('epochs', epochs)
+    radial_free = method.pop('radial_free_grad', False)
     torch.manual_seed(seed)
-    model = SmallConvNet(in_channels=train_x.shape[1], **copy.deepcopy(method))
+    model = SmallConvNet(in_channels=train_x.shape[1], **method)
+    convs = [m.weight for m in model.modules() if isinstance(m, nn.Conv2d)]
     peak_lr = base_lr * batch_size / 32
     steps_per_epoch = len(train_x) // batch_size
     total_steps = max(1, int(round(epochs * steps_per_epoch)))
@@ -172,6 +199,8 @@ def train_and_evaluate(method: Dict, batch_size: int, seed: int, data: Sequence[
             loss = F.cross_entropy(model(train_x[idx]), train_y[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if radial_free:
+                _remove_radial_component(convs)
             optimizer.step()
             scheduler.step()
             step += 1
@@ -205,7 +234,8 @@ def run_study(methods: Dict[str, Dict], batch_sizes: Iterable[int] = (1, 2, 4, 3
     if bar:
         from mmengine.utils import ProgressBar
         n = len(data[0])
-        tick = ProgressBar(sum(max(1, int(round(epochs * (n // b)))) for _, b, _ in arms),
+        tick = ProgressBar(sum(max(1, int(round(methods[m].get('epochs', epochs) * (n // b))))
+                               for m, b, _ in arms),
                            file=stream).update
     records = []
     for i, (name, batch_size, seed) in enumerate(arms, 1):

@@ -43,6 +43,30 @@ def test_xbn_arm_puts_group_norm_after_every_other_conv():
     assert norms == ['BatchNorm2d', 'GroupNorm', 'BatchNorm2d', 'GroupNorm', 'BatchNorm2d']
 
 
+def test_radial_free_gradient_is_orthogonal_to_every_filter_and_keeps_the_rest():
+    w = torch.randn(4, 3, 3, 3, requires_grad=True)
+    g = torch.randn(4, 3, 3, 3)
+    w.grad = g.clone()
+    study._remove_radial_component([w])
+    per_filter = (w.grad * w.detach()).flatten(1).sum(1)
+    torch.testing.assert_close(per_filter, torch.zeros(4), atol=1e-5, rtol=0)
+    # only the radial part went: what is left plus it is the original gradient
+    flat = w.detach().flatten(1)
+    radial = ((g.flatten(1) * flat).sum(1, keepdim=True) / flat.square().sum(1, keepdim=True)) * flat
+    torch.testing.assert_close(w.grad.flatten(1) + radial, g.flatten(1))
+
+
+def test_arm_training_options_reach_training_not_the_network(data):
+    # `epochs` and `radial_free_grad` are the arm's training options: popped before the net is
+    # built (SmallConvNet would refuse them) and applied (the step count follows `epochs`)
+    method = dict(norm_cfg=dict(type='CBN', buffer_num=3, grad_through_compensation=False),
+                  epochs=16 / 384, radial_free_grad=True)
+    steps = []
+    record = study.train_and_evaluate(method, 8, 0, data, epochs=4, progress=lambda: steps.append(1))
+    assert record.epochs == pytest.approx(16 / 384) and len(steps) == 2
+    assert method['radial_free_grad'] is True  # the caller's dict is not consumed
+
+
 def test_study_detects_a_broken_norm(data):
     """BN whose running statistics never update (momentum 0) normalizes differently in eval
     than in training: the study must rank it far below BN."""
