@@ -52,7 +52,8 @@ def test_radial_free_gradient_is_orthogonal_to_every_filter_and_keeps_the_rest()
     torch.testing.assert_close(per_filter, torch.zeros(4), atol=1e-5, rtol=0)
     # only the radial part went: what is left plus it is the original gradient
     flat = w.detach().flatten(1)
-    radial = ((g.flatten(1) * flat).sum(1, keepdim=True) / flat.square().sum(1, keepdim=True)) * flat
+    coef = (g.flatten(1) * flat).sum(1, keepdim=True) / flat.square().sum(1, keepdim=True)
+    radial = coef * flat
     torch.testing.assert_close(w.grad.flatten(1) + radial, g.flatten(1))
 
 
@@ -62,7 +63,8 @@ def test_arm_training_options_reach_training_not_the_network(data):
     method = dict(norm_cfg=dict(type='CBN', buffer_num=3, grad_through_compensation=False),
                   epochs=16 / 384, radial_free_grad=True)
     steps = []
-    record = study.train_and_evaluate(method, 8, 0, data, epochs=4, progress=lambda: steps.append(1))
+    record = study.train_and_evaluate(method, 8, 0, data, epochs=4,
+                                      progress=lambda: steps.append(1))
     assert record.epochs == pytest.approx(16 / 384) and len(steps) == 2
     assert method['radial_free_grad'] is True  # the caller's dict is not consumed
 
