@@ -1,7 +1,7 @@
 # Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent) into the
 # active venv, or .venv (created when none is active; MMNORM_VENV=0: the python3 on PATH).
 .PHONY: install demo demo-small-batch test test-fast data small-batch-study norm-sweep-study \
-	norm-sweep-report norm-sweep-finetune pretrain
+	norm-sweep-report norm-sweep-finetune pretrain cbn-gradient-control
 
 install:
 	bash tools/setup_env.sh
@@ -35,6 +35,28 @@ small-batch-study:
 
 test:
 	bash tools/run_tests.sh
+
+# CBN's official gradient, its causal control (radial component removed) and the exact gradient
+# at 1 and 32 images, then batch 32 with the paper's burn-in and a 4x schedule; 3 seeds, paired
+# tables (docs/cbn_gradient_control*/). About 15 min on one core.
+CBN_OFF = \"type\": \"CBN\", \"buffer_num\": 3, \"grad_through_compensation\": false, \"running_stats\": \"batch\"
+cbn-gradient-control: install
+	bash -c 'source tools/python_env.sh && OMP_NUM_THREADS=1 "$$PY" tools/analysis/small_batch_study.py \
+	  --methods --norm "CBN exact grad, batch stats={\"norm_cfg\": {\"type\": \"CBN\", \"buffer_num\": 3, \"running_stats\": \"batch\"}}" \
+	  "CBN official grad={\"norm_cfg\": {$(CBN_OFF)}}" \
+	  "CBN official grad, radial component removed={\"norm_cfg\": {$(CBN_OFF)}, \"radial_free_grad\": true}" \
+	  --batch-sizes 1 32 --seeds 0 1 2 --paired "CBN official grad" --paired "CBN exact grad, batch stats" \
+	  --out-dir docs/cbn_gradient_control \
+	  --title "CBN gradient: official, official without its radial component, exact (digits, 3 seeds)"'
+	bash -c 'source tools/python_env.sh && OMP_NUM_THREADS=1 "$$PY" tools/analysis/small_batch_study.py \
+	  --methods BN --norm "CBN official grad={\"norm_cfg\": {$(CBN_OFF)}}" \
+	  "CBN official grad, burn-in half (88 steps)={\"norm_cfg\": {$(CBN_OFF), \"burnin_iters\": 88}}" \
+	  "CBN official grad, 16 epochs={\"norm_cfg\": {$(CBN_OFF)}, \"epochs\": 16}" \
+	  "BN, 16 epochs={\"norm_cfg\": {\"type\": \"BN\"}, \"epochs\": 16}" \
+	  "CBN official grad, radial component removed, 16 epochs={\"norm_cfg\": {$(CBN_OFF)}, \"radial_free_grad\": true, \"epochs\": 16}" \
+	  --batch-sizes 32 --seeds 0 1 2 --paired "CBN official grad" --paired BN \
+	  --out-dir docs/cbn_gradient_control_batch32 \
+	  --title "CBN official gradient at batch 32: burn-in, schedule (digits, 3 seeds)"'
 
 test-fast:
 	bash tools/run_tests.sh -m "not slow"

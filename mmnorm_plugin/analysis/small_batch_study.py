@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 __all__ = [
     'METHODS', 'StudyRecord', 'SmallConvNet', 'load_digits_split', 'train_and_evaluate',
-    'run_study', 'summarize', 'format_cell', 'format_table', 'plot_study'
+    'run_study', 'summarize', 'format_cell', 'format_table', 'format_paired_table', 'plot_study'
 ]
 
 # The arms users compare. Each is the norm_cfg (+ conv_cfg) a config would carry; 'XBN' puts
@@ -283,6 +283,29 @@ def format_table(records: Sequence[StudyRecord]) -> str:
                 cells.append(format_cell(*by_batch[b]))
             else:
                 cells.append('–')
+        lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
+def format_paired_table(records: Sequence[StudyRecord], baseline: str) -> str:
+    """Markdown table of each method's paired difference against ``baseline`` at the same
+    batch size (same seed = same initialization and data order): mean and 95 % t interval in
+    accuracy points, ``*`` where the interval excludes 0 (:mod:`.paired_stats`)."""
+    from .paired_stats import format_interval, paired_difference
+    acc = {}
+    for r in records:
+        acc.setdefault(r.method, {}).setdefault(r.batch_size, {})[r.seed] = r.accuracy
+    if baseline not in acc:
+        raise ValueError(f'baseline {baseline!r} is not among the methods {sorted(acc)}')
+    batches = sorted({r.batch_size for r in records})
+    lines = [f'| paired Δ vs {baseline} [95 % CI] | ' + ' | '.join(f'batch {b}' for b in batches)
+             + ' |', '|---|' + '---|' * len(batches)]
+    for method in dict.fromkeys(r.method for r in records):
+        if method == baseline:
+            continue
+        cells = [format_interval(paired_difference(acc[method].get(b, {}),
+                                                   acc[baseline].get(b, {})))
+                 for b in batches]
         lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)
 

@@ -148,8 +148,12 @@ class CBN(GuardedNormMixin, _BatchNorm):
     does not change when ``W`` is scaled, so its gradient is orthogonal to ``W``. With the
     official gradient it is not (measured: cosine between ``∂L/∂W`` and ``W`` of −0.03…−0.08
     per layer, |cosine| up to 0.2, against about 0 with the full gradient), so every step
-    grows the weights (1 seed, 2 epochs: conv weight norms ended 1.4–1.7× larger) and the
-    effective learning rate shrinks; training longer makes it worse. On the small-batch study
+    grows the weights (1 seed, 2 epochs: conv weight norms ended 1.4–1.7× larger). That growth
+    is a symptom, not the cause: removing each filter's radial gradient component from the
+    official gradient before every step does not help (paired Δ −2.6 [−4.2, −1.0] points at
+    batch 1, +0.6 [−1.6, +2.9] at batch 32, 3 seeds; ``docs/cbn_gradient_control``), so what
+    hurts is the wrong tangential direction, which only the exact derivative fixes (exact −
+    official: +9.7 [+2.1, +17.2] at batch 1, +6.8 [+0.7, +12.8] at batch 32). On the small-batch study
     (``tools/analysis/small_batch_study.py``: digits, 3 seeds) CBN at batch 1 reached
     88.1 ± 2.3 % with the official gradient, below BN at batch 1 (94.3 ± 1.1 %), which is the
     failure this layer exists to fix, and 97.7 ± 0.3 % with the exact one (BN at batch 32:

@@ -188,3 +188,20 @@ def test_the_figure_draws_every_arm_with_its_style(tmp_path, monkeypatch):
     # equal accuracies at the same batch size are spread apart, not drawn on top of each other
     xs = {name: tuple(line.get_xdata()) for name, line in lines.items()}
     assert len(set(xs.values())) == 3
+
+
+def test_paired_table_pairs_by_seed_and_marks_only_intervals_excluding_zero():
+    rec = lambda m, b, s, a: study.StudyRecord(m, b, s, a, 4, 0.1, 1.0, 0.1)  # noqa: E731
+    records = ([rec('BN', 1, s, 0.90 + 0.01 * s) for s in range(3)]
+               + [rec('good', 1, s, 0.95 + 0.01 * s + 0.001 * (s == 1)) for s in range(3)]
+               + [rec('same', 1, s, 0.90 + 0.01 * s + (0.02, -0.02, 0.0)[s]) for s in range(3)])
+    table = study.format_paired_table(records, 'BN')
+    lines = table.splitlines()
+    assert lines[0] == '| paired Δ vs BN [95 % CI] | batch 1 |'
+    good = next(line for line in lines if line.startswith('| good |'))
+    same = next(line for line in lines if line.startswith('| same |'))
+    # +5 points on every seed: a tight interval, excluding 0; the other averages 0
+    assert good.startswith('| good | +5.0 [') and good.endswith('* |')
+    assert same.startswith('| same | +0.0 [') and not same.endswith('* |')
+    with pytest.raises(ValueError, match='baseline'):
+        study.format_paired_table(records, 'GN')

@@ -20,8 +20,8 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import mmnorm_plugin  # noqa: E402,F401  (registers the norms)
-from mmnorm_plugin.analysis.small_batch_study import (METHODS, StudyRecord,  # noqa: E402
-                                                      format_table, plot_study, run_study)
+from mmnorm_plugin.analysis.small_batch_study import (  # noqa: E402
+    METHODS, StudyRecord, format_paired_table, format_table, plot_study, run_study)
 
 
 def parse_args(argv=None):
@@ -39,6 +39,9 @@ def parse_args(argv=None):
                         help='merge saved study.json files instead of training')
     parser.add_argument('--out-dir', default='work_dirs/small_batch_study')
     parser.add_argument('--title', default='')
+    parser.add_argument('--paired', metavar='METHOD', action='append', default=[],
+                        help='also tabulate every method against METHOD at the same batch size '
+                        '(paired by seed, 95 %% t interval); repeatable')
     return parser.parse_args(argv)
 
 
@@ -64,6 +67,8 @@ def main(argv=None):
                             base_lr=args.base_lr)
     os.makedirs(args.out_dir, exist_ok=True)
     table = format_table(records)
+    for baseline in args.paired:
+        table += '\n\n' + format_paired_table(records, baseline)
     print(table)
     with open(osp.join(args.out_dir, 'study.json'), 'w') as f:
         json.dump([r.as_dict() for r in records], f, indent=1)
