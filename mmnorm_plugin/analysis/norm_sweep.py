@@ -9,8 +9,9 @@ seed ``s`` gives every arm the same initialization and data order (mmengine's
 
 Each finished arm-seed writes one JSON record (``<out>/records/``): the arm, the base config,
 every option applied to it, the seed, images per batch and LR, the git commit (and whether the
-tree was dirty), package versions, wall time, peak memory and the final COCO metrics. A record
-that exists is never recomputed: a killed sweep resumes where it stopped (an arm cut short
+tree was dirty), package versions, wall time, peak memory and the final COCO metrics (all 0
+with ``no_detections: true`` when the detector kept no box, for which mmdet's ``CocoMetric``
+returns nothing: the arm-seed keeps its pairs). A record that exists is never recomputed: a killed sweep resumes where it stopped (an arm cut short
 resumes from its own last checkpoint through ``tools/train.py --resume``).
 
 The report (:func:`analyze`, :func:`format_report`, :func:`plot_sweep`) gives per arm n, mean
