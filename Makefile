@@ -63,7 +63,7 @@ test-fast:
 
 # The README's norm_sweep study (docs/norm_sweep_*): every norm at 1 and 2 images per batch and
 # BN at 8, 5 paired seeds, on the neutral set from scratch. Resumable: rerun to continue; records
-# under work_dirs/norm_sweep/. About 2-4 min per arm-seed on one core; 75 arm-seeds.
+# under work_dirs/norm_sweep/. About 2.3-3 min per arm-seed on one core; 75 arm-seeds.
 SWEEP_CONFIG = configs/norm_sweep/faster-rcnn_r18-w16_fpn_bn_scratch_photo-digits.py
 SWEEP_ARGS = --norms BN GN CBN MABN BGN BKN XBN --batch 1 2 --also BN@8 --reference BN@8 \
 	--groups 8 --seeds 0 1 2 3 4
