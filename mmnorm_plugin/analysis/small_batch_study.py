@@ -209,7 +209,8 @@ def train_and_evaluate(method: Dict, batch_size: int, seed: int, data: Sequence[
     seconds = time.perf_counter() - start
     return StudyRecord(method=name, batch_size=batch_size, seed=seed,
                        accuracy=_accuracy(model, test_x, test_y), epochs=epochs,
-                       peak_lr=peak_lr, seconds=seconds, final_loss=float(loss.detach()))
+                       peak_lr=peak_lr, seconds=seconds, final_loss=float(loss.detach()),
+                       extra=dict(radial_free_grad=True) if radial_free else {})
 
 
 def run_study(methods: Dict[str, Dict], batch_sizes: Iterable[int] = (1, 2, 4, 32),

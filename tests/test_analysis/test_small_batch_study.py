@@ -66,6 +66,7 @@ def test_arm_training_options_reach_training_not_the_network(data):
     record = study.train_and_evaluate(method, 8, 0, data, epochs=4,
                                       progress=lambda: steps.append(1))
     assert record.epochs == pytest.approx(16 / 384) and len(steps) == 2
+    assert record.extra == dict(radial_free_grad=True)  # the record says how it was trained
     assert method['radial_free_grad'] is True  # the caller's dict is not consumed
 
 
