@@ -54,7 +54,7 @@ cbn-gradient-control: install
 	  "CBN official grad, 16 epochs={\"norm_cfg\": {$(CBN_OFF)}, \"epochs\": 16}" \
 	  "BN, 16 epochs={\"norm_cfg\": {\"type\": \"BN\"}, \"epochs\": 16}" \
 	  "CBN official grad, radial component removed, 16 epochs={\"norm_cfg\": {$(CBN_OFF)}, \"radial_free_grad\": true, \"epochs\": 16}" \
-	  --batch-sizes 32 --seeds 0 1 2 --paired "CBN official grad" --paired BN \
+	  --batch-sizes 32 --seeds 0 1 2 --paired "CBN official grad" --paired BN --paired "BN, 16 epochs" \
 	  --out-dir docs/cbn_gradient_control_batch32 \
 	  --title "CBN official gradient at batch 32: burn-in, schedule (digits, 3 seeds)"'
 
