@@ -29,6 +29,7 @@ import torch
 
 __all__ = ['COMPILED_PARTS', 'DEMO_CONFIG', 'METHODS', 'STEADY_STATE', 'build_detectors',
            'compare_compiled_detectors', 'compare_detectors', 'compile_norm_parts',
+           'compiled_twin',
            'format_compiled_detector_rows', 'format_detector_rows']
 
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
@@ -132,7 +133,6 @@ def compare_detectors(methods: Sequence[str] = METHODS,
     """
     from mmcv.cnn import fuse_conv_bn
     from mmdet.testing import demo_mm_inputs
-    from mmengine.optim import OptimWrapper
 
     if iters < 3:
         raise ValueError(f'iters={iters}: a median of fewer than 3 timings is noise')
@@ -142,8 +142,7 @@ def compare_detectors(methods: Sequence[str] = METHODS,
                             num_items=[num_objects] * batch, num_classes=3)
     rows = []
     if 'train' in modes:
-        optims = {k: OptimWrapper(torch.optim.SGD(m.parameters(), lr=1e-4, momentum=0.9))
-                  for k, m in models.items()}
+        optims = {k: _sgd(m) for k, m in models.items()}
         for m in models.values():
             m.train()
         jobs = {k: (lambda k=k: models[k].train_step(copy.deepcopy(packed), optims[k]))
@@ -204,6 +203,31 @@ def compile_norm_parts(model, backend: str = 'inductor', parts: Sequence[str] = 
     return model
 
 
+def _sgd(model):
+    from mmengine.optim import OptimWrapper
+    return OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
+
+
+def compiled_twin(eager, eager_optim, packed, backend: str = 'inductor', seed: int = 0):
+    """Prepare ``eager`` (an mmdet detector in training mode) for compiling and return a
+    compiled copy with its own optimizer: ``(model, model_optim)``.
+
+    The convs are tapped and one eager ``train_step`` on ``packed`` is taken (BKN records its
+    layer chain); model and optimizer are deep-copied together, so the copy's optimizer steps
+    the copy's parameters with momentum buffers of its own, and the copy gets
+    :func:`compile_norm_parts`.
+    """
+    from mmengine.optim import OptimWrapper
+    from ..norms.functional import tap_convolutions
+    tap_convolutions(eager)
+    torch.manual_seed(seed)
+    eager.train_step(copy.deepcopy(packed), eager_optim)
+    model, optimizer = copy.deepcopy((eager, eager_optim.optimizer))
+    torch._dynamo.reset()
+    compile_norm_parts(model, backend)
+    return model, OptimWrapper(optimizer)
+
+
 def compare_compiled_detectors(methods: Sequence[str] = METHODS,
                                image_size: Tuple[int, int] = (160, 160),
                                batch: int = 2,
@@ -222,8 +246,6 @@ def compare_compiled_detectors(methods: Sequence[str] = METHODS,
     (eager / compiled, > 1: compiled faster), ``compile_s``.
     """
     from mmdet.testing import demo_mm_inputs
-    from mmengine.optim import OptimWrapper
-    from ..norms.functional import tap_convolutions
 
     if iters < 3:
         raise ValueError(f'iters={iters}: a median of fewer than 3 timings is noise')
@@ -234,21 +256,8 @@ def compare_compiled_detectors(methods: Sequence[str] = METHODS,
     for name, eager in build_detectors(methods, device).items():
         if name == 'frozen BN':
             continue
-        eager.train()
-        tap_convolutions(eager)
-
-        def optim(model):
-            return OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-4, momentum=0.9))
-
-        eager_optim = optim(eager)
-        torch.manual_seed(0)
-        eager.train_step(copy.deepcopy(packed), eager_optim)
-        model = copy.deepcopy(eager)
-        model_optim = optim(model)
-        # momentum included, deep-copied: load_state_dict would share the eager buffers
-        model_optim.optimizer.load_state_dict(copy.deepcopy(eager_optim.optimizer.state_dict()))
-        torch._dynamo.reset()
-        compile_norm_parts(model, backend)
+        eager_optim = _sgd(eager.train())
+        model, model_optim = compiled_twin(eager, eager_optim, packed, backend)
         jobs = {'eager': lambda: eager.train_step(copy.deepcopy(packed), eager_optim),
                 'compiled': lambda: model.train_step(copy.deepcopy(packed), model_optim)}
         torch.manual_seed(0)

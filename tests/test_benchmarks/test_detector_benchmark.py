@@ -49,26 +49,13 @@ def test_a_whole_cbn_detector_trains_compiled_fullgraph_as_it_does_eager():
     import copy
     from mmdet.testing import demo_mm_inputs
     from mmengine.optim import OptimWrapper
-    from mmnorm_plugin.norms.functional import tap_convolutions
     from mmnorm_plugin.norms.cbn import CBN
     eager = db.build_detectors(('cbn',))['CBN'].train()
     assert any(isinstance(m, CBN) for m in eager.backbone.modules())
-    tap_convolutions(eager)
     packed = demo_mm_inputs(batch_size=1, image_shapes=[(3, 64, 64)], num_items=[2],
                             num_classes=3)
-
-    def optim(model):
-        return OptimWrapper(torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9))
-
-    eager_optim = optim(eager)
-    torch.manual_seed(0)
-    eager.train_step(copy.deepcopy(packed), eager_optim)  # the eager step compiling needs
-    model = copy.deepcopy(eager)
-    model_optim = optim(model)
-    # momentum included, deep-copied: load_state_dict would share the eager buffers
-    model_optim.optimizer.load_state_dict(copy.deepcopy(eager_optim.optimizer.state_dict()))
-    torch._dynamo.reset()
-    db.compile_norm_parts(model, backend='aot_eager')
+    eager_optim = OptimWrapper(torch.optim.SGD(eager.parameters(), lr=1e-3, momentum=0.9))
+    model, model_optim = db.compiled_twin(eager, eager_optim, packed, backend='aot_eager')
     try:
         for step in range(3):
             torch.manual_seed(step)
