@@ -150,12 +150,6 @@ def norm_sites(model: Dict, parts: Iterable[str]) -> Dict[str, List[Tuple]]:
     return out
 
 
-def _get(node, path):
-    for key in path:
-        node = node[key]
-    return node
-
-
 def arm_config(config: str, arm: Arm, seed: int, parts: Sequence[str] = PARTS,
                cfg_options: Optional[Dict] = None):
     """The config of one arm-seed and the options that made it from ``config``.
