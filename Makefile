@@ -1,7 +1,7 @@
 # Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent) into the
 # active venv, or .venv (created when none is active; MMNORM_VENV=0: the python3 on PATH).
 .PHONY: install demo demo-small-batch test test-fast data small-batch-study norm-sweep-study \
-	norm-sweep-report norm-sweep-finetune pretrain cbn-gradient-control
+	norm-sweep-report norm-sweep-finetune pretrain cbn-gradient-control norm-sweep-defaults
 
 install:
 	bash tools/setup_env.sh
@@ -79,6 +79,13 @@ norm-sweep-report:
 	  --from-json docs/norm_sweep_photo-digits_scratch.json --reference BN@8 \
 	  --report docs/norm_sweep_photo-digits_scratch --readme README.md photo-digits_scratch \
 	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'
+
+# Issue 20: each default changed from the official code, and the PreciseNormHook remedy, against
+# the arm it varies (1 image per batch, 5 paired seeds, neutral and hard set, from scratch;
+# docs/norm_sweep_defaults_*). Resumable; about 65 arm-seeds of 3-6 min on one core.
+norm-sweep-defaults: install
+	JOBS=$${JOBS:-2} bash tools/analysis/norm_sweep_defaults.sh photo-digits
+	JOBS=$${JOBS:-2} bash tools/analysis/norm_sweep_defaults.sh tiny-coco-hard
 
 # The fine-tune setting's backbone: ResNet-18-w16 pretrained on 10 digits + background in photo
 # crops (a few minutes on one core); configs/norm_sweep/*_finetune_* load it.

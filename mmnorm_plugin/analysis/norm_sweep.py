@@ -17,7 +17,10 @@ resumes from its own last checkpoint through ``tools/train.py --resume``).
 The report (:func:`analyze`, :func:`format_report`, :func:`plot_sweep`) gives per arm n, mean
 and std, and the paired difference against a baseline arm at the same images per batch and
 against a reference arm (e.g. BN at 8 images) with the 95 % t interval (and a bootstrap
-interval beside it; :mod:`mmnorm_plugin.analysis.paired_stats`).
+interval beside it; :mod:`mmnorm_plugin.analysis.paired_stats`). A study of one option
+(``versus={'CBNbatch': 'CBN'}``) compares each variant with the arm it varies instead, drawn as
+a forest of paired differences (:func:`plot_versus`); the commits the records come from are
+listed under the table.
 """
 import concurrent.futures
 import copy
@@ -30,11 +33,11 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = ['NORM_PRESETS', 'PARTS', 'Arm', 'parse_norm', 'arm_config', 'norm_sites',
            'run_sweep', 'load_records', 'analyze', 'format_report', 'plot_sweep',
-           'write_report', 'ensure_dataset', 'update_readme', 'import_records']
+           'plot_versus', 'write_report', 'merge_records', 'parse_versus', 'ensure_dataset', 'update_readme', 'import_records']
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PARTS = ('backbone', 'neck', 'heads')
@@ -387,6 +390,35 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
     return record
 
 
+def _check_recorded(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: str,
+                    parts: Sequence[str], cfg_options: Optional[Dict]) -> None:
+    """A record counts as done for an arm-seed only if it was made with the same config,
+    spec, parts and options: resuming after a spec was edited under the same name would
+    otherwise pair old results with the new arm. Raises ValueError listing every mismatch
+    before anything runs."""
+    rel = osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config
+    wrong = []
+    for arm in arms:
+        want = dict(config=rel, spec=arm.spec, parts=list(arm.spec.get('parts', parts)),
+                    cfg_options=cfg_options or {})
+        for seed in seeds:
+            path = _record_path(out_dir, arm, seed)
+            if not osp.isfile(path):
+                continue
+            with open(path) as f:
+                have = json.load(f)
+            # JSON round trip: tuples in the requested arm read back as lists
+            diff = [k for k, v in want.items() if json.loads(json.dumps(v)) != have.get(k)]
+            if diff:
+                wrong.append(f'{arm.name} seed {seed}: ' + ', '.join(
+                    f'{k} {have.get(k)!r} recorded, {want[k]!r} asked' for k in diff))
+    if wrong:
+        raise ValueError('norm_sweep: records in ' + out_dir + ' were made with other settings '
+                         'than asked (rename the arm, or move the records away):\n  '
+                         + '\n  '.join(wrong[:10])
+                         + (f'\n  ... and {len(wrong) - 10} more' if len(wrong) > 10 else ''))
+
+
 def run_sweep(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: str,
               parts: Sequence[str] = PARTS, cfg_options: Optional[Dict] = None, jobs: int = 1,
               threads: Optional[int] = None, nice: int = 0, keep_checkpoints: bool = False,
@@ -396,6 +428,7 @@ def run_sweep(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: s
     records of the grid (old and new)."""
     from mmengine.logging import print_log
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, jobs))
+    _check_recorded(config, arms, seeds, out_dir, parts, cfg_options)
     todo = [(arm, s) for s in seeds for arm in arms
             if not osp.isfile(_record_path(out_dir, arm, s))]
     total = len(arms) * len(seeds)
@@ -460,16 +493,47 @@ def load_records(source: str) -> List[Dict]:
     return records
 
 
+def merge_records(own: Sequence[Dict], extra: Sequence[Dict],
+                  arms: Optional[Sequence[str]] = None) -> List[Dict]:
+    """``own`` plus the records of ``extra`` (e.g. a committed grid's BN@1 rows that a study
+    of variants pairs with) whose arm is in ``arms`` (all if None); an arm-seed ``own``
+    already has is kept from ``own``. Each record keeps its commit, so the report says which
+    rows were paired across commits."""
+    have = {(r['arm'], r['seed']) for r in own}
+    wanted = set(arms) if arms else None
+    unknown = sorted(wanted - {r['arm'] for r in extra}) if wanted else []
+    if unknown:
+        raise ValueError(f'no records of {unknown} in the extra source (it has '
+                         f"{sorted({r['arm'] for r in extra})})")
+    return list(own) + [r for r in extra if (wanted is None or r['arm'] in wanted)
+                        and (r['arm'], r['seed']) not in have]
+
+
+def parse_versus(items: Sequence[str]) -> Dict[str, str]:
+    """``['CBNbatch=CBN', ...]`` -> ``{'CBNbatch': 'CBN'}`` (a variant and the norm it varies)."""
+    out = {}
+    for item in items:
+        variant, sep, base = item.partition('=')
+        if not sep or not variant.strip() or not base.strip() or '@' in item:
+            raise ValueError(f'--versus {item!r}: write VARIANT=NORM, e.g. CBNbatch=CBN '
+                             '(norm names, compared at the same images per batch)')
+        out[variant.strip()] = base.strip()
+    return out
+
+
 def _arm_key(name: str) -> Tuple[str, int]:
     norm, _, batch = name.rpartition('@')
     return norm, int(batch)
 
 
 def analyze(records: Sequence[Dict], baseline: Optional[str] = 'BN',
-            reference: Optional[str] = None, metric: str = 'coco/bbox_mAP') -> Dict:
+            reference: Optional[str] = None, metric: str = 'coco/bbox_mAP',
+            versus: Optional[Mapping[str, str]] = None) -> Dict:
     """Per arm: n, mean, std, and the paired differences vs ``baseline`` (a norm, at the same
     images per batch) and vs ``reference`` (an arm such as ``BN@8``), with Holm-adjusted
-    p-values over each family of comparisons."""
+    p-values over each family of comparisons. ``versus`` maps a norm to the norm it is
+    compared with instead of ``baseline`` (an option's variant to the default it varies)."""
+    versus = dict(versus or {})
     from .paired_stats import holm, paired_difference, summarize
     by_arm: Dict[str, Dict[int, float]] = {}
     for rec in records:
@@ -481,7 +545,8 @@ def analyze(records: Sequence[Dict], baseline: Optional[str] = 'BN',
         norm, batch = _arm_key(arm)
         row = dict(arm=arm, norm=norm, images_per_batch=batch, **summarize(
             [by_arm[arm][s] for s in sorted(by_arm[arm])]), seeds=sorted(by_arm[arm]))
-        base = f'{baseline}@{batch}' if baseline else None
+        base_norm = versus.get(norm, baseline)
+        base = f'{base_norm}@{batch}' if base_norm else None
         if base in by_arm and base != arm:
             row['vs_baseline'] = dict(arm=base, **paired_difference(by_arm[arm], by_arm[base]))
         if reference in by_arm and reference != arm:
@@ -493,7 +558,13 @@ def analyze(records: Sequence[Dict], baseline: Optional[str] = 'BN',
         for row in rows:
             if row['arm'] in family:
                 row[key]['p_holm'] = family[row['arm']]['p_adj']
-    return dict(metric=metric, baseline=baseline, reference=reference, rows=rows)
+    commits: Dict[str, List[str]] = {}
+    for rec in records:
+        key = (rec.get('commit') or 'unknown')[:7] + (' (dirty)' if rec.get('dirty') else '')
+        if rec['arm'] in by_arm and rec['arm'] not in commits.setdefault(key, []):
+            commits[key].append(rec['arm'])
+    return dict(metric=metric, baseline=baseline, reference=reference, versus=versus,
+                rows=rows, commits=commits)
 
 
 def format_report(analysis: Dict, title: str = '') -> str:
@@ -501,8 +572,11 @@ def format_report(analysis: Dict, title: str = '') -> str:
     with the 95 % t interval, ``*`` where it excludes 0)."""
     from .paired_stats import format_interval, format_mean_std
     base, ref = analysis['baseline'], analysis['reference']
+    versus = analysis.get('versus') or {}
     head = ['arm', f"{analysis['metric']} ×100, mean ± std (n)"]
-    if base:
+    if versus:
+        head.append('paired Δ vs the arm it varies (named) at the same images/batch [95 % CI]')
+    elif base:
         head.append(f'paired Δ vs {base} at the same images/batch [95 % CI]')
     if ref:
         head.append(f'paired Δ vs {ref} [95 % CI]')
@@ -510,14 +584,21 @@ def format_report(analysis: Dict, title: str = '') -> str:
     lines += ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
     for row in analysis['rows']:
         cells = [row['arm'], format_mean_std(row)]
-        if base:
-            cells.append(format_interval(row['vs_baseline']) if 'vs_baseline' in row else '–')
+        if versus or base:
+            diff = row.get('vs_baseline')
+            cells.append('–' if diff is None else format_interval(diff) + (
+                f" vs {diff['arm']}" if versus else ''))
         if ref:
             cells.append(format_interval(row['vs_reference']) if 'vs_reference' in row else '–')
         lines.append('| ' + ' | '.join(cells) + ' |')
     lines.append('')
     lines.append('`*`: the 95 % t interval of the paired differences (same seed = same init and '
                  'data order) excludes 0. Δ in mAP points.')
+    commits = analysis.get('commits') or {}
+    if len(commits) > 1:  # rows paired across commits: say which records come from where
+        lines.append('')
+        lines.append('Records: ' + '; '.join(f"commit {c}: {', '.join(arms)}"
+                                             for c, arms in sorted(commits.items())) + '.')
     return '\n'.join(lines)
 
 
@@ -574,18 +655,52 @@ def plot_sweep(analysis: Dict, path: str, title: str = '',
     plt.close(fig)
 
 
+def plot_versus(analysis: Dict, path: str, title: str = '') -> None:
+    """A forest of the paired differences ``variant - the arm it varies`` (mAP points, 95 % t
+    interval, n in the label), one line per compared row, zero marked: at a glance, which
+    option helps, hurts, or cannot be told apart."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = [r for r in analysis['rows'] if r.get('vs_baseline', {}).get('mean') is not None]
+    fig, ax = plt.subplots(figsize=(7, 0.55 * len(rows) + 1.4))
+    for i, row in enumerate(reversed(rows)):
+        diff = row['vs_baseline']
+        mean = diff['mean'] * 100
+        lo, hi = (diff['ci'][0] * 100, diff['ci'][1] * 100) if diff['ci'] else (mean, mean)
+        # coloured only where an interval exists and excludes 0 (n=1 has none: grey)
+        color = 'tab:grey' if not diff['ci'] else (
+            'tab:green' if lo > 0 else ('tab:red' if hi < 0 else 'tab:grey'))
+        ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt='o', color=color,
+                    capsize=4, markersize=7)
+    ax.set_yticks(range(len(rows)), [f"{r['arm']} − {r['vs_baseline']['arm']} "
+                                     f"(n={r['vs_baseline']['n']})" for r in reversed(rows)])
+    ax.axvline(0, color='black', linewidth=1)
+    ax.set_xlabel(f"paired Δ {analysis['metric']} × 100 (mean, 95 % t interval)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.grid(axis='x', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def write_report(records: Sequence[Dict], out_prefix: str, baseline: Optional[str] = 'BN',
                  reference: Optional[str] = None, title: str = '',
-                 metric: str = 'coco/bbox_mAP') -> Dict:
-    """``<prefix>.md`` (table), ``<prefix>.json`` (records + analysis), ``<prefix>.png``."""
-    analysis = analyze(records, baseline, reference, metric)
+                 metric: str = 'coco/bbox_mAP',
+                 versus: Optional[Mapping[str, str]] = None) -> Dict:
+    """``<prefix>.md`` (table), ``<prefix>.json`` (records + analysis), ``<prefix>.png`` (mAP
+    vs images per batch, or with ``versus`` the forest of paired differences)."""
+    analysis = analyze(records, baseline, reference, metric, versus)
     text = format_report(analysis, title)
     os.makedirs(osp.dirname(osp.abspath(out_prefix)), exist_ok=True)
     with open(out_prefix + '.md', 'w') as f:
         f.write(text + '\n')
     with open(out_prefix + '.json', 'w') as f:
         json.dump(dict(title=title, analysis=analysis, records=list(records)), f, indent=1)
-    if analysis['rows']:
+    if versus and any('vs_baseline' in r for r in analysis['rows']):
+        plot_versus(analysis, out_prefix + '.png', title)
+    elif analysis['rows']:
         plot_sweep(analysis, out_prefix + '.png', title)
     return dict(analysis=analysis, text=text)
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 from mmengine.config import Config
 
-from mmnorm_plugin.analysis.norm_sweep import (Arm, analyze, arm_config, format_report,
-                                               load_records, norm_sites, parse_norm,
-                                               write_report)
+from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, analyze, arm_config,
+                                               format_report, load_records, norm_sites,
+                                               parse_norm, write_report)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 STUDY = osp.join(ROOT, 'configs', 'norm_sweep',
@@ -139,6 +139,90 @@ def test_no_difference_is_not_claimed():
     analysis = analyze(_records(shift=0.0), baseline='BN')
     row = {r['arm']: r for r in analysis['rows']}['Broken@1']
     assert not row['vs_baseline']['excludes_zero']
+
+
+def test_a_variant_is_compared_with_the_arm_it_varies_across_sources(tmp_path):
+    """A study of one option: Variant@1 against Broken@1 (not BN), with Broken@1's records
+    taken from another source (a committed grid) and the commits named under the table."""
+    from mmnorm_plugin.analysis.norm_sweep import merge_records, parse_versus
+    grid = [dict(r, commit='a' * 40) for r in _records(shift=0.10)]
+    variants = [dict(arm='Variant@1', seed=r['seed'], commit='b' * 40,
+                     metrics={'coco/bbox_mAP': r['metrics']['coco/bbox_mAP'] + 0.03})
+                for r in grid if r['arm'] == 'Broken@1']
+    merged = merge_records(variants, grid, ['Broken@1', 'BN@1'])
+    assert sorted({r['arm'] for r in merged}) == ['BN@1', 'Broken@1', 'Variant@1']
+    # an arm-seed the study has itself is never replaced by the other source's
+    own = [dict(arm='BN@1', seed=0, commit='c' * 40, metrics={'coco/bbox_mAP': 0.0})]
+    assert [r['commit'] for r in merge_records(own, grid, ['BN@1'])
+            if r['seed'] == 0] == ['c' * 40]
+    with pytest.raises(ValueError, match='BN@8x'):
+        merge_records(variants, grid, ['BN@8x'])
+    analysis = analyze(merged, baseline='BN', reference='BN@1',
+                       versus=parse_versus(['Variant=Broken']))
+    rows = {r['arm']: r for r in analysis['rows']}
+    assert rows['Variant@1']['vs_baseline']['arm'] == 'Broken@1'
+    assert rows['Variant@1']['vs_baseline']['mean'] == pytest.approx(0.03)
+    assert rows['Variant@1']['vs_baseline']['excludes_zero']
+    assert rows['Variant@1']['vs_reference']['mean'] == pytest.approx(-0.07, abs=0.01)
+    assert rows['Broken@1']['vs_baseline']['arm'] == 'BN@1'  # not in versus: the baseline
+    text = format_report(analysis)
+    assert '+3.0 [+3.0, +3.0] * vs Broken@1' in text
+    assert 'commit aaaaaaa: ' in text and 'commit bbbbbbb: Variant@1' in text
+    write_report(merged, str(tmp_path / 'v'), 'BN', 'BN@1', 'variants',
+                 versus={'Variant': 'Broken'})
+    assert (tmp_path / 'v.png').stat().st_size > 0
+    for bad in ('Variant', 'Variant=', 'Variant@1=Broken@1'):
+        with pytest.raises(ValueError, match='VARIANT=NORM'):
+            parse_versus([bad])
+
+
+def test_a_record_made_with_another_spec_is_refused_before_anything_runs(tmp_path,
+                                                                        monkeypatch):
+    """Resuming after an arm's spec was edited under the same name would pair old results
+    with the new arm: refused, naming the difference; a matching record is skipped."""
+    from mmnorm_plugin.analysis import norm_sweep
+    ran = []
+    monkeypatch.setattr(norm_sweep, 'run_arm', lambda *a, **k: ran.append(a) or dict(
+        train_seconds=1.0, test_seconds=1.0, metrics={}))
+    old = _arm('CBNx={"norm_cfg": {"type": "CBN", "running_stats": "batch"}}', 1)
+    (tmp_path / 'records').mkdir()
+    record = dict(arm='CBNx@1', seed=0, spec=old.spec, parts=list(PARTS), cfg_options={},
+                  config=osp.relpath(STUDY, ROOT), metrics={'coco/bbox_mAP': 0.1})
+    (tmp_path / 'records' / 'CBNx@1_seed0.json').write_text(json.dumps(record))
+    new = _arm('CBNx={"norm_cfg": {"type": "CBN", "running_stats": "window"}}', 1)
+    with pytest.raises(ValueError, match="CBNx@1 seed 0: spec .*'batch'.* recorded"):
+        norm_sweep.run_sweep(STUDY, [new], [0, 1], str(tmp_path))
+    with pytest.raises(ValueError, match='cfg_options'):
+        norm_sweep.run_sweep(STUDY, [old], [0], str(tmp_path), cfg_options={'a': 1})
+    assert not ran
+    norm_sweep.run_sweep(STUDY, [old], [0, 1], str(tmp_path))
+    assert [(a[1].name, a[2]) for a in ran] == [('CBNx@1', 1)]  # seed 0 was done
+
+
+def test_cli_report_of_a_variant_study_from_committed_json(tmp_path):
+    """tools/analysis/norm_sweep.py --from-json ... --with ... --versus ...: the table pairs
+    the variant with its default from the other source; bad report options are refused."""
+    grid = [dict(r, commit='a' * 40) for r in _records(shift=0.10)]
+    variants = [dict(arm='Variant@1', seed=r['seed'], commit='b' * 40,
+                     metrics={'coco/bbox_mAP': r['metrics']['coco/bbox_mAP'] - 0.02})
+                for r in grid if r['arm'] == 'Broken@1']
+    write_report(grid, str(tmp_path / 'grid'), 'BN', 'BN@8')
+    write_report(variants, str(tmp_path / 'var'), None)
+    tool = osp.join(ROOT, 'tools', 'analysis', 'norm_sweep.py')
+    run = subprocess.run(
+        [sys.executable, tool, '--from-json', str(tmp_path / 'var.json'), '--baseline', '',
+         '--with', str(tmp_path / 'grid.json'), 'Broken@1', '--versus', 'Variant=Broken',
+         '--report', str(tmp_path / 'out')], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
+    assert '| Variant@1 |' in run.stdout and '-2.0 [-2.0, -2.0] * vs Broken@1' in run.stdout
+    assert len(json.load(open(tmp_path / 'out.json'))['records']) == 10
+    for bad, msg in ((['--versus', 'Variant'], 'VARIANT=NORM'),
+                     (['--with', str(tmp_path / 'nope.json')], 'no such sweep')):
+        run = subprocess.run([sys.executable, tool, '--from-json', str(tmp_path / 'var.json'),
+                              '--report', str(tmp_path / 'bad')] + bad,
+                             capture_output=True, text=True, cwd=ROOT)
+        assert run.returncode != 0 and msg in run.stderr
+        assert not (tmp_path / 'bad.md').exists()
 
 
 # An unmodified mmdet model config (RetinaNet from mmdet's own bases, ResNet-18) pointed at the

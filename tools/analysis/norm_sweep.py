@@ -9,7 +9,9 @@ Every arm-seed runs tools/train.py then tools/test.py as separate processes; fin
 (records under OUT/records, and those of the --report JSON, e.g. committed under docs/) are
 skipped, so rerunning the same command resumes a killed sweep, on this machine or a fresh one.
 `--report-only` (re)writes OUT/sweep.{md,json,png} from the records, `--from-json FILE` from a
-report JSON (e.g. one committed under docs/). See mmnorm_plugin.analysis.norm_sweep.
+report JSON (e.g. one committed under docs/). A study of one option compares each variant with
+the norm it varies (`--versus CBNbatch=CBN`) and may pair with rows of another sweep
+(`--with docs/norm_sweep_photo-digits_scratch.json BGN@1`). See mmnorm_plugin.analysis.norm_sweep.
 """
 import argparse
 import os.path as osp
@@ -20,8 +22,9 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmengine.config import DictAction  # noqa: E402
 
 from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, import_records,  # noqa: E402
-                                               load_records, parse_norm, run_sweep,
-                                               update_readme, write_report)
+                                               load_records, merge_records, parse_norm,
+                                               parse_versus, run_sweep, update_readme,
+                                               write_report)
 
 
 def parse_args(argv=None):
@@ -48,6 +51,13 @@ def parse_args(argv=None):
     parser.add_argument('--baseline', default='BN', help='norm compared at the same batch')
     parser.add_argument('--reference', default=None, help='arm every arm is compared with, '
                         'e.g. BN@8')
+    parser.add_argument('--versus', nargs='+', default=[], metavar='VARIANT=NORM',
+                        help='compare VARIANT with NORM (at the same images per batch) instead '
+                        'of --baseline, e.g. CBNbatch=CBN: a study of one option')
+    parser.add_argument('--with', dest='with_records', nargs='+', action='append', default=[],
+                        metavar='ITEM',
+                        help='SOURCE [ARM ...]: add records of another sweep directory or report JSON to the '
+                        'report (only ARMs, e.g. BN@1 BGN@1, if given); repeatable')
     parser.add_argument('--jobs', type=int, default=1, help='arm-seeds run at once')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads per job (default: CPUs / jobs)')
@@ -96,6 +106,10 @@ def build_arms(args):
 def main(argv=None):
     args = parse_args(argv)
     try:
+        versus = parse_versus(args.versus)  # bad report options fail before any training
+        for source, *_ in args.with_records:
+            if not osp.exists(source):
+                raise ValueError(f'--with {source}: no such sweep directory or report JSON')
         if args.from_json:
             records = load_records(args.from_json)
         else:
@@ -110,11 +124,13 @@ def main(argv=None):
                           args.cfg_options, args.jobs, args.threads, args.nice,
                           args.keep_checkpoints)
             records = load_records(args.out)
+        for source, *arms in args.with_records:
+            records = merge_records(records, load_records(source), arms or None)
     except (ValueError, RuntimeError) as err:
         raise SystemExit(str(err)) from None
     prefix = args.report or osp.join(args.out or osp.dirname(args.from_json), 'sweep')
     report = write_report(records, prefix, args.baseline, args.reference, args.title,
-                          args.metric)
+                          args.metric, versus)
     if args.readme:
         update_readme(args.readme[0], args.readme[1], report['text'])
     print(report['text'])
