@@ -14,6 +14,19 @@ def _seed():
 
 
 @pytest.fixture(scope='session')
+def git_head():
+    """The checkout's ``git rev-parse HEAD``: the commit a study record must name (skips where
+    the tests run outside a git checkout, which records as ``commit: None``)."""
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    head = subprocess.run(['git', '-C', root, 'rev-parse', 'HEAD'], capture_output=True,
+                          text=True).stdout.strip()
+    if not head:
+        pytest.skip('not a git checkout')
+    return head
+
+
+@pytest.fixture(scope='session')
 def run_ranks(tmp_path_factory):
     """``run_ranks(test_file, function, world_size=2)``: run ``function(rank, world_size)`` of
     ``test_file`` in ``world_size`` processes joined in a gloo group; returns what each rank's

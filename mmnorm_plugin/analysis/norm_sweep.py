@@ -28,18 +28,18 @@ import datetime
 import json
 import os
 import os.path as osp
-import platform
 import subprocess
 import sys
 import threading
 import time
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
+from .provenance import ROOT, provenance
+
 __all__ = ['NORM_PRESETS', 'PARTS', 'Arm', 'parse_norm', 'arm_config', 'norm_sites',
            'run_sweep', 'load_records', 'analyze', 'format_report', 'plot_sweep',
            'plot_versus', 'write_report', 'merge_records', 'parse_versus', 'ensure_dataset', 'update_readme', 'import_records']
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PARTS = ('backbone', 'neck', 'heads')
 
 #: name -> how the arm changes the model. ``norm_cfg``/``conv_cfg``: put at every norm site of
@@ -258,26 +258,6 @@ def ensure_dataset(cfg) -> Optional[str]:
     else:
         return None
     return root
-
-
-def provenance() -> Dict:
-    """Git commit (and dirty flag) of the plugin checkout, package versions, machine."""
-    def git(*args):
-        try:
-            return subprocess.run(['git', '-C', ROOT, *args], capture_output=True, text=True,
-                                  timeout=30).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ''
-    versions = {}
-    for module in ('torch', 'mmengine', 'mmcv', 'mmdet', 'numpy', 'mmnorm_plugin'):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 (a missing package is recorded, not fatal)
-            versions[module] = None
-    return dict(commit=git('rev-parse', 'HEAD') or None,
-                dirty=bool(git('status', '--porcelain', '--untracked-files=no')),
-                versions=versions, python=platform.python_version(),
-                machine=f'{platform.machine()}, {os.cpu_count()} CPUs')
 
 
 def _run(cmd: List[str], log_path: str, env: Dict, nice: int) -> Tuple[int, float, float]:

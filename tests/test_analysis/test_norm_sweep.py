@@ -305,3 +305,21 @@ def test_an_empty_detection_set_scores_zero_for_every_evaluated_kind():
     cfg = Config(dict(test_evaluator=[dict(type='CocoMetric')]))
     assert set(_zero_metrics(cfg)) == {f'coco/bbox_mAP{s}' for s in
                                        ('', '_50', '_75', '_s', '_m', '_l')}
+
+
+def test_provenance_names_the_checkout_and_a_command_rerun_from_the_root(git_head):
+    """norm_sweep's records keep their keys (no ``command``: they hold the config, spec and
+    options that rerun them); the studies add the command, paths in the checkout relative."""
+    import shlex
+
+    from mmnorm_plugin.analysis import norm_sweep, provenance
+    assert norm_sweep.provenance is provenance.provenance  # importable from norm_sweep as before
+    record = norm_sweep.provenance()
+    assert record['commit'] == git_head and isinstance(record['dirty'], bool)
+    assert 'command' not in record and set(record) < set(provenance.PROVENANCE_KEYS)
+    assert provenance.provenance('python x.py')['command'] == 'python x.py'
+    command = provenance.command_line(osp.join(ROOT, 'tools', 'analysis', 'norm_sweep.py'),
+                                      ['--out', osp.join(ROOT, 'work_dirs', 'a'), 'BN=a b',
+                                       '/elsewhere'])
+    assert shlex.split(command) == ['python', 'tools/analysis/norm_sweep.py', '--out',
+                                    'work_dirs/a', 'BN=a b', '/elsewhere']
