@@ -5,14 +5,19 @@ Each arm is ``name=work_dir`` where ``work_dir`` is run_demo.sh's ``WORK_DIR``: 
 under ``work_dir/train/<timestamp>/`` and the ``tools/test.py`` run under
 ``work_dir/test/<timestamp>/<timestamp>.json`` (its last line holds the metrics). The wall time
 is from the training run's start (its timestamp folder name) to the test's metrics file: train +
-test, without install and dataset generation.
+test, without install and dataset generation. Arms collected from work dirs carry the commit and
+the command line of the collection (:func:`parse_arms`); arms saved before records carried them
+have neither, and are read and drawn the same.
 """
+import copy
 import datetime
 import glob
 import json
 import os
 import os.path as osp
 from typing import Dict, List, Optional, Sequence
+
+from .provenance import provenance
 
 __all__ = ['read_arm', 'parse_arms', 'arm_label', 'compare_with_study', 'format_table',
            'plot_study']
@@ -140,12 +145,17 @@ def plot_study(arms: Sequence[Dict], path: str, title: str = '',
     return path
 
 
-def parse_arms(specs: List[str]) -> List[Dict]:
-    """``['BN-8=work_dirs/sb/bn8', ...]`` -> the arms' metrics (see :func:`read_arm`)."""
+def parse_arms(specs: List[str], command: Optional[str] = None) -> List[Dict]:
+    """``['BN-8=work_dirs/sb/bn8', ...]`` -> the arms' metrics (see :func:`read_arm`), each
+    with the provenance of this collection (commit, dirty flag, versions, and ``command`` when
+    given: :func:`~mmnorm_plugin.analysis.provenance.provenance`). The work dirs do not record
+    the commit they were trained at; ``make small-batch-study`` trains and collects in one
+    checkout, so there the collection's commit is the training's."""
     arms = []
     for spec in specs:
         name, sep, work_dir = spec.partition('=')
         if not sep or not name or not work_dir:
             raise ValueError(f'expected NAME=WORK_DIR, got {spec!r}')
         arms.append(read_arm(name, work_dir))
-    return arms
+    origin = provenance(command)
+    return [dict(arm, **copy.deepcopy(origin)) for arm in arms]

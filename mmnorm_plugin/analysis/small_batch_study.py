@@ -17,7 +17,8 @@ shipped inside a Python package (scikit-learn's ``load_digits``: 1,797 handwritt
 * evaluation is in eval mode, i.e. with each layer's running (population) statistics, as a
   trained detector is evaluated.
 
-:func:`run_study` returns one record per (method, batch size, seed), :func:`summarize` the
+:func:`run_study` returns one record per (method, batch size, seed), with the commit and the
+command it comes from (:mod:`~mmnorm_plugin.analysis.provenance`), :func:`summarize` the
 mean ± std over seeds, :func:`format_table` a text table, :func:`plot_study` the PNG (accuracy
 vs. batch size, log-x, one line per method). ``tools/analysis/small_batch_study.py`` is the CLI.
 """
@@ -32,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from mmcv.cnn import build_conv_layer, build_norm_layer
 from torch import Tensor, nn
+
+from .provenance import PROVENANCE_KEYS, provenance
 
 __all__ = [
     'METHODS', 'StudyRecord', 'SmallConvNet', 'load_digits_split', 'train_and_evaluate',
@@ -116,7 +119,9 @@ def load_digits_split(test_fraction: float = 0.2,
 
 @dataclass
 class StudyRecord:
-    """One training run: the arm, its hyperparameters and its eval-mode test accuracy."""
+    """One training run: the arm, its hyperparameters and its eval-mode test accuracy, and
+    where it comes from (:func:`~mmnorm_plugin.analysis.provenance.provenance`: commit, dirty
+    flag, versions, command; empty for records written before records carried it)."""
     method: str
     batch_size: int
     seed: int
@@ -126,9 +131,21 @@ class StudyRecord:
     seconds: float
     final_loss: float
     extra: Dict = field(default_factory=dict)
+    provenance: Dict = field(default_factory=dict)
 
     def as_dict(self) -> Dict:
-        return asdict(self)
+        """A row of ``study.json``: the provenance keys sit beside the others, as in every
+        project record (norm_sweep's), so a reader finds ``commit`` in the same place; a
+        record without provenance is written exactly as before."""
+        row = asdict(self)
+        row.update(row.pop('provenance'))
+        return row
+
+    @classmethod
+    def from_dict(cls, row: Dict) -> 'StudyRecord':
+        """The inverse of :meth:`as_dict`, also for rows without the provenance keys."""
+        own = {k: v for k, v in row.items() if k not in PROVENANCE_KEYS}
+        return cls(**own, provenance={k: row[k] for k in PROVENANCE_KEYS if k in row})
 
 
 @torch.no_grad()
@@ -216,12 +233,17 @@ def train_and_evaluate(method: Dict, batch_size: int, seed: int, data: Sequence[
 def run_study(methods: Dict[str, Dict], batch_sizes: Iterable[int] = (1, 2, 4, 32),
               seeds: Iterable[int] = (0, 1, 2), epochs: float = 4, base_lr: float = 0.1,
               data: Optional[Sequence[Tensor]] = None, progress: bool = True,
-              stream: Optional[TextIO] = None) -> List[StudyRecord]:
+              stream: Optional[TextIO] = None, command: Optional[str] = None
+              ) -> List[StudyRecord]:
     """Train every (method, batch size, seed) arm; return the records in that order.
 
     Args:
         methods: name → ``SmallConvNet`` kwargs (``norm_cfg``, optional ``conv_cfg``,
             ``bfn_cfg``), e.g. a subset of :data:`METHODS` or your own norm configs.
+        command: the command line that reruns the study (the CLI passes its own), recorded
+            with the commit in every record's ``provenance``. Both are taken once, before
+            training: the code that trains is the code imported then, even if the checkout
+            moves during a long study.
         progress: report progress on ``stream`` (default ``sys.stdout``): on a terminal an
             mmengine progress bar over all training steps; otherwise (a log file, CI) one
             line per finished arm, since a redrawn bar is thousands of lines of ``\r`` there.
@@ -238,10 +260,11 @@ def run_study(methods: Dict[str, Dict], batch_sizes: Iterable[int] = (1, 2, 4, 3
         tick = ProgressBar(sum(max(1, int(round(methods[m].get('epochs', epochs) * (n // b))))
                                for m, b, _ in arms),
                            file=stream).update
-    records = []
+    records, origin = [], provenance(command)
     for i, (name, batch_size, seed) in enumerate(arms, 1):
         record = train_and_evaluate(methods[name], batch_size, seed, data, epochs=epochs,
                                     base_lr=base_lr, name=name, progress=tick)
+        record.provenance = copy.deepcopy(origin)
         records.append(record)
         if progress and not bar:
             print(f'[{i}/{len(arms)}] {name}, batch {batch_size}, seed {seed}: accuracy '

@@ -1,11 +1,14 @@
 """The detection-study collector reads run_demo.sh's work dirs, tabulates and plots."""
 import json
 import os
+import os.path as osp
 
 import pytest
 
 from mmnorm_plugin.analysis.detection_study import (format_table, parse_arms, plot_study,
                                                     read_arm)
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _fake_run(work_dir, mAP, start='20261201_120000'):
@@ -48,20 +51,45 @@ def test_plot_writes_png_and_checks_references(tmp_path):
         plot_study(arms, str(tmp_path / 'other.png'), references=['GN-1'])
 
 
-def test_cli_redraws_from_saved_json_without_work_dirs(tmp_path):
+def _cli():
     import importlib.util
-    import os.path as osp
-    root = osp.join(osp.dirname(__file__), '..', '..')
     spec = importlib.util.spec_from_file_location(
-        'detection_study_cli', osp.join(root, 'tools', 'analysis', 'detection_study.py'))
+        'detection_study_cli', osp.join(ROOT, 'tools', 'analysis', 'detection_study.py'))
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
-    out = tmp_path / 'chart.png'
-    cli.main(['--from-json', osp.join(root, 'docs', 'small_batch_detection.json'),
-              '--out', str(out)])
+    return cli
+
+
+def test_cli_redraws_from_saved_json_without_work_dirs(tmp_path):
+    """docs/small_batch_detection.json predates provenance: it still draws, and a rewrite
+    (--json) keeps its rows as they are, with no commit invented for them."""
+    cli = _cli()
+    out, saved = tmp_path / 'chart.png', osp.join(ROOT, 'docs', 'small_batch_detection.json')
+    cli.main(['--from-json', saved, '--out', str(out), '--json', str(tmp_path / 'again.json')])
     assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    rows = json.load(open(saved))
+    assert 'commit' not in rows[0] and json.loads((tmp_path / 'again.json').read_text()) == rows
     with pytest.raises(SystemExit, match='one of the two'):
         cli.main([])
+
+
+def test_collected_rows_name_the_commit_and_the_command_that_reruns_them(tmp_path, git_head):
+    import shlex
+    for name, value in (('bn8', 0.5), ('bn1', 0.3)):
+        _fake_run(tmp_path / name, value)
+    argv = [f'BN-8={tmp_path / "bn8"}', f'BN-1={tmp_path / "bn1"}', '--out',
+            str(tmp_path / 'p.png'), '--json', str(tmp_path / 'rows.json')]
+    cli = _cli()
+    cli.main(argv)
+    rows = json.loads((tmp_path / 'rows.json').read_text())
+    assert [r['commit'] for r in rows] == [git_head] * 2
+    assert shlex.split(rows[0]['command']) == ['python', 'tools/analysis/detection_study.py',
+                                               *argv]
+    assert rows[1]['mAP'] == 0.3 and isinstance(rows[1]['dirty'], bool)
+    # a redraw keeps each row's own provenance, not the redrawing command's
+    cli.main(['--from-json', str(tmp_path / 'rows.json'), '--out', str(tmp_path / 'q.png'),
+              '--json', str(tmp_path / 'again.json')])
+    assert json.loads((tmp_path / 'again.json').read_text()) == rows
 
 
 def test_demo_summary_names_every_row_by_config_and_options():

@@ -10,6 +10,8 @@ pytest.importorskip('sklearn')
 
 from mmnorm_plugin.analysis import small_batch_study as study  # noqa: E402
 
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+
 
 @pytest.fixture(scope='module')
 def data():
@@ -97,13 +99,17 @@ def test_summary_table_and_plot(tmp_path):
         assert f.read(8) == b'\x89PNG\r\n\x1a\n'
 
 
-def test_cli_writes_json_table_and_png_and_merges(tmp_path):
+def _cli():
     import importlib.util
-    path = osp.join(osp.dirname(__file__), '..', '..', 'tools', 'analysis',
-                    'small_batch_study.py')
-    spec = importlib.util.spec_from_file_location('small_batch_study_cli', path)
+    spec = importlib.util.spec_from_file_location(
+        'small_batch_study_cli', osp.join(ROOT, 'tools', 'analysis', 'small_batch_study.py'))
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+def test_cli_writes_json_table_and_png_and_merges(tmp_path):
+    cli = _cli()
     out = tmp_path / 'a'
     cli.main(['--methods', 'BN', '--norm', 'GN G=4={"norm_cfg": {"type": "GN", "num_groups": 4}}',
               '--batch-sizes', '32', '--seeds', '0', '--epochs', '0.05', '--out-dir', str(out)])
@@ -152,9 +158,8 @@ def test_single_seed_cells_say_n_1_instead_of_a_zero_spread():
 
 def test_every_arm_of_the_study_has_its_own_look_and_defaults_are_on_top():
     from mmnorm_plugin.analysis.plot_style import arm_styles
-    root = osp.join(osp.dirname(__file__), '..', '..')
     names = list(dict.fromkeys(r['method'] for r in json.load(
-        open(osp.join(root, 'docs', 'small_batch_study.json')))))
+        open(osp.join(ROOT, 'docs', 'small_batch_study.json')))))
     styles = arm_styles(names)
     looks = {(str(s['color']), s['marker'], str(s['linestyle']), s['filled'])
              for s in styles.values()}
@@ -206,3 +211,34 @@ def test_paired_table_pairs_by_seed_and_marks_only_intervals_excluding_zero():
     assert same.startswith('| same | +0.0 [') and not same.endswith('* |')
     with pytest.raises(ValueError, match='baseline'):
         study.format_paired_table(records, 'GN')
+
+
+def test_cli_records_name_the_commit_and_the_command_that_reruns_them(tmp_path, git_head):
+    """Every row of study.json says which code trained it and how to rerun it, and a merge
+    (--from-json) keeps each row's own, not the merging command's."""
+    import shlex
+    cli = _cli()
+    argv = ['--methods', 'BN', '--batch-sizes', '32', '--seeds', '0', '--epochs', '0.05',
+            '--out-dir', str(tmp_path / 'a')]
+    cli.main(argv)
+    [row] = json.loads((tmp_path / 'a' / 'study.json').read_text())
+    assert row['commit'] == git_head and isinstance(row['dirty'], bool)
+    assert row['versions']['torch'] == torch.__version__
+    assert shlex.split(row['command']) == ['python', 'tools/analysis/small_batch_study.py', *argv]
+    cli.main(['--from-json', str(tmp_path / 'a' / 'study.json'), '--out-dir',
+              str(tmp_path / 'b')])
+    assert json.loads((tmp_path / 'b' / 'study.json').read_text()) == [row]
+
+
+def test_records_written_before_provenance_still_load_report_and_round_trip(tmp_path):
+    """docs/ holds study.json files without commit/command: they load, tabulate (paired too)
+    and are rewritten exactly as they were, with no provenance invented for them."""
+    path = osp.join(ROOT, 'docs', 'cbn_gradient_control', 'study.json')
+    rows = json.load(open(path))
+    assert 'commit' not in rows[0]
+    records = [study.StudyRecord.from_dict(r) for r in rows]
+    assert [r.as_dict() for r in records] == rows
+    _cli().main(['--from-json', path, '--paired', 'CBN official grad', '--out-dir',
+                 str(tmp_path)])
+    assert json.loads((tmp_path / 'study.json').read_text()) == rows
+    assert '| paired Δ vs CBN official grad' in (tmp_path / 'study.md').read_text()

@@ -6,7 +6,9 @@
         --out docs/small_batch_detection.png     # re-draw from saved results, no work dirs
 
 Each ``NAME=WORK_DIR`` is one arm run by ``CONFIG=... WORK_DIR=... bash tools/run_demo.sh``;
-see :mod:`mmnorm_plugin.analysis.detection_study`. Prints a markdown table.
+see :mod:`mmnorm_plugin.analysis.detection_study`. Prints a markdown table; the ``--json`` rows
+of arms read from work dirs carry the commit and this command line, rows from ``--from-json``
+keep theirs.
 """
 import argparse
 import json
@@ -17,6 +19,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 from mmnorm_plugin.analysis.detection_study import (format_table, parse_arms,  # noqa: E402
                                                     plot_study)
+from mmnorm_plugin.analysis.provenance import command_line  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -40,7 +43,7 @@ def main(argv=None):
         with open(args.from_json) as f:
             arms = json.load(f)
     else:
-        arms = parse_arms(args.arms)
+        arms = parse_arms(args.arms, command=command_line(__file__, argv))
     references = [r for r in args.reference if r in {a['name'] for a in arms}]
     print(format_table(arms))
     print(f'plot: {plot_study(arms, args.out, args.title, references)}')

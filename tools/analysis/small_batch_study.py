@@ -6,9 +6,10 @@
     python tools/analysis/small_batch_study.py --from-json a.json b.json --out-dir DIR
 
 Trains a small conv net on scikit-learn's digits at every batch size (LR scaled linearly,
-same epochs), several seeds, and writes ``study.json`` (one record per run), ``study.md``
-(mean ± std table) and ``study.png`` (accuracy vs. batch size, log-x). ``--from-json`` merges
-saved records (e.g. from runs split over several processes) and re-draws table and plot.
+same epochs), several seeds, and writes ``study.json`` (one record per run, with the commit and
+this command line), ``study.md`` (mean ± std table) and ``study.png`` (accuracy vs. batch size,
+log-x). ``--from-json`` merges saved records (e.g. from runs split over several processes; each
+keeps the commit and command it was trained with) and re-draws table and plot.
 See :mod:`mmnorm_plugin.analysis.small_batch_study` for the protocol.
 """
 import argparse
@@ -20,6 +21,7 @@ import sys
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import mmnorm_plugin  # noqa: E402,F401  (registers the norms)
+from mmnorm_plugin.analysis.provenance import command_line  # noqa: E402
 from mmnorm_plugin.analysis.small_batch_study import (  # noqa: E402
     METHODS, StudyRecord, format_paired_table, format_table, plot_study, run_study)
 
@@ -51,7 +53,7 @@ def main(argv=None):
         records = []
         for path in args.from_json:
             with open(path) as f:
-                records += [StudyRecord(**r) for r in json.load(f)]
+                records += [StudyRecord.from_dict(r) for r in json.load(f)]
     else:
         unknown = [m for m in args.methods if m not in METHODS]
         if unknown:
@@ -64,7 +66,7 @@ def main(argv=None):
                 raise SystemExit(f"--norm expects NAME={{...json...}}, got {spec!r}")
             methods[spec[:cut]] = json.loads(spec[cut + 1:])
         records = run_study(methods, args.batch_sizes, args.seeds, epochs=args.epochs,
-                            base_lr=args.base_lr)
+                            base_lr=args.base_lr, command=command_line(__file__, argv))
     os.makedirs(args.out_dir, exist_ok=True)
     table = format_table(records)
     for baseline in args.paired:
