@@ -38,7 +38,8 @@ from .provenance import ROOT, provenance
 
 __all__ = ['NORM_PRESETS', 'PARTS', 'Arm', 'parse_norm', 'arm_config', 'norm_sites',
            'run_sweep', 'load_records', 'analyze', 'format_report', 'plot_sweep',
-           'plot_versus', 'write_report', 'merge_records', 'parse_versus', 'ensure_dataset', 'update_readme', 'import_records']
+           'plot_versus', 'write_report', 'merge_records', 'parse_versus', 'ensure_dataset',
+           'update_readme', 'import_records']
 
 PARTS = ('backbone', 'neck', 'heads')
 
