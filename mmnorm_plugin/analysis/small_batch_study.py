@@ -42,13 +42,11 @@ __all__ = [
 ]
 
 # The arms users compare. Each is the norm_cfg (+ conv_cfg) a config would carry; 'XBN' puts
-# the batch-free norm (GN) where XBNBlock does in a block: after every other conv. 'CBN' keeps
-# the window running statistics its README row was measured with (the layer's default until the
-# paired detection runs restored the official 'batch'; the README has both rows).
+# the batch-free norm (GN) where XBNBlock does in a block: after every other conv.
 METHODS: Dict[str, Dict] = {
     'BN': dict(norm_cfg=dict(type='BN')),
     'GN': dict(norm_cfg=dict(type='GN', num_groups=8)),
-    'CBN': dict(norm_cfg=dict(type='CBN', buffer_num=3, running_stats='window')),
+    'CBN': dict(norm_cfg=dict(type='CBN', buffer_num=3)),
     'MABN': dict(norm_cfg=dict(type='MABN'), conv_cfg=dict(type='CenConv2d')),
     'BGN': dict(norm_cfg=dict(type='BGN', num_groups=8)),
     'BKN': dict(norm_cfg=dict(type='BKN')),

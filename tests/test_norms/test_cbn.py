@@ -681,7 +681,7 @@ def test_activation_checkpointing_is_refused(use_reentrant):
 
 @pytest.mark.parametrize('running_stats', ['window', 'batch'])
 def test_running_statistics_follow_the_chosen_source(running_stats):
-    """'window': the statistics training normalized with; 'batch' (default): BN's update."""
+    """'window' (default): the statistics training normalized with; 'batch': BN's update."""
     torch.manual_seed(0)
     conv = nn.Conv2d(3, 4, 3, padding=1).double()
     cbn = CBN(4, buffer_num=2, momentum=1.0, affine=False, eps=0.0,
