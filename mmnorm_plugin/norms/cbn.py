@@ -288,7 +288,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
             (same initialization and data order) at 1 image per batch, detector trained from
             scratch (``tools/analysis/norm_sweep_defaults.sh``, records in
             ``docs/norm_sweep_defaults_*``):
-            ``'batch'`` − ``'window'``: −0.3 [−1.7, +1.2] (n = 4) bbox mAP ×100 on the neutral set,
+            ``'batch'`` − ``'window'``: −0.5 [−1.8, +0.7] (n = 5) bbox mAP ×100 on the neutral set,
             −6.6 [−12.8, −0.3] * (n = 5) on the hard set (window 17.7 ± 1.0 (n = 5), batch 11.1 ±
             5.6 (n = 5)). The hard set's interval excludes 0 in favour of ``'window'`` and the
             neutral set shows no difference, so ``'window'`` stays the default (it had been
