@@ -353,7 +353,7 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
         extra['no_detections'] = True
     record = dict(
         arm=arm.name, norm=arm.norm, spec=arm.spec, images_per_batch=arm.batch, seed=seed,
-        config=osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config,
+        config=_config_key(config),
         parts=list(arm.spec.get('parts', parts)), cfg_options=cfg_options or {},
         options=options, lr=options['optim_wrapper.optimizer.lr'], threads=threads,
         train_seconds=round(train_s, 1), test_seconds=round(test_s, 1),
@@ -371,13 +371,18 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
     return record
 
 
+def _config_key(config: str) -> str:
+    """The config as records name it: relative to the checkout when inside it."""
+    return osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config
+
+
 def _check_recorded(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: str,
                     parts: Sequence[str], cfg_options: Optional[Dict]) -> None:
     """A record counts as done for an arm-seed only if it was made with the same config,
     spec, parts and options: resuming after a spec was edited under the same name would
     otherwise pair old results with the new arm. Raises ValueError listing every mismatch
     before anything runs."""
-    rel = osp.relpath(config, ROOT) if osp.abspath(config).startswith(ROOT) else config
+    rel = _config_key(config)
     wrong = []
     for arm in arms:
         want = dict(config=rel, spec=arm.spec, parts=list(arm.spec.get('parts', parts)),
