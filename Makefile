@@ -81,11 +81,13 @@ norm-sweep-report:
 	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'
 
 # Issue 20: each default changed from the official code, and the PreciseNormHook remedy, against
-# the arm it varies (1 image per batch, 5 paired seeds, neutral and hard set, from scratch;
-# docs/norm_sweep_defaults_*). Resumable; about 65 arm-seeds of 3-6 min on one core.
+# the arm it varies (1 image per batch, 5 paired seeds; neutral and hard set from scratch, neutral
+# set fine-tuned; docs/norm_sweep_defaults_*). Resumable; records committed in docs/ are not rerun
+# (about 110 arm-seeds of 2-6 min on one core from nothing).
 norm-sweep-defaults: install
 	JOBS=$${JOBS:-2} bash tools/analysis/norm_sweep_defaults.sh photo-digits
 	JOBS=$${JOBS:-2} bash tools/analysis/norm_sweep_defaults.sh tiny-coco-hard
+	JOBS=$${JOBS:-2} bash tools/analysis/norm_sweep_defaults.sh photo-digits-finetune
 
 # The fine-tune setting's backbone: ResNet-18-w16 pretrained on 10 digits + background in photo
 # crops (a few minutes on one core); configs/norm_sweep/*_finetune_* load it.

@@ -5,6 +5,9 @@
 #
 #   bash tools/analysis/norm_sweep_defaults.sh photo-digits    the neutral set (30 arm-seeds)
 #   bash tools/analysis/norm_sweep_defaults.sh tiny-coco-hard  the hard set (30 arm-seeds)
+#   bash tools/analysis/norm_sweep_defaults.sh photo-digits-finetune
+#                                  the neutral set's fine-tune setting (50 arm-seeds; pretrains the
+#                                  backbone first if checkpoints/ lacks it)
 #   bash tools/analysis/norm_sweep_defaults.sh report          both reports from docs/ (no training)
 #
 # Resumable (rerun to continue); records under work_dirs/norm_sweep/defaults_<set>, report in
@@ -27,6 +30,8 @@ VERSUS=(CBNbatch=CBN CBNburnin=CBN BKNest=BKN BGNg1=BGN BGNprecise=BGN BKNprecis
 GRID=docs/norm_sweep_photo-digits_scratch.json
 TITLE_NEUTRAL="Defaults and remedy, neutral set (photo digits), from scratch, 1 image per batch"
 TITLE_HARD="Defaults, hard set (tiny COCO hard), from scratch, 1 image per batch"
+TITLE_FINETUNE="Defaults and remedy, neutral set (photo digits), fine-tune (frozen pretrained backbone, norm in FPN + head), 1 image per batch"
+PRETRAINED=checkpoints/r18-w16_photo-digit-crops.pth
 
 case "${1:-}" in
 photo-digits)
@@ -51,6 +56,21 @@ tiny-coco-hard)
     --out work_dirs/norm_sweep/defaults_tiny-coco-hard \
     --report docs/norm_sweep_defaults_tiny-coco-hard_scratch --title "$TITLE_HARD" \
     --readme README.md defaults_tiny-coco-hard ;;
+photo-digits-finetune)
+  # The papers' detection setting: pretrained backbone with frozen BN, the norm in FPN + head.
+  # Every arm runs here (the fine-tune grid has not been run). The hard set has no fine-tune
+  # setting: the only pretrained backbone is trained on the neutral set's photographs.
+  [[ -f "$PRETRAINED" ]] || "$PY" tools/misc/pretrain_backbone.py --out "$PRETRAINED"
+  "$PY" tools/analysis/norm_sweep.py configs/norm_sweep/faster-rcnn_r18-w16_fpn_bn_finetune_photo-digits.py \
+    --parts neck heads --groups 8 \
+    --norm "$CBNbatch" --norm "$BKNest" --norm "$BGNg1" --norm "$BGNprecise" --norm "$BKNprecise" \
+    --norm "$CBNburnin" \
+    --norms BN CBN CBNbatch CBNburnin BKN BKNest BKNprecise BGN BGNg1 BGNprecise --batch 1 \
+    --seeds 0 1 2 3 4 --jobs "${JOBS:-1}" --threads 1 --nice 10 \
+    --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
+    --out work_dirs/norm_sweep/defaults_photo-digits_finetune \
+    --report docs/norm_sweep_defaults_photo-digits_finetune --title "$TITLE_FINETUNE" \
+    --readme README.md defaults_photo-digits_finetune ;;
 report)
   "$PY" tools/analysis/norm_sweep.py --from-json docs/norm_sweep_defaults_photo-digits_scratch.json \
     --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
@@ -59,7 +79,13 @@ report)
   "$PY" tools/analysis/norm_sweep.py --from-json docs/norm_sweep_defaults_tiny-coco-hard_scratch.json \
     --versus "${VERSUS[@]}" --baseline '' \
     --report docs/norm_sweep_defaults_tiny-coco-hard_scratch --title "$TITLE_HARD" \
-    --readme README.md defaults_tiny-coco-hard ;;
+    --readme README.md defaults_tiny-coco-hard
+  if [[ -f docs/norm_sweep_defaults_photo-digits_finetune.json ]]; then
+    "$PY" tools/analysis/norm_sweep.py --from-json docs/norm_sweep_defaults_photo-digits_finetune.json \
+      --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
+      --report docs/norm_sweep_defaults_photo-digits_finetune --title "$TITLE_FINETUNE" \
+      --readme README.md defaults_photo-digits_finetune
+  fi ;;
 *)
-  echo "usage: bash $0 photo-digits | tiny-coco-hard | report" >&2; exit 2 ;;
+  echo "usage: bash $0 photo-digits | tiny-coco-hard | photo-digits-finetune | report" >&2; exit 2 ;;
 esac
