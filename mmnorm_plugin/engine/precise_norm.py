@@ -23,9 +23,9 @@ final checkpoint is written, and logs its cost.
 
 Measured (neutral set, detector trained from scratch at 1 image per batch, paired seeds,
 ``tools/analysis/norm_sweep_defaults.sh``, records in ``docs/norm_sweep_defaults_*``): BGN −0.1
-[−0.5, +0.4] (n = 4), BKN +0.1 [−0.3, +0.5] (n = 5) bbox mAP ×100 against the same norm without it;
-against BN-1 BGN −5.6 [−8.3, −2.8] * (n = 4), BKN −2.2 [−4.8, +0.4] (n = 5). It costs
-12-14 s for BGN, 20-50 s for BKN per 200 one-image batches on one CPU thread, 5-9 % of the training
+[−0.4, +0.2] (n = 5), BKN +0.1 [−0.3, +0.5] (n = 5) bbox mAP ×100 against the same norm without it;
+against BN-1 BGN −6.3 [−9.0, −3.6] * (n = 5), BKN −2.2 [−4.8, +0.4] (n = 5). It costs
+11-14 s for BGN, 20-50 s for BKN per 200 one-image batches on one CPU thread, 5-9 % of the training
 run. It does **not** close BGN's or BKN's gap to BN-1, and that is
 expected: at 1 image per batch both normalize each training image with that image's own
 statistics (BGN's groups of one image; BKN's batch statistics fused with its prior), while any
