@@ -63,7 +63,7 @@ def pretrain_backbone(out_path: str, num_train: int = 20000, num_val: int = 2000
     for epoch in range(epochs):
         backbone.train()
         order = torch.randperm(len(xt), generator=gen)
-        total = 0.0
+        total = torch.zeros(())
         for i in range(0, len(xt), batch_size):
             idx = order[i:i + batch_size]
             loss = nn.functional.cross_entropy(logits(xt[idx]), yt[idx])
@@ -71,8 +71,10 @@ def pretrain_backbone(out_path: str, num_train: int = 20000, num_val: int = 2000
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss) * len(idx)
-        print_log(f'pretrain epoch {epoch + 1}/{epochs}: loss {total / len(xt):.3f}',
+            # summed on the tensor side: one host read per epoch, and no float() of a
+            # tensor that requires grad (torch warns about it)
+            total += loss.detach() * len(idx)
+        print_log(f'pretrain epoch {epoch + 1}/{epochs}: loss {float(total) / len(xt):.3f}',
                   logger=logger)
     backbone.eval()
     with torch.no_grad():
