@@ -4,7 +4,7 @@
 # seeds, from scratch (norm in backbone + FPN + head), on the neutral set and on the hard set.
 #
 #   bash tools/analysis/norm_sweep_defaults.sh photo-digits    the neutral set (30 arm-seeds)
-#   bash tools/analysis/norm_sweep_defaults.sh tiny-coco-hard  the hard set (30 arm-seeds)
+#   bash tools/analysis/norm_sweep_defaults.sh tiny-coco-hard  the hard set (35 arm-seeds)
 #   bash tools/analysis/norm_sweep_defaults.sh photo-digits-finetune
 #                                  the neutral set's fine-tune setting (50 arm-seeds; pretrains the
 #                                  backbone first if checkpoints/ lacks it)
@@ -51,8 +51,9 @@ photo-digits)
 tiny-coco-hard)
   "$PY" tools/analysis/norm_sweep.py configs/norm_sweep/faster-rcnn_r18-w16_fpn_bn_scratch_tiny-coco-hard.py \
     --norm "$CBNbatch" --norm "$BKNest" --norm "$BGNg1" --groups 8 \
-    --norms CBN CBNbatch BKN BKNest BGN BGNg1 --batch 1 --seeds 0 1 2 3 4 \
+    --norms CBN CBNbatch BKN BKNest BGN BGNg1 BN --batch 1 --seeds 0 1 2 3 4 \
     --jobs "${JOBS:-1}" --threads 1 --nice 10 --versus "${VERSUS[@]}" --baseline '' \
+    --reference BN@1 \
     --out work_dirs/norm_sweep/defaults_tiny-coco-hard \
     --report docs/norm_sweep_defaults_tiny-coco-hard_scratch --title "$TITLE_HARD" \
     --readme README.md defaults_tiny-coco-hard ;;
@@ -77,7 +78,7 @@ report)
     --report docs/norm_sweep_defaults_photo-digits_scratch --title "$TITLE_NEUTRAL" \
     --readme README.md defaults_photo-digits
   "$PY" tools/analysis/norm_sweep.py --from-json docs/norm_sweep_defaults_tiny-coco-hard_scratch.json \
-    --versus "${VERSUS[@]}" --baseline '' \
+    --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
     --report docs/norm_sweep_defaults_tiny-coco-hard_scratch --title "$TITLE_HARD" \
     --readme README.md defaults_tiny-coco-hard
   if [[ -f docs/norm_sweep_defaults_photo-digits_finetune.json ]]; then
