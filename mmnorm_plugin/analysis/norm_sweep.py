@@ -30,6 +30,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
@@ -633,7 +634,7 @@ def plot_sweep(analysis: Dict, path: str, title: str = '',
     ax.set_xlabel('images per batch')
     ax.set_ylabel(f"{analysis['metric']} × 100 (mean, 95 % CI)")
     if title:
-        ax.set_title(title)
+        ax.set_title(textwrap.fill(title, 70))  # a long title would run off the figure
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
@@ -664,7 +665,8 @@ def plot_versus(analysis: Dict, path: str, title: str = '') -> None:
     ax.axvline(0, color='black', linewidth=1)
     ax.set_xlabel(f"paired Δ {analysis['metric']} × 100 (mean, 95 % t interval)")
     if title:
-        ax.set_title(title, fontsize=10)
+        # over the figure, not the axes: the row labels push the axes right
+        fig.suptitle(textwrap.fill(title, 90), fontsize=10)
     ax.grid(axis='x', alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

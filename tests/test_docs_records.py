@@ -1,0 +1,44 @@
+"""The committed evidence is self-consistent: every table under ``docs/norm_sweep*.md`` is what its
+JSON's records give when analysed again, and every ``norm_sweep`` table in the README is one of
+those files verbatim. A number edited by hand, or records replaced without regenerating the
+tables, fails here (the README's numbers must come from a record in docs/ by a command)."""
+import glob
+import json
+import os.path as osp
+import re
+
+import pytest
+
+from mmnorm_plugin.analysis.norm_sweep import analyze, format_report
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+REPORTS = sorted(glob.glob(osp.join(ROOT, 'docs', 'norm_sweep*.json')))
+
+
+def _markdown(json_path):
+    with open(json_path[:-len('.json')] + '.md') as f:
+        return f.read().strip()
+
+
+@pytest.mark.parametrize('json_path', REPORTS, ids=[osp.basename(p) for p in REPORTS])
+def test_docs_table_is_what_its_records_give(json_path):
+    with open(json_path) as f:
+        report = json.load(f)
+    saved = report['analysis']
+    analysis = analyze(report['records'], saved['baseline'], saved['reference'], saved['metric'],
+                       saved.get('versus'))  # older reports predate --versus
+    assert format_report(analysis, report['title']).strip() == _markdown(json_path)
+
+
+def test_readme_tables_are_docs_tables():
+    assert REPORTS, 'no norm_sweep report under docs/'
+    tables = {_markdown(p): osp.basename(p) for p in REPORTS}
+    with open(osp.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    blocks = re.findall(r'<!-- norm_sweep:([\w.-]+) -->\n(.*?)\n<!-- /norm_sweep:\1 -->', readme,
+                        re.S)
+    assert len(blocks) >= len(REPORTS)
+    for section, text in blocks:
+        assert text.strip() in tables, (
+            f'README block {section!r} is not any docs/norm_sweep*.md verbatim: regenerate it '
+            f'(tools/analysis/norm_sweep_defaults.sh report, make norm-sweep-report)')
