@@ -156,14 +156,16 @@ def norm_sites(model: Dict, parts: Iterable[str]) -> Dict[str, List[Tuple]]:
 
 
 def arm_config(config: str, arm: Arm, seed: int, parts: Sequence[str] = PARTS,
-               cfg_options: Optional[Dict] = None):
+               cfg_options: Optional[Dict] = None, val_interval: Optional[int] = None):
     """The config of one arm-seed and the options that made it from ``config``.
 
     Returns ``(cfg, options)``: ``options`` maps dotted paths to the values set (JSON-able),
     recorded with the results. The LR is ``lr * batch / base`` with ``base`` the config's
     ``auto_scale_lr.base_batch_size`` (else its own batch size); ``auto_scale_lr`` is then
-    switched off so that nothing scales it twice. Validation during training is switched off:
-    ``tools/test.py`` evaluates the final checkpoint once.
+    switched off so that nothing scales it twice. Validation during training is switched off
+    (``tools/test.py`` evaluates the final checkpoint once) unless ``val_interval`` asks for a
+    learning curve: an evaluation every ``val_interval`` epochs (iterations for an
+    iteration-based loop), recorded per point by :func:`run_arm`.
     """
     from mmengine.config import Config
     cfg = Config.fromfile(config)
@@ -210,7 +212,7 @@ def arm_config(config: str, arm: Arm, seed: int, parts: Sequence[str] = PARTS,
     if 'auto_scale_lr' in cfg:
         options['auto_scale_lr.enable'] = False
     options['randomness.seed'] = int(seed)
-    options['train_cfg.val_interval'] = 10 ** 9
+    options['train_cfg.val_interval'] = int(val_interval) if val_interval else 10 ** 9
     for key, value in options.items():
         *parents, leaf = _split(key)
         _parent(cfg, parents)[leaf] = copy.deepcopy(value)
@@ -314,17 +316,25 @@ _CONFIG_LOCK = threading.Lock()
 
 def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str] = PARTS,
             cfg_options: Optional[Dict] = None, threads: int = 1, nice: int = 0,
-            keep_checkpoints: bool = False, python: str = sys.executable) -> Dict:
+            keep_checkpoints: bool = False, python: str = sys.executable,
+            val_interval: Optional[int] = None) -> Dict:
     """Train and evaluate one arm-seed (resuming its own checkpoint); write and return its
-    record."""
+    record.
+
+    The provenance (commit, dirty flag, hash and text of the diff) is taken when the arm-seed
+    *starts* and kept in its run directory: a run resumed after the checkout moved to another
+    commit, or changed its uncommitted diff, is refused instead of being labelled with the
+    code it ended on. With ``val_interval`` the record also holds ``curve``: the metrics of
+    every evaluation during training, in order (the learning curve)."""
     run_dir = osp.join(out_dir, 'runs', f'{arm.norm}@{arm.batch}_seed{seed}')
     arm_cfg = osp.join(run_dir, 'config.py')
     # mmengine's `mmdet::` config lookup (pkg_resources) is not thread-safe
     with _CONFIG_LOCK:
-        cfg, options = arm_config(config, arm, seed, parts, cfg_options)
+        cfg, options = arm_config(config, arm, seed, parts, cfg_options, val_interval)
         ensure_dataset(cfg)
         os.makedirs(run_dir, exist_ok=True)
         cfg.dump(arm_cfg)
+    started = _start_provenance(run_dir, f'{arm.name} seed {seed}')
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
                PYTHONUNBUFFERED='1')
     log = osp.join(run_dir, 'run.log')
@@ -341,6 +351,8 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
         raise RuntimeError(f'{arm.name} seed {seed}: evaluation failed (exit {rc}); see {log}')
     metrics = {k: v for k, v in _test_metrics(test_dir).items() if k.startswith('coco/')}
     extra = {}
+    if val_interval:
+        extra['curve'] = _val_curve(train_dir)
     if not metrics:
         with open(log) as f:
             f.seek(test_log_start)
@@ -359,7 +371,7 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
         options=options, lr=options['optim_wrapper.optimizer.lr'], threads=threads,
         train_seconds=round(train_s, 1), test_seconds=round(test_s, 1),
         peak_memory_mib=round(max(train_mem, test_mem), 1), metrics=metrics,
-        finished=datetime.datetime.now().isoformat(timespec='seconds'), **extra, **provenance())
+        finished=datetime.datetime.now().isoformat(timespec='seconds'), **extra, **started)
     path = _record_path(out_dir, arm, seed)
     os.makedirs(osp.dirname(path), exist_ok=True)
     with open(path + '.tmp', 'w') as f:
@@ -370,6 +382,45 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
         for ckpt in glob.glob(osp.join(train_dir, '*.pth')):
             os.remove(ckpt)
     return record
+
+
+def _start_provenance(run_dir: str, name: str) -> Dict:
+    """The provenance of the code an arm-seed started with (written once, at its start, into
+    ``run_dir/provenance.json``); raises RuntimeError when the code has changed since (another
+    commit, or another uncommitted diff), so that no record mixes two versions of the code."""
+    path = osp.join(run_dir, 'provenance.json')
+    now = provenance(with_diff=True)
+    now['started'] = datetime.datetime.now().isoformat(timespec='seconds')
+    if not osp.isfile(path):
+        with open(path + '.tmp', 'w') as f:
+            json.dump(now, f, indent=1)
+        os.replace(path + '.tmp', path)
+        return now
+    with open(path) as f:
+        then = json.load(f)
+    if (then.get('commit'), then.get('diff_sha256')) != (now['commit'], now['diff_sha256']):
+        raise RuntimeError(
+            f"{name}: started at commit {str(then.get('commit'))[:7]}"
+            f"{' (dirty)' if then.get('dirty') else ''}, the checkout is now at "
+            f"{str(now['commit'])[:7]}{' (dirty)' if now['dirty'] else ''}: resume it from "
+            f'a checkout of the commit it started at, or delete {run_dir} to start it again')
+    return then
+
+
+def _val_curve(train_dir: str) -> List[Dict]:
+    """Every evaluation logged during training (mmengine's ``vis_data/scalars.json`` of each
+    run in ``train_dir``, a resumed run adding a directory), in step order, one per step:
+    ``[{'step': epoch or iteration, 'metrics': {'coco/bbox_mAP': ...}}, ...]``."""
+    import glob
+    points: Dict[int, Dict] = {}
+    for path in sorted(glob.glob(osp.join(train_dir, '*', 'vis_data', 'scalars.json'))):
+        with open(path) as f:
+            for line in f:
+                entry = json.loads(line)
+                metrics = {k: v for k, v in entry.items() if k.startswith('coco/')}
+                if metrics:
+                    points[int(entry['step'])] = metrics
+    return [dict(step=step, metrics=points[step]) for step in sorted(points)]
 
 
 def _config_key(config: str) -> str:
@@ -409,7 +460,7 @@ def _check_recorded(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_
 def run_sweep(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: str,
               parts: Sequence[str] = PARTS, cfg_options: Optional[Dict] = None, jobs: int = 1,
               threads: Optional[int] = None, nice: int = 0, keep_checkpoints: bool = False,
-              logger=None) -> List[Dict]:
+              logger=None, val_interval: Optional[int] = None) -> List[Dict]:
     """Run every (arm, seed) without a record, ``jobs`` at a time, seed-major (all arms of a
     seed before the next seed, so that a stopped sweep leaves complete pairs); return the
     records of the grid (old and new)."""
@@ -429,7 +480,7 @@ def run_sweep(config: str, arms: Sequence[Arm], seeds: Sequence[int], out_dir: s
         arm, seed = item
         try:
             record = run_arm(config, arm, seed, out_dir, parts, cfg_options, threads, nice,
-                             keep_checkpoints)
+                             keep_checkpoints, val_interval=val_interval)
         except Exception as err:  # noqa: BLE001 (report every failure, keep the others going)
             with lock:
                 failures.append(f'{arm.name} seed {seed}: {err}')

@@ -7,6 +7,7 @@ command that did. The studies (:mod:`.norm_sweep`, :mod:`.small_batch_study`,
 :func:`command_line` so that the record also holds the command to rerun, from the repository
 root.
 """
+import hashlib
 import os
 import os.path as osp
 import platform
@@ -20,7 +21,8 @@ __all__ = ['ROOT', 'PROVENANCE_KEYS', 'provenance', 'command_line']
 #: the checkout the plugin is imported from (the commit recorded is this tree's HEAD)
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 #: the keys :func:`provenance` adds to a record (``command`` only when one is given)
-PROVENANCE_KEYS = ('commit', 'dirty', 'versions', 'python', 'machine', 'command')
+PROVENANCE_KEYS = ('commit', 'dirty', 'diff_sha256', 'diff', 'versions', 'python', 'machine',
+                   'command')
 _PACKAGES = ('torch', 'mmengine', 'mmcv', 'mmdet', 'numpy', 'mmnorm_plugin')
 
 
@@ -44,14 +46,19 @@ def _versions() -> Dict[str, Optional[str]]:
     return versions
 
 
-def provenance(command: Optional[str] = None) -> Dict:
+def provenance(command: Optional[str] = None, with_diff: bool = False) -> Dict:
     """Git commit of the plugin checkout and whether tracked files differ from it (``dirty``:
-    the commit alone does not describe the code then), package versions, Python, machine;
+    the commit alone does not describe the code then, so ``diff_sha256`` names the exact
+    difference, and ``with_diff`` stores it as ``diff``), package versions, Python, machine;
     and ``command`` (see :func:`command_line`) when given."""
-    record = dict(commit=_git('rev-parse', 'HEAD') or None,
-                  dirty=bool(_git('status', '--porcelain', '--untracked-files=no')),
+    dirty = bool(_git('status', '--porcelain', '--untracked-files=no'))
+    diff = _git('diff', 'HEAD') if dirty else ''
+    record = dict(commit=_git('rev-parse', 'HEAD') or None, dirty=dirty,
+                  diff_sha256=hashlib.sha256(diff.encode()).hexdigest() if dirty else None,
                   versions=_versions(), python=platform.python_version(),
                   machine=f'{platform.machine()}, {os.cpu_count()} CPUs')
+    if dirty and with_diff:
+        record['diff'] = diff
     if command is not None:
         record['command'] = command
     return record

@@ -323,3 +323,67 @@ def test_provenance_names_the_checkout_and_a_command_rerun_from_the_root(git_hea
                                        '/elsewhere'])
     assert shlex.split(command) == ['python', 'tools/analysis/norm_sweep.py', '--out',
                                     'work_dirs/a', 'BN=a b', '/elsewhere']
+
+
+def test_provenance_is_taken_at_the_start_and_a_changed_checkout_is_refused(tmp_path,
+                                                                            monkeypatch):
+    """A run resumed on other code must not be labelled with the code it ended on."""
+    from mmnorm_plugin.analysis import norm_sweep
+    state = dict(commit='a' * 40, dirty=False, diff_sha256=None)
+    monkeypatch.setattr(norm_sweep, 'provenance',
+                        lambda with_diff=False: dict(state, versions={}, python='3',
+                                                     machine='m'))
+    first = norm_sweep._start_provenance(str(tmp_path), 'BN@1 seed 0')
+    assert first['commit'] == 'a' * 40 and 'started' in first
+    state['commit'] = 'b' * 40  # the checkout moved on: the start is what the record keeps
+    with pytest.raises(RuntimeError, match='started at commit aaaaaaa.*now at bbbbbbb'):
+        norm_sweep._start_provenance(str(tmp_path), 'BN@1 seed 0')
+    state.update(commit='a' * 40, dirty=True, diff_sha256='d' * 64)  # same commit, new diff
+    with pytest.raises(RuntimeError, match=r'now at aaaaaaa \(dirty\)'):
+        norm_sweep._start_provenance(str(tmp_path), 'BN@1 seed 0')
+    state.update(dirty=False, diff_sha256=None)
+    again = norm_sweep._start_provenance(str(tmp_path), 'BN@1 seed 0')
+    assert again == first  # the start's, timestamp included
+
+
+def test_a_dirty_tree_stores_its_diff_and_hash(tmp_path):
+    import hashlib
+    from mmnorm_plugin.analysis import provenance
+    subprocess.run(['git', 'init', '-q', str(tmp_path)], check=True)
+    (tmp_path / 'f.txt').write_text('one\n')
+    git = ['git', '-C', str(tmp_path), '-c', 'user.name=t', '-c', 'user.email=t@t']
+    subprocess.run(git + ['add', 'f.txt'], check=True)
+    subprocess.run(git + ['commit', '-qm', 'x'], check=True)
+    root = provenance.ROOT
+    try:
+        provenance.ROOT = str(tmp_path)
+        clean = provenance.provenance(with_diff=True)
+        assert clean['dirty'] is False and clean['diff_sha256'] is None and 'diff' not in clean
+        (tmp_path / 'f.txt').write_text('two\n')
+        dirty = provenance.provenance(with_diff=True)
+    finally:
+        provenance.ROOT = root
+    assert dirty['dirty'] is True and '+two' in dirty['diff']
+    assert dirty['diff_sha256'] == hashlib.sha256(dirty['diff'].encode()).hexdigest()
+
+
+def test_the_learning_curve_joins_resumed_runs_in_step_order(tmp_path):
+    from mmnorm_plugin.analysis.norm_sweep import _val_curve
+    for stamp, lines in (('20260101_000000', [dict(step=1, lr=0.1, loss=2.0),
+                                              dict(step=2, **{'coco/bbox_mAP': 0.1})]),
+                         ('20260101_010000', [dict(step=4, **{'coco/bbox_mAP': 0.3}),
+                                              dict(step=3, **{'coco/bbox_mAP': 0.2,
+                                                              'coco/bbox_mAP_50': 0.5})])):
+        vis = tmp_path / stamp / 'vis_data'
+        vis.mkdir(parents=True)
+        (vis / 'scalars.json').write_text(''.join(json.dumps(x) + '\n' for x in lines))
+    curve = _val_curve(str(tmp_path))
+    assert [p['step'] for p in curve] == [2, 3, 4]
+    assert curve[1]['metrics'] == {'coco/bbox_mAP': 0.2, 'coco/bbox_mAP_50': 0.5}
+
+
+def test_val_interval_asks_for_evaluations_during_training():
+    cfg, options = arm_config(STUDY, _arm('BN', 8), seed=0, val_interval=6)
+    assert cfg.train_cfg.val_interval == 6 and options['train_cfg.val_interval'] == 6
+    cfg, _ = arm_config(STUDY, _arm('BN', 8), seed=0)
+    assert cfg.train_cfg.val_interval >= 10 ** 9

@@ -63,6 +63,9 @@ def parse_args(argv=None):
                         help='torch threads per job (default: CPUs / jobs)')
     parser.add_argument('--nice', type=int, default=0, help='niceness of the runs')
     parser.add_argument('--keep-checkpoints', action='store_true')
+    parser.add_argument('--val-interval', type=int, default=None, metavar='N',
+                        help='evaluate every N epochs during training and record the learning '
+                        'curve (default: only the final checkpoint, by tools/test.py)')
     parser.add_argument('--title', default='')
     parser.add_argument('--metric', default='coco/bbox_mAP')
     parser.add_argument('--report-only', action='store_true',
@@ -122,7 +125,7 @@ def main(argv=None):
                 arms = build_arms(args)
                 run_sweep(args.config, arms, args.seeds, args.out, args.parts,
                           args.cfg_options, args.jobs, args.threads, args.nice,
-                          args.keep_checkpoints)
+                          args.keep_checkpoints, val_interval=args.val_interval)
             records = load_records(args.out)
         for source, *arms in args.with_records:
             records = merge_records(records, load_records(source), arms or None)
