@@ -8,11 +8,12 @@ p-value; :func:`holm` adjusts a family of p-values (Holm–Bonferroni) for claim
 arms each beat one baseline.
 """
 import math
-from typing import Dict, Mapping, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-__all__ = ['summarize', 'paired_difference', 'holm', 'format_mean_std', 'format_interval']
+__all__ = ['MIN_CLAIM_SEEDS', 'summarize', 'paired_difference', 'holm', 'claim_mark',
+           'format_mean_std', 'format_interval']
 
 
 def summarize(values: Sequence[float]) -> Dict:
@@ -78,13 +79,37 @@ def format_mean_std(stats: Dict, scale: float = 100, digits: int = 1) -> str:
     return f"{mean} ± {stats['std'] * scale:.{digits}f} (n={stats['n']})"
 
 
-def format_interval(diff: Dict, scale: float = 100, digits: int = 1) -> str:
-    """``+3.1 [+1.2, +5.0]`` (t interval), ``+3.1 (n=1)`` without one."""
+#: the protocol's least number of paired seeds behind any claim (fewer is a pilot)
+MIN_CLAIM_SEEDS = 5
+
+
+def claim_mark(diff: Dict, p_adjusted: Optional[float] = None,
+               margin: Optional[float] = None, alpha: float = 0.05,
+               min_n: int = MIN_CLAIM_SEEDS) -> str:
+    """The claim a paired difference supports, as a table mark: ``' *'`` where it differs from
+    0 (its family's Holm-adjusted p-value below ``alpha`` when given, else its own interval
+    excluding 0), ``' ≈'`` where its whole interval lies within ``±margin`` (an equivalence:
+    "they tie" needs this, not merely "not significant"), ``''`` where it supports neither
+    or rests on fewer than ``min_n`` pairs (a pilot claims nothing)."""
+    if diff.get('ci') is None or diff['n'] < min_n:
+        return ''
+    differs = p_adjusted < alpha if p_adjusted is not None else diff['excludes_zero']
+    if differs:
+        return ' *'
+    if margin is not None and -margin <= diff['ci'][0] and diff['ci'][1] <= margin:
+        return ' ≈'
+    return ''
+
+
+def format_interval(diff: Dict, scale: float = 100, digits: int = 1,
+                    mark: Optional[str] = None) -> str:
+    """``+3.1 [+1.2, +5.0]`` (t interval), ``+3.1 (n=1)`` without one; followed by ``mark``
+    (default: :func:`claim_mark` of the interval alone)."""
     if diff['mean'] is None:
         return '–'
     mean = f"{diff['mean'] * scale:+.{digits}f}"
     if diff['ci'] is None:
         return f"{mean} (n={diff['n']})"
     lo, hi = (v * scale for v in diff['ci'])
-    mark = ' *' if diff['excludes_zero'] else ''
+    mark = claim_mark(diff) if mark is None else mark
     return f'{mean} [{lo:+.{digits}f}, {hi:+.{digits}f}]{mark}'

@@ -276,12 +276,14 @@ def run_study(methods: Dict[str, Dict], batch_sizes: Iterable[int] = (1, 2, 4, 3
 
 
 def summarize(records: Sequence[StudyRecord]) -> Dict[str, Dict[int, Tuple[float, float, int]]]:
-    """method → batch size → (mean accuracy, std over seeds, number of seeds)."""
+    """method → batch size → (mean accuracy, sample std over seeds (n − 1; 0 for one seed),
+    number of seeds)."""
     groups: Dict[str, Dict[int, List[float]]] = {}
     for r in records:
         groups.setdefault(r.method, {}).setdefault(r.batch_size, []).append(r.accuracy)
     return {
-        method: {b: (float(np.mean(a)), float(np.std(a)), len(a))
+        method: {b: (float(np.mean(a)), float(np.std(a, ddof=1)) if len(a) > 1 else 0.0,
+                     len(a))
                  for b, a in sorted(by_batch.items())}
         for method, by_batch in groups.items()
     }
@@ -314,8 +316,9 @@ def format_table(records: Sequence[StudyRecord]) -> str:
 def format_paired_table(records: Sequence[StudyRecord], baseline: str) -> str:
     """Markdown table of each method's paired difference against ``baseline`` at the same
     batch size (same seed = same initialization and data order): mean and 95 % t interval in
-    accuracy points, ``*`` where the interval excludes 0 (:mod:`.paired_stats`)."""
-    from .paired_stats import format_interval, paired_difference
+    accuracy points, ``*`` where the difference survives Holm–Bonferroni over the column's
+    rows and rests on at least 5 seeds (:func:`.paired_stats.claim_mark`: fewer is a pilot)."""
+    from .paired_stats import claim_mark, format_interval, holm, paired_difference
     acc = {}
     for r in records:
         acc.setdefault(r.method, {}).setdefault(r.batch_size, {})[r.seed] = r.accuracy
@@ -324,11 +327,16 @@ def format_paired_table(records: Sequence[StudyRecord], baseline: str) -> str:
     batches = sorted({r.batch_size for r in records})
     lines = [f'| paired Δ vs {baseline} [95 % CI] | ' + ' | '.join(f'batch {b}' for b in batches)
              + ' |', '|---|' + '---|' * len(batches)]
-    for method in dict.fromkeys(r.method for r in records):
-        if method == baseline:
-            continue
-        cells = [format_interval(paired_difference(acc[method].get(b, {}),
-                                                   acc[baseline].get(b, {})))
+    methods = [m for m in dict.fromkeys(r.method for r in records) if m != baseline]
+    diffs = {(m, b): paired_difference(acc[m].get(b, {}), acc[baseline].get(b, {}))
+             for m in methods for b in batches}
+    adjusted = {}
+    for b in batches:  # a column is one family: its rows against one baseline
+        for m, v in holm({m: diffs[m, b]['p'] for m in methods}).items():
+            adjusted[m, b] = v['p_adj']
+    for method in methods:
+        cells = [format_interval(diffs[method, b],
+                                 mark=claim_mark(diffs[method, b], adjusted.get((method, b))))
                  for b in batches]
         lines.append(f'| {method} | ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines)

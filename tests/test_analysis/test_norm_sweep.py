@@ -181,8 +181,9 @@ def test_a_record_made_with_another_spec_is_refused_before_anything_runs(tmp_pat
     """Resuming after an arm's spec was edited under the same name would pair old results
     with the new arm: refused, naming the difference; a matching record is skipped."""
     from mmnorm_plugin.analysis import norm_sweep
+    from mmnorm_plugin.analysis.norm_sweep import runner
     ran = []
-    monkeypatch.setattr(norm_sweep, 'run_arm', lambda *a, **k: ran.append(a) or dict(
+    monkeypatch.setattr(runner, 'run_arm', lambda *a, **k: ran.append(a) or dict(
         train_seconds=1.0, test_seconds=1.0, metrics={}))
     old = _arm('CBNx={"norm_cfg": {"type": "CBN", "running_stats": "batch"}}', 1)
     (tmp_path / 'records').mkdir()
@@ -286,8 +287,18 @@ def test_sweep_runs_an_mmdet_config_resumes_after_a_kill_and_reports(tmp_path):
     assert '| CBN@1 |' in table and '(n=2)' in table
 
 
+def _cli():
+    """tools/analysis/norm_sweep.py as a module (the README editing lives in the tool)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        'norm_sweep_cli', osp.join(ROOT, 'tools', 'analysis', 'norm_sweep.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_readme_block_is_replaced_in_place(tmp_path):
-    from mmnorm_plugin.analysis.norm_sweep import update_readme
+    update_readme = _cli().update_readme
     readme = tmp_path / 'README.md'
     readme.write_text('intro\n<!-- norm_sweep:x -->\nold\n<!-- /norm_sweep:x -->\nrest\n')
     update_readme(str(readme), 'x', '| new |')
@@ -298,7 +309,7 @@ def test_readme_block_is_replaced_in_place(tmp_path):
 
 def test_an_empty_detection_set_scores_zero_for_every_evaluated_kind():
     # mmdet's CocoMetric returns {} when no box survives; the record must still pair (AP = 0)
-    from mmnorm_plugin.analysis.norm_sweep import _zero_metrics
+    from mmnorm_plugin.analysis.norm_sweep.runner import _zero_metrics
     cfg = Config(dict(test_evaluator=dict(type='CocoMetric', metric=['bbox', 'segm'])))
     zero = _zero_metrics(cfg)
     assert zero['coco/bbox_mAP'] == 0.0 and zero['coco/segm_mAP_75'] == 0.0 and len(zero) == 12
@@ -328,7 +339,7 @@ def test_provenance_names_the_checkout_and_a_command_rerun_from_the_root(git_hea
 def test_provenance_is_taken_at_the_start_and_a_changed_checkout_is_refused(tmp_path,
                                                                             monkeypatch):
     """A run resumed on other code must not be labelled with the code it ended on."""
-    from mmnorm_plugin.analysis import norm_sweep
+    from mmnorm_plugin.analysis.norm_sweep import runner as norm_sweep
     state = dict(commit='a' * 40, dirty=False, diff_sha256=None)
     monkeypatch.setattr(norm_sweep, 'provenance',
                         lambda with_diff=False: dict(state, versions={}, python='3',
@@ -368,7 +379,7 @@ def test_a_dirty_tree_stores_its_diff_and_hash(tmp_path):
 
 
 def test_the_learning_curve_joins_resumed_runs_in_step_order(tmp_path):
-    from mmnorm_plugin.analysis.norm_sweep import _val_curve
+    from mmnorm_plugin.analysis.norm_sweep.runner import _val_curve
     for stamp, lines in (('20260101_000000', [dict(step=1, lr=0.1, loss=2.0),
                                               dict(step=2, **{'coco/bbox_mAP': 0.1})]),
                          ('20260101_010000', [dict(step=4, **{'coco/bbox_mAP': 0.3}),

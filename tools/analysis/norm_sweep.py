@@ -23,8 +23,42 @@ from mmengine.config import DictAction  # noqa: E402
 
 from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, import_records,  # noqa: E402
                                                load_records, merge_records, parse_norm,
-                                               parse_versus, run_sweep, update_readme,
-                                               write_report)
+                                               parse_versus, run_sweep, write_report)
+from mmnorm_plugin.analysis.norm_sweep.records import arm_key  # noqa: E402
+from mmnorm_plugin.analysis.norm_sweep.control import (format_control,  # noqa: E402
+                                                       plateau, plot_curves, positive_control)
+
+
+def update_readme(path: str, section: str, text: str) -> None:
+    """Replace what stands between ``<!-- norm_sweep:SECTION -->`` and
+    ``<!-- /norm_sweep:SECTION -->`` in ``path`` (a README or a docs page) by ``text``; the
+    markers must exist, once each."""
+    begin, end = f'<!-- norm_sweep:{section} -->', f'<!-- /norm_sweep:{section} -->'
+    with open(path) as f:
+        content = f.read()
+    if content.count(begin) != 1 or content.count(end) != 1 or \
+            content.index(begin) > content.index(end):
+        raise ValueError(f'{path} needs exactly one {begin} ... {end} block')
+    head, rest = content.split(begin)
+    _, tail = rest.split(end)
+    with open(path, 'w') as f:
+        f.write(f'{head}{begin}\n{text.strip()}\n{end}{tail}')
+
+
+def write_control(records, prefix: str, reference: str, title: str = '', metric: str = '') -> str:
+    """``<prefix>_control.md`` (plateau of the large-batch BN and GN arms, and the positive
+    control at every smaller batch recorded) and ``<prefix>_curves.png``; returns the text."""
+    large = arm_key(reference)[1]
+    kwargs = dict(metric=metric) if metric else {}
+    refs = [f'BN@{large}', f'GN@{large}']
+    batches = sorted({arm_key(r['arm'])[1] for r in records} - {large})
+    text = format_control(positive_control(records, small=batches, large=large, **kwargs),
+                          plateau(records, refs, **kwargs), title)
+    with open(prefix + '_control.md', 'w') as f:
+        f.write(text + '\n')
+    arms = refs + [f'{n}@{b}' for b in batches for n in ('BN', 'GN')]
+    plot_curves(records, arms, prefix + '_curves.png', title, **kwargs)
+    return text
 
 
 def parse_args(argv=None):
@@ -74,7 +108,11 @@ def parse_args(argv=None):
     parser.add_argument('--report', help='report path prefix (default: OUT/sweep)')
     parser.add_argument('--readme', nargs=2, metavar=('FILE', 'SECTION'),
                         help='also put the table between <!-- norm_sweep:SECTION --> and '
-                        '<!-- /norm_sweep:SECTION --> in FILE')
+                        '<!-- /norm_sweep:SECTION --> in FILE (a README or docs page)')
+    parser.add_argument('--control', action='store_true',
+                        help='also write PREFIX_control.md and PREFIX_curves.png: the plateau '
+                        'of BN and GN at the --reference batch and the positive control (BN '
+                        'loses more than GN at every smaller batch recorded)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='applied to every arm before the norm swap (recorded)')
     args = parser.parse_args(argv)
@@ -137,6 +175,10 @@ def main(argv=None):
     if args.readme:
         update_readme(args.readme[0], args.readme[1], report['text'])
     print(report['text'])
+    if args.control:
+        if not args.reference:
+            raise SystemExit('--control needs --reference (the large-batch BN arm, e.g. BN@8)')
+        print('\n' + write_control(records, prefix, args.reference, args.title, args.metric))
     print(f'\nwritten: {prefix}.md, {prefix}.json' + (
         f', {prefix}.png' if report['analysis']['rows'] else ''))
 

@@ -1,0 +1,202 @@
+"""Can a proxy see what the plugin's norms exist to fix? The positive control and the plateau.
+
+A small-batch norm is worth ranking on a proxy only where that proxy reproduces BN's
+small-batch failure, and only once the runs are trained rather than snapshotted early (a run
+stopped far below its plateau ranks how fast arms start, and the arm with more optimizer steps
+wins). Two checks, both on paired seeds (:mod:`mmnorm_plugin.analysis.paired_stats`):
+
+* :func:`plateau`: the large-batch references' learning curves (the evaluations a sweep run
+  with ``--val-interval`` records): the mean over seeds of the last two points must differ by
+  at most ``margin`` (default 1 mAP point).
+* :func:`positive_control`: BN at ``large`` images per batch beats BN at ``small`` (paired,
+  n >= 5, 95 % interval above 0) *and* BN loses more from the small batch than a
+  batch-independent norm does: the interaction ``(BN@large - BN@small) - (GN@large -
+  GN@small)``, per seed, has its interval above 0. Both must hold, so no multiplicity
+  adjustment is needed between them (an intersection of two tests at 0.05 each).
+
+:func:`format_control` writes both as Markdown, :func:`plot_curves` draws the curves.
+"""
+import math
+import textwrap
+from typing import Dict, Optional, Sequence
+
+from .report import MARGIN
+
+__all__ = ['MIN_SEEDS', 'curves', 'plateau', 'positive_control', 'format_control', 'plot_curves',
+           'control_sentence']
+
+#: the protocol's least number of paired seeds for a claim
+MIN_SEEDS = 5
+
+
+def _by_arm(records: Sequence[Dict], metric: str) -> Dict[str, Dict[int, float]]:
+    out: Dict[str, Dict[int, float]] = {}
+    for rec in records:
+        if metric in rec['metrics']:
+            out.setdefault(rec['arm'], {})[rec['seed']] = rec['metrics'][metric]
+    return out
+
+
+def curves(records: Sequence[Dict], arm: str, metric: str = 'coco/bbox_mAP') -> Dict:
+    """``{'steps': [...], 'seeds': [...], 'values': {seed: [value per step]}}`` over the steps
+    every recorded seed of ``arm`` evaluated (seeds without a curve are left out)."""
+    per_seed = {}
+    for rec in records:
+        if rec['arm'] == arm and rec.get('curve'):
+            per_seed[rec['seed']] = {p['step']: p['metrics'][metric] for p in rec['curve']
+                                     if metric in p['metrics']}
+    if not per_seed:
+        return dict(steps=[], seeds=[], values={})
+    steps = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+    return dict(steps=steps, seeds=sorted(per_seed),
+                values={s: [per_seed[s][t] for t in steps] for s in sorted(per_seed)})
+
+
+def plateau(records: Sequence[Dict], arms: Sequence[str], metric: str = 'coco/bbox_mAP',
+            margin: float = MARGIN) -> Dict:
+    """Per arm: the last two evaluation steps, the mean over seeds at each, their paired
+    difference (last - previous, with its interval) and ``plateaued``: whether the two means
+    differ by at most ``margin``. ``all_plateaued`` holds when every arm with a curve does."""
+    from ..paired_stats import paired_difference
+    out = dict(metric=metric, margin=margin, arms={})
+    for arm in arms:
+        c = curves(records, arm, metric)
+        if len(c['steps']) < 2:
+            out['arms'][arm] = dict(n=len(c['seeds']), steps=c['steps'], plateaued=None)
+            continue
+        prev = {s: v[-2] for s, v in c['values'].items()}
+        last = {s: v[-1] for s, v in c['values'].items()}
+        diff = paired_difference(last, prev)
+        out['arms'][arm] = dict(n=len(c['seeds']), steps=c['steps'][-2:],
+                                means=[sum(prev.values()) / len(prev),
+                                       sum(last.values()) / len(last)],
+                                difference=diff, plateaued=abs(diff['mean']) <= margin)
+    judged = [a['plateaued'] for a in out['arms'].values() if a['plateaued'] is not None]
+    out['all_plateaued'] = bool(judged) and all(judged)
+    return out
+
+
+def positive_control(records: Sequence[Dict], small: Sequence[int] = (1, 2), large: int = 8,
+                     norm: str = 'BN', independent: str = 'GN',
+                     metric: str = 'coco/bbox_mAP', min_seeds: int = MIN_SEEDS) -> Dict:
+    """For each ``small`` batch with records: ``loss`` = ``norm@large - norm@small`` and
+    ``independent_loss`` likewise, per seed; ``interaction`` = their per-seed difference over
+    the seeds all four arms share; ``passed`` when ``loss`` and ``interaction`` both have at
+    least ``min_seeds`` pairs and intervals above 0. ``passed`` at the top: every compared
+    small batch passed."""
+    from ..paired_stats import paired_difference
+    by_arm = _by_arm(records, metric)
+    big, ind_big = by_arm.get(f'{norm}@{large}', {}), by_arm.get(f'{independent}@{large}', {})
+    out = dict(metric=metric, norm=norm, independent=independent, large=large,
+               min_seeds=min_seeds, batches={})
+    for b in small:
+        lo, ind_lo = by_arm.get(f'{norm}@{b}'), by_arm.get(f'{independent}@{b}')
+        if not lo or not ind_lo:
+            continue
+        loss = paired_difference(big, lo)
+        ind_loss = paired_difference(ind_big, ind_lo)
+        seeds = sorted(set(big) & set(lo) & set(ind_big) & set(ind_lo))
+        inter = paired_difference({s: big[s] - lo[s] for s in seeds},
+                                  {s: ind_big[s] - ind_lo[s] for s in seeds})
+        passed = all(d['n'] >= min_seeds and d['ci'] is not None and d['ci'][0] > 0
+                     for d in (loss, inter))
+        out['batches'][b] = dict(loss=loss, independent_loss=ind_loss, interaction=inter,
+                                 passed=passed)
+    out['passed'] = bool(out['batches']) and all(v['passed'] for v in out['batches'].values())
+    return out
+
+
+def _interval(diff: Dict) -> str:
+    from ..paired_stats import format_interval
+    return format_interval(diff, mark='')
+
+
+def format_control(control: Dict, plateau_: Optional[Dict] = None, title: str = '') -> str:
+    """Markdown: the plateau table (when given) and the positive-control table, each with its
+    verdict in words."""
+    lines = [f'**{title}**', ''] if title else []
+    if plateau_ is not None:
+        margin = plateau_['margin'] * 100
+        lines += ['| reference | n | last two evaluations (step) | mean ×100 at each | '
+                  f'last − previous [95 % CI] | plateau (within ±{margin:g}) |',
+                  '|---|---|---|---|---|---|']
+        for arm, a in plateau_['arms'].items():
+            if a['plateaued'] is None:
+                lines.append(f"| {arm} | {a['n']} | – | – | – | no curve |")
+                continue
+            lines.append(f"| {arm} | {a['n']} | {a['steps'][0]}, {a['steps'][1]} | "
+                         f"{a['means'][0] * 100:.1f}, {a['means'][1] * 100:.1f} | "
+                         f"{_interval(a['difference'])} | "
+                         f"{'yes' if a['plateaued'] else 'no'} |")
+        lines += ['', 'Plateau: ' + ('every reference has plateaued.' if
+                                     plateau_['all_plateaued'] else
+                                     'NOT every reference has plateaued.'), '']
+    n, ind, big = control['norm'], control['independent'], control['large']
+    lines += [f'| small batch | {n}@{big} − {n}@b [95 % CI] | {ind}@{big} − {ind}@b [95 % CI] '
+              f'| interaction ({n} loss − {ind} loss) [95 % CI] | control |',
+              '|---|---|---|---|---|']
+    for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
+        lines.append(f"| b = {b} | {_interval(v['loss'])} (n={v['loss']['n']}) | "
+                     f"{_interval(v['independent_loss'])} (n={v['independent_loss']['n']}) | "
+                     f"{_interval(v['interaction'])} (n={v['interaction']['n']}) | "
+                     f"{'passes' if v['passed'] else 'fails'} |")
+    lines += ['', f"Δ in mAP points, paired over seeds; the control passes where {n}@{big} − "
+              f"{n}@b and the interaction both have at least {control['min_seeds']} pairs "
+              'and a 95 % interval above 0.', '', control_sentence(control, plateau_)]
+    return '\n'.join(lines)
+
+
+def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
+    """One sentence: does this proxy reproduce BN's small-batch failure?"""
+    n, ind, big = control['norm'], control['independent'], control['large']
+    if not control['batches']:
+        return 'Positive control: not run.'
+    parts = []
+    for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
+        parts.append(f"at {b} image{'s' if int(b) > 1 else ''} per batch {n} loses "
+                     f"{_interval(v['loss'])} points against {big} (n={v['loss']['n']}), "
+                     f"{_interval(v['interaction'])} more than {ind}")
+    verdict = 'passes' if control['passed'] else 'fails'
+    trained = '' if plateau_ is None else (
+        ' (references plateaued)' if plateau_['all_plateaued'] else
+        ' (but the references have NOT plateaued)')
+    return f"Positive control {verdict}{trained}: " + '; '.join(parts) + '.'
+
+
+def plot_curves(records: Sequence[Dict], arms: Sequence[str], path: str, title: str = '',
+                metric: str = 'coco/bbox_mAP', step_name: str = 'epoch') -> None:
+    """Learning curves: per arm the mean over seeds at each evaluation with a 95 % t band,
+    thin lines for the single seeds; y from 0 so that gaps look as large as they are."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy import stats
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    top = 0.0
+    for i, arm in enumerate(arms):
+        c = curves(records, arm, metric)
+        if not c['steps']:
+            continue
+        color = f'C{i}'
+        values = np.array([c['values'][s] for s in c['seeds']]) * 100
+        for row in values:
+            ax.plot(c['steps'], row, color=color, alpha=0.25, linewidth=0.8)
+        mean = values.mean(axis=0)
+        if len(values) > 1:
+            half = stats.t.ppf(0.975, len(values) - 1) * values.std(axis=0, ddof=1) / \
+                math.sqrt(len(values))
+            ax.fill_between(c['steps'], mean - half, mean + half, color=color, alpha=0.2)
+        ax.plot(c['steps'], mean, color=color, marker='o', linewidth=2,
+                label=f"{arm} (n={len(values)})")
+        top = max(top, float(values.max()))
+    ax.set_ylim(0, max(10.0, top * 1.1))
+    ax.set_xlabel(step_name)
+    ax.set_ylabel(f'{metric} × 100 (mean over seeds, 95 % CI)')
+    if title:
+        ax.set_title(textwrap.fill(title, 70))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

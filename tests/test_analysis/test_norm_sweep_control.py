@@ -1,0 +1,99 @@
+"""The positive control and the plateau: a proxy may rank small-batch norms only when its
+references are trained and it shows BN losing more from a small batch than GN does."""
+import json
+import os.path as osp
+import subprocess
+import sys
+
+import pytest
+
+from mmnorm_plugin.analysis.norm_sweep.control import (control_sentence, curves,
+                                                       format_control, plateau, plot_curves,
+                                                       positive_control)
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+SEED_LEVEL = [0.50, 0.46, 0.53, 0.48, 0.51]  # seed-to-seed spread far above the paired one
+JITTER = [0.004, -0.003, 0.002, -0.004, 0.001]
+
+
+def _records(bn_loss, gn_loss, seeds=range(5), last_step_gain=0.002):
+    out = []
+    for s in seeds:
+        level = SEED_LEVEL[s]
+        for arm, value in (('BN@8', level), ('GN@8', level - 0.02),
+                           ('BN@1', level - bn_loss + JITTER[s]),
+                           ('GN@1', level - 0.02 - gn_loss - JITTER[s] / 2)):
+            rec = dict(arm=arm, seed=s, metrics={'coco/bbox_mAP': value})
+            if arm.endswith('@8'):  # a curve rising, then flat within last_step_gain
+                rec['curve'] = [dict(step=e, metrics={'coco/bbox_mAP': v}) for e, v in
+                                ((8, value / 3), (16, value - 0.05),
+                                 (24, value - last_step_gain), (32, value))]
+            out.append(rec)
+    return out
+
+
+def test_bn_losing_more_than_gn_passes_the_control():
+    control = positive_control(_records(bn_loss=0.03, gn_loss=0.0), small=[1])
+    v = control['batches'][1]
+    assert control['passed'] and v['passed']
+    assert v['loss']['mean'] == pytest.approx(0.03, abs=0.005) and v['loss']['ci'][0] > 0
+    assert v['interaction']['n'] == 5 and v['interaction']['ci'][0] > 0
+    assert 'Positive control passes' in control_sentence(control)
+
+
+@pytest.mark.parametrize('bn_loss, gn_loss, seeds', [
+    (0.0, 0.0, range(5)),     # BN does not lose: nothing to fix on this proxy
+    (0.03, 0.03, range(5)),   # BN loses, but so does GN: the small batch itself, not BN
+    (0.03, 0.0, range(4)),    # the effect, but fewer than 5 paired seeds
+    (-0.03, 0.0, range(5)),   # BN *gains* from the small batch
+])
+def test_no_effect_a_shared_effect_or_too_few_seeds_fail_the_control(bn_loss, gn_loss, seeds):
+    control = positive_control(_records(bn_loss, gn_loss, seeds), small=[1])
+    assert not control['passed'] and not control['batches'][1]['passed']
+    assert 'Positive control fails' in control_sentence(control)
+
+
+def test_a_missing_small_batch_is_not_judged_and_nothing_passes_without_one():
+    control = positive_control(_records(0.03, 0.0), small=[2])
+    assert control['batches'] == {} and not control['passed']
+
+
+def test_plateau_is_the_last_two_evaluations_within_the_margin():
+    flat = plateau(_records(0.03, 0.0), ['BN@8', 'GN@8'])
+    assert flat['all_plateaued'] and flat['arms']['BN@8']['steps'] == [24, 32]
+    assert flat['arms']['BN@8']['difference']['mean'] == pytest.approx(0.002)
+    rising = plateau(_records(0.03, 0.0, last_step_gain=0.03), ['BN@8', 'GN@8'])
+    assert not rising['all_plateaued'] and rising['arms']['GN@8']['plateaued'] is False
+    none = plateau([dict(arm='BN@8', seed=0, metrics={'coco/bbox_mAP': 0.1})], ['BN@8'])
+    assert none['arms']['BN@8']['plateaued'] is None and not none['all_plateaued']
+
+
+def test_curves_keep_the_steps_every_seed_evaluated():
+    records = _records(0.03, 0.0)
+    records[0]['curve'] = records[0]['curve'][1:]  # seed 0 of BN@8 lacks step 8
+    c = curves(records, 'BN@8')
+    assert c['steps'] == [16, 24, 32] and c['seeds'] == [0, 1, 2, 3, 4]
+
+
+def test_the_report_states_both_verdicts_and_draws_the_curves(tmp_path):
+    records = _records(0.03, 0.0, last_step_gain=0.03)
+    text = format_control(positive_control(records, small=[1]),
+                          plateau(records, ['BN@8', 'GN@8']), 'proxy')
+    assert 'NOT every reference has plateaued' in text
+    assert 'Positive control passes (but the references have NOT plateaued)' in text
+    assert '| b = 1 | +3.0 [' in text
+    plot_curves(records, ['BN@8', 'GN@8'], str(tmp_path / 'c.png'), 'proxy')
+    assert (tmp_path / 'c.png').stat().st_size > 0
+
+
+def test_cli_writes_the_control_beside_the_report(tmp_path):
+    path = tmp_path / 'in.json'
+    path.write_text(json.dumps(dict(title='t', records=_records(0.03, 0.0))))
+    done = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'norm_sweep.py'), '--from-json',
+         str(path), '--reference', 'BN@8', '--control', '--report', str(tmp_path / 'rep')],
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    text = (tmp_path / 'rep_control.md').read_text()
+    assert 'Positive control passes (references plateaued)' in text
+    assert (tmp_path / 'rep_curves.png').stat().st_size > 0
