@@ -21,8 +21,8 @@ demo-small-batch:
 	BASELINE=configs/small_batch/faster-rcnn_r18-w16_fpn_bn_1xb1_tiny-coco-hard.py \
 	bash tools/run_demo.sh
 
-# The README's "Small-batch detection study": every arm of configs/small_batch, one after the
-# other (about 8-12 min each on one CPU thread), then the table and the bar chart.
+# The small-batch detection study (docs/study_small_batch.md): every arm of configs/small_batch,
+# one after the other (about 8-12 min each on one CPU thread), then the table and the bar chart.
 SMALL_BATCH_ARMS = BN-8:bn_1xb8 BN-1:bn_1xb1 GN-1:gn_1xb1 CBN-1:cbn_1xb1 MABN-1:mabn_1xb1 \
 	BGN-1:bgn_1xb1 BKN-1:bkn_1xb1 XBN-1:xbn-p2-gn_1xb1
 small-batch-study:
@@ -61,29 +61,32 @@ cbn-gradient-control: install
 test-fast:
 	bash tools/run_tests.sh -m "not slow"
 
-# The README's norm_sweep study (docs/norm_sweep_*): every norm at 1 and 2 images per batch and
-# BN at 8, 5 paired seeds, on the neutral set from scratch. Resumable: rerun to continue; records
-# under work_dirs/norm_sweep/. About 2.3-3 min per arm-seed on one core; 75 arm-seeds.
+# The norm_sweep grid (docs/study_norm_sweep_grid.md, records docs/norm_sweep_*): every norm at 1
+# and 2 images per batch and BN at 8, 5 paired seeds, on the neutral set from scratch. Resumable:
+# rerun to continue; records under work_dirs/norm_sweep/. About 2.3-3 min per arm-seed on one
+# core; 75 arm-seeds.
 SWEEP_CONFIG = configs/norm_sweep/faster-rcnn_r18-w16_fpn_bn_scratch_photo-digits.py
 SWEEP_ARGS = --norms BN GN CBN MABN BGN BKN XBN --batch 1 2 --also BN@8 --reference BN@8 \
 	--groups 8 --seeds 0 1 2 3 4
 norm-sweep-study: install
 	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/norm_sweep.py $(SWEEP_CONFIG) \
 	  $(SWEEP_ARGS) --jobs $${JOBS:-2} --nice 10 --out work_dirs/norm_sweep/photo-digits_scratch \
-	  --report docs/norm_sweep_photo-digits_scratch --readme README.md photo-digits_scratch \
+	  --report docs/norm_sweep_photo-digits_scratch --readme docs/study_norm_sweep_grid.md photo-digits_scratch \
 	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'
 
-# Regenerate the README's norm_sweep table and figure from the committed JSON (no training).
+# Regenerate the grid's table (docs/study_norm_sweep_grid.md) and figure from the committed JSON
+# (no training).
 norm-sweep-report:
 	bash -c 'source tools/python_env.sh && "$$PY" tools/analysis/norm_sweep.py \
 	  --from-json docs/norm_sweep_photo-digits_scratch.json --reference BN@8 \
-	  --report docs/norm_sweep_photo-digits_scratch --readme README.md photo-digits_scratch \
+	  --report docs/norm_sweep_photo-digits_scratch --readme docs/study_norm_sweep_grid.md photo-digits_scratch \
 	  --title "Neutral set (photo digits), from scratch, norm in backbone + FPN + head"'
 
-# Issue 20: each default changed from the official code, and the PreciseNormHook remedy, against
-# the arm it varies (1 image per batch, 5 paired seeds; neutral and hard set from scratch, neutral
-# set fine-tuned; docs/norm_sweep_defaults_*). Resumable; records committed in docs/ are not rerun
-# (about 110 arm-seeds of 2-6 min on one core from nothing).
+# The defaults study (docs/study_defaults.md): each default changed from the official code, and
+# the PreciseNormHook remedy, against the arm it varies (1 image per batch, 5 paired seeds;
+# neutral and hard set from scratch, neutral set fine-tuned; docs/norm_sweep_defaults_*).
+# Resumable; records committed in docs/ are not rerun (about 110 arm-seeds of 2-6 min on one
+# core from nothing).
 norm-sweep-defaults: install
 	JOBS=$${JOBS:-2} bash tools/analysis/norm_sweep_defaults.sh photo-digits
 	JOBS=$${JOBS:-2} bash tools/analysis/norm_sweep_defaults.sh tiny-coco-hard
@@ -104,7 +107,7 @@ norm-sweep-finetune: install
 	  --out work_dirs/norm_sweep/photo-digits_finetune --report docs/norm_sweep_photo-digits_finetune \
 	  --title "Neutral set (photo digits), fine-tune: frozen pretrained backbone, norm in FPN + head"'
 
-# The GPU check (issue 22, docs/gpu_check.md): correctness on the device, autocast, host syncs,
+# The GPU check (docs/gpu_check.md): correctness on the device, autocast, host syncs,
 # layer timings, torch.compile, a ResNet-50 + FPN step; JSON + table in $OUT or
 # work_dirs/gpu_check. On the lent GPU machine: `bash tools/gpu_check/run.sh` with .whl carried;
 # here: `DEVICE=cpu make gpu-check` (small sizes, a few minutes). GPU_CHECK_ARGS="--budget 300".

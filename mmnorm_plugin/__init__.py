@@ -8,8 +8,10 @@ Importing the package registers everything (configs do it with
   root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
-from . import engine  # noqa: F401  (registers the runner hooks and the atomic file backend)
-from .validation.norm_cfg import install_build_validation, validate_norm_cfgs
+* runner hooks ``SafeCheckpointHook``, ``WeightsOnlyCheckpointHook``, ``CBNBurnInHook`` and
+  ``PreciseNormHook`` in mmengine's ``HOOKS``, and the file backend ``'atomic_local'``;
+* a check of every ``norm_cfg`` before a model is built (:func:`validate_norm_cfgs`, run by the
+  model registries' build function);
 * guards around mmengine's ``sync_bn`` conversion and its revert, which turn the plugin norms
   into their synced variants (and back) instead of silently into ``SyncBatchNorm`` (MABN, which
   has none, is kept; see :mod:`mmnorm_plugin.distributed.sync_bn`).

@@ -1,7 +1,8 @@
 """The committed evidence is self-consistent: every table under ``docs/norm_sweep*.md`` is what its
 JSON's records give when analysed again, and every ``norm_sweep`` table in the README is one of
 those files verbatim. A number edited by hand, or records replaced without regenerating the
-tables, fails here (the README's numbers must come from a record in docs/ by a command)."""
+tables, fails here (the README's numbers must come from a record in docs/ by a command). The
+marker blocks may live in the README or in any page under docs/ (the study pages)."""
 import glob
 import json
 import os.path as osp
@@ -30,15 +31,25 @@ def test_docs_table_is_what_its_records_give(json_path):
     assert format_report(analysis, report['title']).strip() == _markdown(json_path)
 
 
+def _pages():
+    """The README and every page under docs/ except the generated tables themselves."""
+    generated = {p[:-len('.json')] + '.md' for p in REPORTS}
+    pages = [osp.join(ROOT, 'README.md')] + sorted(glob.glob(osp.join(ROOT, 'docs', '*.md')))
+    return [p for p in pages if p not in generated]
+
+
 def test_readme_tables_are_docs_tables():
     assert REPORTS, 'no norm_sweep report under docs/'
     tables = {_markdown(p): osp.basename(p) for p in REPORTS}
-    with open(osp.join(ROOT, 'README.md')) as f:
-        readme = f.read()
-    blocks = re.findall(r'<!-- norm_sweep:([\w.-]+) -->\n(.*?)\n<!-- /norm_sweep:\1 -->', readme,
-                        re.S)
+    blocks = []
+    for page in _pages():
+        with open(page) as f:
+            text = f.read()
+        blocks += [(osp.relpath(page, ROOT), section, body) for section, body in re.findall(
+            r'<!-- norm_sweep:([\w.-]+) -->\n(.*?)\n<!-- /norm_sweep:\1 -->', text, re.S)]
     assert len(blocks) >= len(REPORTS)
-    for section, text in blocks:
+    assert len({section for _, section, _ in blocks}) == len(blocks), 'a section appears twice'
+    for page, section, text in blocks:
         assert text.strip() in tables, (
-            f'README block {section!r} is not any docs/norm_sweep*.md verbatim: regenerate it '
+            f'{page} block {section!r} is not any docs/norm_sweep*.md verbatim: regenerate it '
             f'(tools/analysis/norm_sweep_defaults.sh report, make norm-sweep-report)')

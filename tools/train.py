@@ -11,7 +11,7 @@ in mmdet's APIs), and `--launcher pytorch` without CUDA runs on gloo (tools/dist
 Checkpoints are written atomically with a SHA-256 (SafeCheckpointHook); `--resume` skips
 checkpoints that do not load or verify and resumes from the newest intact one; in distributed
 runs a rank that loses another stops with one line within env_cfg.dist_cfg.timeout (default
-1800 s). See README, "Training on preemptible machines".
+1800 s). See docs/distributed.md, "Training on preemptible machines".
 """
 import os.path as osp
 import sys

@@ -1,4 +1,4 @@
-# README "Your own config": an mmdet model (RetinaNet, ResNet-18 FPN) trained on this repo's tiny
+# docs/your_own_config.md: an mmdet model (RetinaNet, ResNet-18 FPN) trained on this repo's tiny
 # set with a plugin norm. Copy it and change the model base, the norm or the data bases.
 _base_ = [
     # Only the *model* of mmdet's RetinaNet. mmdet's complete configs (e.g.

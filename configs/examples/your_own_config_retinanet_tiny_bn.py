@@ -1,4 +1,4 @@
-# README "Your own config": the example with BN instead of CBN. Two things a child config must do
+# docs/your_own_config.md: the example with BN instead of CBN. Two things a child config must do
 # to swap a norm it inherits:
 # * set it in every model part: the base's `norm_cfg = ...` line was substituted into the model
 #   when the base was read, so redefining the variable here changes no layer;

@@ -1,6 +1,6 @@
 """Per-layer fwd+bwd time and memory of a norm, as ratios against a baseline in one run.
 
-Targets in the issues ("<= 2x BN per layer") are checked by ``tools/benchmarks/*.py``, which are
+Cost targets (e.g. "<= 2x BN per layer") are checked by ``tools/benchmarks/*.py``, which are
 thin CLIs over :func:`compare_norms`; nothing here is asserted in the test-suite, because CPU
 timings on a shared 2-core machine are not reproducible enough to gate on.
 

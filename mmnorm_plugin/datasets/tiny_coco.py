@@ -26,7 +26,7 @@ BatchNorm at 8 images per batch (the small-batch regime the plugin's norms are f
   8 to 36 px: the smallest still overlap a 16 px anchor with IoU >= 0.3, see
   configs/small_batch).
 
-The measurement behind this design is in the README ("Small-batch detection study").
+The measurement behind this design is in docs/study_small_batch.md ("Small-batch detection study").
 """
 import json
 import math

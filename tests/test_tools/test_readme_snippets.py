@@ -1,6 +1,6 @@
-"""Every ```python block of README.md and configs/*/README.md runs as written: as a config on
-top of mmdet's Faster R-CNN R50-FPN (unless it has its own ``_base_``), its norm configs
-validate without warnings and the detector builds. Commented alternatives of the form
+"""Every ```python block of README.md, docs/*.md and configs/*/README.md runs as written: as a
+config on top of mmdet's Faster R-CNN R50-FPN (unless it has its own ``_base_``), its norm
+configs validate without warnings and the detector builds. Commented alternatives of the form
 ``# norm_cfg = ...`` / ``# norm_cfg, conv_cfg = ...`` are uncommented one at a time and built
 too, so the README cannot offer a swap that does not work."""
 import copy
@@ -26,6 +26,7 @@ ALTERNATIVE = re.compile(r'^# ((?:norm_cfg|conv_cfg)\b.*=.*)$', re.M)
 def _blocks():
     cases = []
     readmes = [osp.join(ROOT, 'README.md')] + sorted(
+        glob.glob(osp.join(ROOT, 'docs', '*.md'))) + sorted(
         glob.glob(osp.join(ROOT, 'configs', '*', 'README.md')))
     for path in readmes:
         text = open(path).read()

@@ -1,7 +1,7 @@
-"""README "Your own config": the example an mmdet model on the tiny set trains as shown.
+"""docs/your_own_config.md: the example an mmdet model on the tiny set trains as shown.
 
-The README shows configs/examples/*.py verbatim (checked here), the first thing a user tries
-fails for the reason the README gives, and the example trains and evaluates through
+The guide shows configs/examples/*.py verbatim (checked here), the first thing a user tries
+fails for the reason the guide gives, and the example trains and evaluates through
 tools/train.py on a freshly generated tiny set.
 """
 import glob
@@ -25,18 +25,16 @@ EXAMPLE = osp.join(ROOT, 'configs', 'examples', 'your_own_config_retinanet_tiny.
 EXAMPLE_BN = osp.join(ROOT, 'configs', 'examples', 'your_own_config_retinanet_tiny_bn.py')
 
 
-def _readme_section():
-    text = open(osp.join(ROOT, 'README.md')).read()
-    start = text.index('## Your own config')
-    return text[start:text.index('\n## ', start + 1)]
+def _guide():
+    return open(osp.join(ROOT, 'docs', 'your_own_config.md')).read()
 
 
 @pytest.mark.parametrize('path', [EXAMPLE, EXAMPLE_BN])
 def test_readme_shows_the_example_files_verbatim(path):
-    section = _readme_section()
+    section = _guide()
     name = osp.relpath(path, ROOT)
     blocks = re.findall(rf'`{re.escape(name)}`:\n\n```py\n(.*?)```', section, re.S)
-    assert blocks, f'the README section does not show {name}'
+    assert blocks, f'docs/your_own_config.md does not show {name}'
     assert blocks[0] == open(path).read()
 
 
@@ -46,7 +44,7 @@ def test_combining_a_complete_mmdet_config_with_our_dataset_fails_as_the_readme_
                     f"'{ROOT}/configs/_base_/datasets/tiny_coco_detection.py']\n")
     with pytest.raises(KeyError, match='Duplicate key is not allowed among bases'):
         Config.fromfile(str(path))
-    assert 'Duplicate key is not allowed among bases' in _readme_section()
+    assert 'Duplicate key is not allowed among bases' in _guide()
 
 
 def test_example_uses_the_tiny_set_offline():

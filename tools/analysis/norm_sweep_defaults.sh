@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 20's evidence for the defaults that the project changed from the official code, and for
+# The evidence for the defaults that the project changed from the official code, and for
 # the PreciseNormHook remedy: each variant against the arm it varies, 1 image per batch, 5 paired
 # seeds, from scratch (norm in backbone + FPN + head), on the neutral set and on the hard set.
 #
@@ -11,7 +11,7 @@
 #   bash tools/analysis/norm_sweep_defaults.sh report          both reports from docs/ (no training)
 #
 # Resumable (rerun to continue); records under work_dirs/norm_sweep/defaults_<set>, report in
-# docs/norm_sweep_defaults_<set>_scratch.{md,json,png} and the README's tables; records committed
+# docs/norm_sweep_defaults_<set>_scratch.{md,json,png} and the tables of docs/study_defaults.md; records committed
 # there are never rerun.
 # About 3-6 min per arm-seed on one core; JOBS=2 runs two at once.
 set -euo pipefail
@@ -47,7 +47,7 @@ photo-digits)
     --with "$GRID" BN@1 BGN@1 BKN@1 --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
     --out work_dirs/norm_sweep/defaults_photo-digits \
     --report docs/norm_sweep_defaults_photo-digits_scratch --title "$TITLE_NEUTRAL" \
-    --readme README.md defaults_photo-digits ;;
+    --readme docs/study_defaults.md defaults_photo-digits ;;
 tiny-coco-hard)
   "$PY" tools/analysis/norm_sweep.py configs/norm_sweep/faster-rcnn_r18-w16_fpn_bn_scratch_tiny-coco-hard.py \
     --norm "$CBNbatch" --norm "$BKNest" --norm "$BGNg1" --groups 8 \
@@ -56,7 +56,7 @@ tiny-coco-hard)
     --reference BN@1 \
     --out work_dirs/norm_sweep/defaults_tiny-coco-hard \
     --report docs/norm_sweep_defaults_tiny-coco-hard_scratch --title "$TITLE_HARD" \
-    --readme README.md defaults_tiny-coco-hard ;;
+    --readme docs/study_defaults.md defaults_tiny-coco-hard ;;
 photo-digits-finetune)
   # The papers' detection setting: pretrained backbone with frozen BN, the norm in FPN + head.
   # Every arm runs here (the fine-tune grid has not been run). The hard set has no fine-tune
@@ -71,21 +71,21 @@ photo-digits-finetune)
     --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
     --out work_dirs/norm_sweep/defaults_photo-digits_finetune \
     --report docs/norm_sweep_defaults_photo-digits_finetune --title "$TITLE_FINETUNE" \
-    --readme README.md defaults_photo-digits_finetune ;;
+    --readme docs/study_defaults.md defaults_photo-digits_finetune ;;
 report)
   "$PY" tools/analysis/norm_sweep.py --from-json docs/norm_sweep_defaults_photo-digits_scratch.json \
     --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
     --report docs/norm_sweep_defaults_photo-digits_scratch --title "$TITLE_NEUTRAL" \
-    --readme README.md defaults_photo-digits
+    --readme docs/study_defaults.md defaults_photo-digits
   "$PY" tools/analysis/norm_sweep.py --from-json docs/norm_sweep_defaults_tiny-coco-hard_scratch.json \
     --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
     --report docs/norm_sweep_defaults_tiny-coco-hard_scratch --title "$TITLE_HARD" \
-    --readme README.md defaults_tiny-coco-hard
+    --readme docs/study_defaults.md defaults_tiny-coco-hard
   if [[ -f docs/norm_sweep_defaults_photo-digits_finetune.json ]]; then
     "$PY" tools/analysis/norm_sweep.py --from-json docs/norm_sweep_defaults_photo-digits_finetune.json \
       --versus "${VERSUS[@]}" --baseline '' --reference BN@1 \
       --report docs/norm_sweep_defaults_photo-digits_finetune --title "$TITLE_FINETUNE" \
-      --readme README.md defaults_photo-digits_finetune
+      --readme docs/study_defaults.md defaults_photo-digits_finetune
   fi ;;
 *)
   echo "usage: bash $0 photo-digits | tiny-coco-hard | photo-digits-finetune | report" >&2; exit 2 ;;

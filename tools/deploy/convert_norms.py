@@ -2,7 +2,7 @@
 
 Writes a config and a checkpoint that mmdet loads without importing mmnorm_plugin; every norm
 is the BN computing its eval function, every CenConv2d a Conv2d with centred weights. Fold the
-BNs into the convs after loading with ``mmcv.cnn.fuse_conv_bn`` (see README, Deployment):
+BNs into the convs after loading with ``mmcv.cnn.fuse_conv_bn`` (see docs/deployment.md):
 
     python tools/deploy/convert_norms.py CONFIG CHECKPOINT OUT_DIR
     python tools/deploy/convert_norms.py CONFIG CHECKPOINT OUT_DIR --onnx [--onnx-shape 800 1344]

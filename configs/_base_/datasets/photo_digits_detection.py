@@ -1,6 +1,6 @@
 # The neutral detection proxy (mmnorm_plugin.datasets.photo_digits, `make data`): real
-# handwritten digits (10 classes) on crops of real photographs, 64x64 px, 600 train / 500 val
-# images, COCO bbox (and segm) metrics. Per-image statistics vary as photographs make them
+# handwritten digits (4 classes: 0, 1, 4, 7) on crops of real photographs, 64x64 px, 400 train /
+# 500 val images, COCO bbox (and segm) metrics. Per-image statistics vary as photographs make them
 # vary; photometric distortion is a *training* augmentation here (mmdet's
 # PhotoMetricDistortion), never baked into the stored images. No flip: a mirrored 2 or 5 is not
 # the same digit.
