@@ -21,19 +21,14 @@ averages it trains with.
 :class:`PreciseNormHook` calls it once after the last training epoch (or iteration), before the
 final checkpoint is written, and logs its cost.
 
-Measured (neutral set, detector trained from scratch at 1 image per batch, paired seeds,
-``tools/analysis/norm_sweep_defaults.sh``, records in ``docs/norm_sweep_defaults_*``): BGN −0.1
-[−0.4, +0.2] (n = 5), BKN +0.1 [−0.3, +0.5] (n = 5) bbox mAP ×100 against the same norm without it;
-against BN-1 BGN −6.3 [−9.0, −3.6] * (n = 5), BKN −2.2 [−4.8, +0.4] (n = 5). In the fine-tune
-setting (pretrained frozen-BN backbone, the norm in FPN + head): BGN +0.1 [−0.3, +0.5], BKN +0.1
-[−0.3, +0.6] (n = 5) against the same norm without it. It costs
-11-14 s for BGN, 20-50 s for BKN per 200 one-image batches on one CPU thread, 5-9 % of the training
-run. It does **not** close BGN's or BKN's gap to BN-1, and that is
-expected: at 1 image per batch both normalize each training image with that image's own
-statistics (BGN's groups of one image; BKN's batch statistics fused with its prior), while any
-running average, an EMA or the exact one, is a population statistic. The mismatch lies between
-per-image and population statistics, not in how the average is taken, so it ships as an
-option, not a default.
+What it measured on the project's CPU proxies (paired seeds, against the same norm without
+it): no effect on BGN or BKN, at a cost of a few percent of a training run; the tables are in
+``docs/study_defaults.md`` (records ``docs/norm_sweep_defaults_*``). It does **not** close BGN's
+or BKN's gap to BN at 1 image per batch, and that is expected: at 1 image per batch both
+normalize each training image with that image's own statistics (BGN's groups of one image; BKN's
+batch statistics fused with its prior), while any running average, an EMA or the exact one, is a
+population statistic. The mismatch lies between per-image and population statistics, not in how
+the average is taken, so it ships as an option, not a default.
 """
 import time
 from typing import Callable, Iterable, List, Sequence

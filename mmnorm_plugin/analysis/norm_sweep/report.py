@@ -182,7 +182,7 @@ def plot_versus(analysis: Dict, path: str, title: str = '') -> None:
         diff = row['vs_baseline']
         mean = diff['mean'] * 100
         lo, hi = (diff['ci'][0] * 100, diff['ci'][1] * 100) if diff['ci'] else (mean, mean)
-        # coloured only where an interval exists and excludes 0 (n=1 has none: grey)
+        # coloured only where an interval exists and excludes 0 (a single seed has none: grey)
         color = 'tab:grey' if not diff['ci'] else (
             'tab:green' if lo > 0 else ('tab:red' if hi < 0 else 'tab:grey'))
         ax.errorbar([mean], [i], xerr=[[mean - lo], [hi - mean]], fmt='o', color=color,
