@@ -1,8 +1,9 @@
-"""The GPU check (issue 22): one command that, on a lent accelerator, checks and measures every
-norm and writes a JSON summary and a table. ``DEVICE=cpu`` runs the same parts on the CPU at
-small sizes (CI runs it: ``tests/test_tools/test_gpu_check.py``).
+"""The GPU check: one command that checks and measures every norm on a GPU and writes a JSON
+summary and a table (``docs/gpu_check.md``). ``DEVICE=cpu`` runs the same parts on the CPU at
+small sizes (``tests/test_tools/test_gpu_check.py`` runs it).
 
-Parts (:data:`PARTS`, each with its share of the time budget, :data:`SHARES`):
+The parts, in run order (:data:`.parts.REGISTRY`; each declared once in its module under
+``parts/`` with its name, share of the time budget, run and table rows):
 
 * ``correctness``: every norm and synced variant (world size 1, no process group), SGD steps
   of a small network in float32 on the device against the CPU in float64 and float32 (forward
@@ -12,15 +13,16 @@ Parts (:data:`PARTS`, each with its share of the time budget, :data:`SHARES`):
   :mod:`mmnorm_plugin.benchmarks.sync_count`; on CUDA also ``torch.cuda.set_sync_debug_mode``);
 * ``layer_bench``: norm and conv+norm fwd+bwd timed (CUDA events) against BN and GN at FPN and
   RoI shapes, fp32 and bf16; CBN's layer against its floor; device launches per norm;
-* ``compile``: ``torch.compile`` training steps equal to eager, graph breaks, speed;
-* ``model``: a ResNet-50 + FPN training step (mmdet modules) per norm against BN/GN twins.
+* ``model``: a ResNet-50 + FPN training step (mmdet modules) per norm against BN/GN twins;
+* ``compile``: ``torch.compile`` training steps equal to eager, graph breaks, speed.
 
 The command line is ``tools/gpu_check/gpu_check.py`` (``make gpu-check``), which first stands
-in for ``mmcv._ext`` when mmcv was built without ops (the device machine gets such an mmcv as a
-wheel; see ``docs/gpu_check.md``). Importing this package needs mmengine, mmcv and mmdet.
+in for ``mmcv._ext`` when mmcv was built without its compiled ops (see ``docs/gpu_check.md``).
+Importing this package needs mmengine, mmcv and mmdet.
 """
-from .kit import PARTS, SCHEMA, SHARES, KitConfig, environment, format_table, part_status, run_kit
-from .parts import TOLERANCES
+from .kit import (PARTS, SCHEMA, SHARES, KitConfig, check_parts, environment, format_table,
+                  part_status, run_kit)
+from .parts import REGISTRY, TOLERANCES, Part
 
 __all__ = ['PARTS', 'SCHEMA', 'SHARES', 'KitConfig', 'environment', 'format_table',
-           'part_status', 'run_kit', 'TOLERANCES']
+           'part_status', 'run_kit', 'check_parts', 'TOLERANCES', 'REGISTRY', 'Part']

@@ -1,5 +1,5 @@
-"""Configuration, environment report, the run of all parts under a time budget, the JSON
-summary and the human table."""
+"""Configuration, environment report, the run of the parts (:data:`.parts.REGISTRY`) under a
+time budget, the JSON summary and the table composed from each part's rows."""
 import dataclasses
 import datetime
 import json
@@ -10,22 +10,20 @@ import platform
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from .measure import Budget, error_text
-from .parts import PART_FUNCTIONS, Context
+from .parts import REGISTRY, Context, Part
 
-__all__ = ['KitConfig', 'PARTS', 'SHARES', 'run_kit', 'environment', 'format_table',
-           'part_status', 'SCHEMA']
+__all__ = ['KitConfig', 'PARTS', 'SHARES', 'run_kit', 'check_parts', 'environment',
+           'format_table', 'part_status', 'SCHEMA']
 
 SCHEMA = 1
-PARTS = tuple(PART_FUNCTIONS)
-#: each part's share of the time left when it starts, against the parts after it (Inductor
-#: compiles dominate on a GPU)
-SHARES = {'correctness': 0.10, 'amp': 0.07, 'host_syncs': 0.06, 'layer_bench': 0.17,
-          'model': 0.18, 'compile': 0.42}
+#: the part names in run order and their time shares, as :data:`.parts.REGISTRY` declares them
+PARTS = tuple(p.name for p in REGISTRY)
+SHARES = {p.name: p.share for p in REGISTRY}
 _ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
@@ -93,7 +91,7 @@ def _git_commit() -> Optional[str]:
         out = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=_ROOT, timeout=10,
                              capture_output=True, text=True)
         return out.stdout.strip() or None
-    except Exception:  # noqa: BLE001  (no git on the device machine, or no .git)
+    except Exception:  # noqa: BLE001  (no git on the machine, or no .git)
         return None
 
 
@@ -152,12 +150,36 @@ def _write_json(summary: dict, path: str) -> None:
     os.replace(tmp, path)
 
 
+def _by_name(registry: Sequence[Part]) -> Dict[str, Part]:
+    known: Dict[str, Part] = {}
+    for part in registry:
+        if part.name in known:
+            raise ValueError(f'two parts named {part.name!r}')
+        known[part.name] = part
+    return known
+
+
+def check_parts(names: Sequence[str], registry: Sequence[Part] = REGISTRY) -> None:
+    """Refuses, in one line, part names the registry does not know."""
+    known = _by_name(registry)
+    unknown = [p for p in names if p not in known]
+    if unknown:
+        raise ValueError(f'unknown parts {unknown}; known: {list(known)}')
+
+
 def run_kit(cfg: KitConfig, out_dir: str, mmcv_ops: str = 'unknown',
-            log: Callable[[str], None] = print) -> dict:
-    """Run ``cfg.parts`` in order, each within its share (:data:`SHARES`) of the time left of
-    ``cfg.budget_s`` (never past the whole budget; the correctness parts only stop there),
-    writing ``out_dir/gpu_check.json`` after every part (a run killed from
-    outside leaves the parts done so far) and ``gpu_check.txt`` (the table) at the end."""
+            log: Callable[[str], None] = print, registry: Sequence[Part] = REGISTRY) -> dict:
+    """Run ``cfg.parts`` in order, each within its share (:attr:`.parts.Part.share`) of the
+    time left of ``cfg.budget_s`` (never past the whole budget; the correctness parts only stop
+    there), writing ``out_dir/gpu_check.json`` after every item (a run killed from outside
+    leaves the items done so far) and ``gpu_check.txt`` (the table) at the end.
+
+    Args:
+        registry (sequence of Part): the parts ``cfg.parts`` names are taken from.
+            Default: :data:`.parts.REGISTRY`
+    """
+    check_parts(cfg.parts, registry)
+    known = _by_name(registry)
     os.makedirs(out_dir, exist_ok=True)
     json_path = osp.join(out_dir, 'gpu_check.json')
     device = torch.device(cfg.device)
@@ -167,55 +189,52 @@ def run_kit(cfg: KitConfig, out_dir: str, mmcv_ops: str = 'unknown',
                    started=datetime.datetime.now().isoformat(timespec='seconds'),
                    config=dataclasses.asdict(cfg), env=environment(device, mmcv_ops),
                    parts={}, ok=None)
-    unknown = [p for p in cfg.parts if p not in PART_FUNCTIONS]
-    if unknown:
-        raise ValueError(f'unknown parts {unknown}; known: {list(PART_FUNCTIONS)}')
     cache: dict = {}
     for i, name in enumerate(cfg.parts):
         # this part's share of the time left: what earlier parts did not use goes on
-        share = SHARES[name] / sum(SHARES[p] for p in cfg.parts[i:])
+        share = known[name].share / sum(known[p].share for p in cfg.parts[i:])
         budget = Budget(share * max(deadline - time.perf_counter(), 0.0), deadline)
         log(f'[gpu-check] {name}: budget {budget.seconds:.0f} s '
             f'({max(deadline - time.perf_counter(), 0):.0f} s left in all)')
-        if budget.exhausted():
-            part = dict(status='skipped', reason='budget', items=[])
-        else:
-            def save(items, name=name, budget=budget):
-                summary['parts'][name] = dict(status='running', items=items,
-                                              seconds=round(budget.spent(), 1),
-                                              budget_s=round(budget.seconds, 1))
-                _write_json(summary, json_path)
 
-            ctx = Context(cfg=cfg, device=device, budget=budget, log=log, cache=cache,
-                          save=save)
-            try:
-                part = PART_FUNCTIONS[name](ctx)
-            except Exception as exc:  # noqa: BLE001  (a part crashing must not stop the kit)
-                part = dict(status='error', items=[], **error_text(exc))
-        part['status'] = part_status(part)
-        part['seconds'] = round(budget.spent(), 1)
-        part['budget_s'] = round(budget.seconds, 1)
-        summary['parts'][name] = part
+        def save(items, name=name, budget=budget):
+            summary['parts'][name] = dict(status='running', items=items,
+                                          seconds=round(budget.spent(), 1),
+                                          budget_s=round(budget.seconds, 1))
+            _write_json(summary, json_path)
+
+        ctx = Context(cfg=cfg, device=device, budget=budget, log=log, cache=cache, save=save)
+        part = summary['parts'][name] = _run_part(known[name], ctx)
         summary['elapsed_s'] = round(time.perf_counter() - t0, 1)
         _write_json(summary, json_path)
         log(f'[gpu-check] {name}: {part["status"]} in {part["seconds"]} s')
     summary['ok'] = all(p['status'] in ('passed', 'partial', 'skipped')
                         for p in summary['parts'].values())
     summary['elapsed_s'] = round(time.perf_counter() - t0, 1)
-    summary['table'] = format_table(summary)
+    summary['table'] = format_table(summary, registry)
     _write_json(summary, json_path)
     with open(osp.join(out_dir, 'gpu_check.txt'), 'w') as f:
         f.write(summary['table'] + '\n')
     return summary
 
 
+def _run_part(part: Part, ctx: Context) -> dict:
+    """One part's result with its ``status``, ``seconds`` and ``budget_s``: skipped when its
+    budget is gone before it starts, ``error`` when it raises (the kit goes on)."""
+    if ctx.budget.exhausted():
+        result = dict(status='skipped', reason='budget', items=[])
+    else:
+        try:
+            result = part.run(ctx)
+        except Exception as exc:  # noqa: BLE001  (a part crashing must not stop the kit)
+            result = dict(status='error', items=[], **error_text(exc))
+    result['status'] = part_status(result)
+    result['seconds'] = round(ctx.budget.spent(), 1)
+    result['budget_s'] = round(ctx.budget.seconds, 1)
+    return result
+
+
 # --------------------------------------------------------------------------- table
-def _g(v, fmt='{:.2g}'):
-    if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return fmt.format(v)
-    return '-' if v is None else str(v)
-
-
 def _part_line(name: str, part: dict) -> str:
     items = part.get('items', [])
     counts = {}
@@ -230,101 +249,25 @@ def _part_line(name: str, part: dict) -> str:
             f'{part.get("budget_s", 0):<6.0f} {detail}')
 
 
-def _bad(it: dict) -> str:
-    if it.get('status') in ('error', 'skipped'):
-        return it.get('error') or it.get('reason') or ''
-    return ''
-
-
-def format_table(summary: dict) -> str:
+def format_table(summary: Mapping, registry: Sequence[Part] = REGISTRY) -> str:
+    """The text table of a summary: the run's header, one line per part, then each part's
+    own section (:attr:`.parts.Part.rows`) in run order; a part the registry does not know
+    (an older JSON) has its line only, one whose rows raise a line saying so."""
     env, parts = summary['env'], summary['parts']
+    known = _by_name(registry)
     lines = [f'gpu-check on {env.get("device")} ({env.get("device_name")}), torch '
              f'{env.get("torch")}, CUDA {env.get("cuda")}, mmcv ops: {env.get("mmcv_ops")}, '
              f'{summary.get("elapsed_s")} s, ok={summary.get("ok")}',
              '', f'{"part":<13}{"status":<9}{"s/budget":>14} items']
     lines += [_part_line(n, p) for n, p in parts.items()]
-
-    if 'correctness' in parts:
-        lines += ['', 'correctness (max rel. error; fp32 on the device vs CPU fp64 | CPU fp32)',
-                  f'{"norm":<9}{"status":<8}{"output":>9}{"grad":>9}{"loss":>9}{"state":>9}'
-                  f'{"| fp32":>9}{"unsynced":>10}']
-        for it in parts['correctness'].get('items', []):
-            e64, e32 = it.get('vs_cpu_fp64', {}), it.get('vs_cpu_fp32')
-            worst32 = (max(v for k, v in e32.items() if k != 'state_worst_key')
-                       if isinstance(e32, dict) else None)
-            uns = it.get('vs_unsynced')
-            worst_u = (max(v for k, v in uns.items() if k != 'state_worst_key')
-                       if isinstance(uns, dict) else None)
-            lines.append(f'{it["name"]:<9}{it["status"]:<8}{_g(e64.get("output")):>9}'
-                         f'{_g(e64.get("grad")):>9}{_g(e64.get("loss")):>9}'
-                         f'{_g(e64.get("state")):>9}{_g(worst32):>9}{_g(worst_u):>10} '
-                         f'{_bad(it)[:60]}')
-    if 'amp' in parts:
-        lines += ['', 'autocast vs fp32 on the device (rel. error of first output, first grads, '
-                  'grad error over BN\'s)',
-                  f'{"norm":<9}{"status":<8}{"bf16 out":>9}{"grad":>8}{"x BN":>6}'
-                  f'{"fp16 out":>9}{"grad":>8}{"x BN":>6}']
-        for it in parts['amp'].get('items', []):
-            cols = ''
-            for key in ('bf16', 'fp16'):
-                r = it.get(key, {})
-                cols += (f'{_g(r.get("output")):>9}{_g(r.get("grad")):>8}'
-                         f'{_g(r.get("grad_x_BN"), "{:.1f}"):>6}')
-            lines.append(f'{it["name"]:<9}{it["status"]:<8}{cols} {_bad(it)[:60]}')
-    if 'host_syncs' in parts:
-        lines += ['', 'host syncs in a warm training step (counted | sync debug mode)',
-                  f'{"norm":<9}{"status":<8}{"fp32":>6}{"debug":>14}{"bf16":>6}{"debug":>14}']
-        for it in parts['host_syncs'].get('items', []):
-            cols = ''
-            for mode in ('fp32', 'bf16'):
-                r = it.get(mode, {})
-                dbg = r.get('error_mode', r.get('sync_debug_mode', '-'))
-                dbg = 'ok' if dbg == 'no error' else ('no CUDA' if 'no CUDA' in str(dbg)
-                                                      else str(dbg)[:12])
-                if r.get('warn_mode_syncs'):
-                    dbg = f'{r["warn_mode_syncs"]} syncs'
-                cols += f'{_g(r.get("counted"), "{}"):>6}{dbg:>14}'
-            lines.append(f'{it["name"]:<9}{it["status"]:<8}{cols} {_bad(it)[:60]}')
-    if 'layer_bench' in parts:
-        lines += ['', 'layer benchmark (ms: norm fwd+bwd; x BN/GN; conv3x3+norm layer; launches)',
-                  f'{"shape":<22}{"dt":<5}{"norm":<6}{"ms":>9}{"x BN":>7}{"x GN":>7}'
-                  f'{"layer ms":>10}{"x BN":>7}{"x floor":>8}{"launch":>7}{"ops":>5}']
-        for it in parts['layer_bench'].get('items', []):
-            if 'norm_ms' not in it:
-                lines.append(f'{it["name"]:<33}{it["status"]} {_bad(it)[:60]}')
-                continue
-            launches = it.get('launches')
-            launches = launches if isinstance(launches, int) else '-'
-            lines.append(f'{str(tuple(it["shape"])):<22}{it["dtype"]:<5}{it["name"]:<6}'
-                         f'{it["norm_ms"]:>9.3f}{it["x_BN"]:>7.2f}{it["x_GN"]:>7.2f}'
-                         f'{it["layer_ms"]:>10.3f}{it["layer_x_BN"]:>7.2f}'
-                         f'{_g(it.get("layer_x_floor"), "{:.2f}"):>8}{launches:>7}'
-                         f'{it.get("aten_ops", "-"):>5}')
-    if 'compile' in parts:
-        lines += ['', f'torch.compile vs eager ({parts["compile"].get("notes", "")[:60]})',
-                  f'{"norm":<9}{"status":<8}{"graphs":>7}{"breaks":>7}{"max err":>9}'
-                  f'{"eager ms":>10}{"comp ms":>9}{"speedup":>8}{"1st s":>7}']
-        for it in parts['compile'].get('items', []):
-            err = it.get('vs_eager')
-            worst = (max(v for k, v in err.items() if k != 'state_worst_key')
-                     if isinstance(err, dict) else None)
-            lines.append(f'{it["name"]:<9}{it["status"]:<8}{_g(it.get("graphs"), "{}"):>7}'
-                         f'{_g(it.get("graph_breaks"), "{}"):>7}{_g(worst):>9}'
-                         f'{_g(it.get("eager_ms"), "{:.2f}"):>10}'
-                         f'{_g(it.get("compiled_ms"), "{:.2f}"):>9}'
-                         f'{_g(it.get("speedup"), "{:.2f}"):>8}'
-                         f'{_g(it.get("first_steps_s"), "{:.1f}"):>7} {_bad(it)[:50]}')
-            for reason in it.get('break_reasons', [])[:2]:
-                lines.append(f'{"":<17}break: {reason[:100]}')
-    if 'model' in parts:
-        lines += ['', f'whole model ({parts["model"].get("notes", "")[:70]})',
-                  f'{"norm":<6}{"dt":<6}{"status":<8}{"ms":>9}{"x BN":>7}{"x GN":>7}'
-                  f'{"syncs":>6}']
-        for it in parts['model'].get('items', []):
-            lines.append(f'{it["name"]:<6}{it.get("dtype", ""):<6}{it["status"]:<8}'
-                         f'{_g(it.get("ms"), "{:.2f}"):>9}{_g(it.get("x_BN"), "{:.2f}"):>7}'
-                         f'{_g(it.get("x_GN"), "{:.2f}"):>7}{_g(it.get("syncs"), "{}"):>6} '
-                         f'{_bad(it)[:60]}')
+    for name, part in parts.items():
+        spec = known.get(name)
+        if spec is None or spec.rows is None:
+            continue
+        try:
+            lines += [''] + spec.rows(part)
+        except Exception as exc:  # noqa: BLE001  (the JSON holds the items; the table goes on)
+            lines += ['', f'{name}: rows not formatted: {type(exc).__name__}: {exc}'[:200]]
     return '\n'.join(lines)
 
 

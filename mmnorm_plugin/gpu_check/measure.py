@@ -3,14 +3,15 @@ import contextlib
 import statistics
 import time
 import traceback
+import warnings
 from collections import Counter
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-__all__ = ['Budget', 'Job', 'time_jobs', 'OpCounter', 'count_device_launches', 'exact_fp32',
-           'synchronize', 'error_text']
+__all__ = ['Budget', 'Job', 'time_jobs', 'OpCounter', 'count_device_launches', 'sync_debug',
+           'exact_fp32', 'synchronize', 'error_text']
 
 
 class Budget:
@@ -116,6 +117,35 @@ def count_device_launches(fn: Callable[[], None], device: torch.device) -> Optio
     return sum(1 for e in prof.events() if e.device_type == cuda_type)
 
 
+def sync_debug(step: Callable[[], None]) -> dict:
+    """Runs the CUDA ``step`` under ``torch.cuda.set_sync_debug_mode``: 'warn' lists every
+    synchronising call with the Python line that made it (``warn_mode_syncs``, ``where``),
+    then 'error' must not raise (``error_mode``: 'no error' or the message)."""
+    out = {}
+    torch.cuda.synchronize()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.cuda.set_sync_debug_mode('warn')
+        try:
+            step()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)  # before our own synchronize below
+        torch.cuda.synchronize()
+    syncs = [w for w in caught if 'synchroniz' in str(w.message).lower()]
+    out['warn_mode_syncs'] = len(syncs)
+    out['where'] = sorted({f'{w.filename}:{w.lineno}' for w in syncs})[:8]
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        step()
+        out['error_mode'] = 'no error'
+    except RuntimeError as exc:
+        out['error_mode'] = str(exc)[:300]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+        torch.cuda.synchronize()
+    return out
+
+
 @contextlib.contextmanager
 def exact_fp32() -> Iterator[None]:
     """TF32 off (cuDNN convolutions use it by default on Ampere and later: ~1e-3 relative,
@@ -139,7 +169,3 @@ def error_text(exc: BaseException, limit: int = 600) -> Dict[str, str]:
         msg = msg[:limit] + ' ...'
     tb = ''.join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-4:])
     return dict(error=msg, traceback=tb[-1500:])
-
-
-def median_of(values: Sequence[float]) -> float:
-    return statistics.median(values)

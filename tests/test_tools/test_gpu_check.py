@@ -1,8 +1,11 @@
-"""The GPU check (issue 22, docs/gpu_check.md) as CI can run it: `DEVICE=cpu make gpu-check`
-through tools/gpu_check/run.sh with a short budget. Checks the JSON summary's structure, that
-the correctness parts passed, and what the CPU mode says about the CUDA-only checks; the table
-is also formatted for a CUDA-shaped summary (the device run cannot be exercised here), and the
-mmcv._ext stand-in the device machine needs makes mmdet's modules import."""
+"""The GPU check (docs/gpu_check.md) as CI can run it: `DEVICE=cpu make gpu-check` through
+tools/gpu_check/run.sh with a short budget. Checks the JSON summary's structure, that the
+correctness parts passed, and what the CPU mode says about the CUDA-only checks; the table is
+also formatted for a CUDA-shaped summary (a CUDA run cannot be exercised here), and the
+mmcv._ext stand-in (for an mmcv without compiled ops) makes mmdet's modules import. A part
+declared once and listed in the registry reaches the run, the JSON and the table; the loop the
+parts share records errors per item and keeps to the budget."""
+import dataclasses
 import json
 import math
 import os
@@ -49,7 +52,7 @@ def test_cpu_mode_summary_structure(cpu_run):
             assert item['status'] in ITEM_STATUSES, (name, item)
     assert summary['ok'] == (proc.returncode == 0)
     assert isinstance(summary['elapsed_s'], float)
-    # files that come back from the device machine: JSON, table, log
+    # the files of a CPU run: JSON, table, log (no nvidia-smi.txt)
     assert sorted(os.listdir(out)) == ['gpu_check.json', 'gpu_check.log', 'gpu_check.txt']
     assert summary['table'] in proc.stdout
     assert 'correctness  passed' in summary['table']
@@ -143,7 +146,7 @@ def test_cuda_preset_needs_no_cuda_to_build():
 
 
 def test_mmcv_ext_stand_in_lets_mmdet_modules_import():
-    """What the device machine runs with (mmcv built without ops): mmcv.ops, mmdet.models and
+    """With an mmcv built without ops (`make gpu-wheels`): mmcv.ops, mmdet.models and
     the plugin import through the stand-in, and a real op call fails loudly."""
     code = '''
 import sys
@@ -164,3 +167,136 @@ except RuntimeError as exc:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith('stub (forced)')
     assert 'raised: mmcv._ext.nms: mmcv was built without its compiled ops' in proc.stdout
+
+
+# --------------------------------------------------------------------------- parts as declared
+def _dummy_part(name='dummy', share=1.0, out_dir=None):
+    """A part as a new one would be written: a run over its items with the shared loop and
+    its own rows; its second item raises."""
+    from mmnorm_plugin.gpu_check import Part
+    from mmnorm_plugin.gpu_check.parts import run_items
+    seen_running = []
+
+    def run(ctx):
+        def measure(key, item):
+            if key == 'bad':
+                raise RuntimeError('boom')
+            if key == 'c' and out_dir:  # the JSON on disk holds the items done so far
+                with open(osp.join(out_dir, 'gpu_check.json')) as f:
+                    seen_running.append(json.load(f)['parts'][name])
+            item['value'] = key * 2
+        return dict(items=run_items(ctx, name, ['a', 'bad', 'c'], measure),
+                    notes=f'{name} notes')
+
+    def rows(part):
+        return [f'{name} section ({part["notes"]})'] + [
+            f'{it["name"]} {it["status"]} {it.get("value", "-")}' for it in part['items']]
+
+    return Part(name, share=share, run=run, rows=rows), seen_running
+
+
+def test_a_part_declared_once_reaches_the_run_the_json_and_the_table(tmp_path):
+    from mmnorm_plugin.gpu_check import REGISTRY, KitConfig, run_kit
+    part, seen_running = _dummy_part(out_dir=str(tmp_path))
+    registry = REGISTRY + (part, )
+    cfg = KitConfig.for_device('cpu', budget_s=60.0, parts=('dummy', ))
+    logs = []
+    summary = run_kit(cfg, str(tmp_path), log=logs.append, registry=registry)
+    with open(tmp_path / 'gpu_check.json') as f:
+        on_disk = json.load(f)
+    got = on_disk['parts']['dummy']
+    assert list(on_disk['parts']) == ['dummy'] and got['notes'] == 'dummy notes'
+    # an exception is recorded on its item and the next item still runs
+    assert [(it['name'], it['status']) for it in got['items']] == \
+        [('a', 'passed'), ('bad', 'error'), ('c', 'passed')]
+    assert got['items'][1]['error'] == 'RuntimeError: boom' and got['items'][2]['value'] == 'cc'
+    assert got['status'] == 'failed' and got['seconds'] >= 0 and got['budget_s'] > 0
+    assert on_disk['ok'] is False and summary['ok'] is False
+    # saved after every item: the JSON read during the third held the first two, 'running'
+    assert seen_running[0]['status'] == 'running' and len(seen_running[0]['items']) == 2
+    table = on_disk['table']
+    assert table == (tmp_path / 'gpu_check.txt').read_text().rstrip('\n')
+    assert 'dummy section (dummy notes)' in table and 'c passed cc' in table
+    assert 'dummy        failed' in table and '1 error' in table
+    assert '  dummy bad: error' in logs and '  dummy c: passed' in logs
+
+
+def test_each_part_has_its_section_in_run_order_and_an_unknown_one_its_line_only():
+    from mmnorm_plugin.gpu_check import REGISTRY, format_table
+    first, _ = _dummy_part('first')
+    second, _ = _dummy_part('second')
+    items = [dict(name='a', status='passed', value='aa')]
+    parts = {n: dict(status='passed', seconds=1.0, budget_s=2.0, items=items, notes=n)
+             for n in ('second', 'old_part', 'first')}
+    summary = dict(env=dict(device='cpu'), parts=parts, elapsed_s=1.0, ok=True)
+    table = format_table(summary, REGISTRY + (first, second))
+    assert table.index('second section') < table.index('first section')
+    assert 'old_part     passed' in table and 'old_part section' not in table
+    assert format_table(summary).count('section') == 0  # not registered: lines only
+    broken = dataclasses.replace(first, rows=lambda part: [part['missing']])
+    table = format_table(summary, REGISTRY + (broken, second))
+    assert "first: rows not formatted: KeyError: 'missing'" in table
+    assert 'second section' in table
+
+
+def test_the_shared_item_loop_keeps_to_the_budget():
+    import time
+
+    from mmnorm_plugin.gpu_check.measure import Budget
+    from mmnorm_plugin.gpu_check.parts import Context, run_items
+    import torch
+    ran = []
+
+    def measure(key, item):
+        ran.append(key)
+        item['seen'] = True
+
+    far = time.perf_counter() + 3600
+    spent = Context(cfg=None, device=torch.device('cpu'), budget=Budget(0.0, far), log=str)
+    # the part's share is gone, the whole run's deadline is not: essential items still run
+    assert [it['status'] for it in run_items(spent, 'p', [1, 2], measure)] == ['passed'] * 2
+    # otherwise only the first item does, the rest are recorded as skipped
+    ran.clear()
+    items = run_items(spent, 'p', [1, 2, 3], measure, essential=False,
+                      skipped=lambda k: [dict(name=f'k{k}', status='skipped', reason='budget')])
+    assert ran == [1] and [it['name'] for it in items] == ['1', 'k2', 'k3']
+    assert items[1] == dict(name='k2', status='skipped', reason='budget')
+    # past the whole run's deadline nothing runs
+    ran.clear()
+    over = Context(cfg=None, device=torch.device('cpu'), budget=Budget(0.0, 0.0), log=str)
+    assert [it['status'] for it in run_items(over, 'p', [1, 2], measure)] == ['skipped'] * 2
+    assert ran == []
+
+
+def test_the_registry_is_the_one_list_of_parts():
+    from mmnorm_plugin.gpu_check import PARTS, REGISTRY, SHARES, KitConfig, Part, check_parts
+    from mmnorm_plugin.gpu_check.kit import run_kit
+    assert PARTS == ('correctness', 'amp', 'host_syncs', 'layer_bench', 'model', 'compile')
+    assert PARTS == tuple(p.name for p in REGISTRY) == KitConfig.for_device('cpu').parts
+    assert SHARES == {p.name: p.share for p in REGISTRY}
+    assert all(p.rows is not None for p in REGISTRY)
+    with pytest.raises(ValueError, match=r"^unknown parts \['nope'\]; known: \['correctness'"):
+        check_parts(['amp', 'nope'])
+    with pytest.raises(ValueError, match='two parts named'):
+        check_parts(['amp'], REGISTRY + (REGISTRY[1], ))
+    with pytest.raises(ValueError, match='share must be > 0'):
+        Part('x', share=0, run=lambda ctx: {})
+    with pytest.raises(ValueError, match='identifier'):
+        Part('a,b', share=1, run=lambda ctx: {})
+    with pytest.raises(ValueError, match='unknown parts'):  # refused before anything is written
+        run_kit(KitConfig.for_device('cpu', parts=('nope', )), '/nonexistent/never/made')
+
+
+def test_cli_refuses_an_unknown_part_in_one_line(tmp_path, capsys):
+    sys.path.insert(0, osp.join(ROOT, 'tools', 'gpu_check'))
+    try:
+        import gpu_check as cli
+    finally:
+        sys.path.pop(0)
+    import torch
+    out = tmp_path / 'out'
+    rc = cli.main(['--device', 'cpu', '--parts', 'amp,nope', '--out', str(out),
+                   '--threads', str(torch.get_num_threads())])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and not out.exists()
+    assert err.startswith("[gpu-check] --parts: unknown parts ['nope']") and '\n' not in err

@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# make gpu-dry-run: rehearse the device call here, without a GPU (docs/gpu_check.md).
+# make gpu-dry-run: rehearse, without a GPU, a run on a machine that has Python 3.12 and torch
+# but not mmengine/mmcv/mmdet (docs/gpu_check.md).
 #
-# 1. Python 3.12 (the device's): the wheel folder installs with the device's exact pip
-#    command (--no-index --no-deps --target) and the packages import that need no torch
-#    (numpy, which the device image has, comes from the configured index into a side folder).
-# 2. The kit end to end on a stand-in for the device image: this project's Python 3.11 run
+# 1. Python 3.12 (the target's): the wheel folder installs with run.sh's exact pip command
+#    (--no-index --no-deps --target) and the packages import that need no torch (numpy, which
+#    the target image has, comes from the configured index into a side folder).
+# 2. The kit end to end on a stand-in for the target image: this project's Python 3.11 run
 #    with -S (no site-packages) and PYTHONPATH = links to every distribution of its venv that
-#    the device image also has (torch, numpy, scipy, matplotlib, cv2, yaml, rich, ...; not
+#    the target image also has (torch, numpy, scipy, matplotlib, cv2, yaml, rich, ...; not
 #    mmengine, mmcv, mmdet, addict, yapf, platformdirs, termcolor, terminaltables). run.sh then
-#    installs the carried pure-Python wheels (mmcv 2.1.0 without ops among them) into a
-#    private target as on the device, and the kit runs on the CPU through the mmcv._ext
-#    stand-in. pycocotools and shapely are the venv's cp311 builds here (the carried ones are
+#    installs the pure-Python wheels (mmcv 2.1.0 without ops among them) into a private
+#    target as it would there, and the kit runs on the CPU through the mmcv._ext
+#    stand-in. pycocotools and shapely are the venv's cp311 builds here (the wheels' are
 #    cp312: step 1 installs those).
 #
 #   bash tools/gpu_check/dry_run.sh [kit arguments, default --budget 120]
@@ -25,7 +26,7 @@ ls "$wheels"/*.whl >/dev/null 2>&1 || { echo "no wheels in $wheels: make gpu-whe
 rm -rf "$work"; mkdir -p "$work"
 export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 
-echo "== 1. Python 3.12: install $wheels as on the device, import what needs no torch"
+echo "== 1. Python 3.12: install $wheels as run.sh does, import what needs no torch"
 py312=${PY312:-}
 if [ -z "$py312" ]; then  # a pyenv shim may exist and still fail: try each candidate
   for c in "$(command -v python3.12 || true)" /root/.pyenv/versions/3.12*/bin/python3.12; do
@@ -49,7 +50,7 @@ print('python', sys.version.split()[0], 'imports ok; installed:', dists)
 PY
 fi
 
-echo "== 2. the kit on a stand-in for the device image (Python 3.11, CPU)"
+echo "== 2. the kit on a stand-in for the target image (Python 3.11, CPU)"
 "$PY" - "$work/image" <<'PY'
 import importlib.metadata as md, os, re, sys
 target = sys.argv[1]

@@ -8,9 +8,9 @@ Usage::
         [--compile-backend inductor|aot_eager|...] [--out DIR]
 
 Writes DIR/gpu_check.json (after every part) and DIR/gpu_check.txt; DIR is --out, else $OUT
-(the device machine's return folder), else work_dirs/gpu_check. Exit status 0 when no part
-failed, 1 otherwise, 2 when the stack is missing. ``tools/gpu_check/run.sh`` (``make
-gpu-check``) installs the carried wheels first where mmengine/mmcv/mmdet are missing.
+when set, else work_dirs/gpu_check. Exit status 0 when no part failed, 1 otherwise, 2 when
+the stack is missing or a part name is unknown. ``tools/gpu_check/run.sh`` (``make
+gpu-check``) first installs the wheels of ``.whl/`` where mmengine/mmcv/mmdet are missing.
 """
 import argparse
 import os
@@ -34,8 +34,8 @@ def main(argv=None) -> int:
                         help='seconds for all parts (default 240 on CUDA, 180 on the CPU); checked '
                         'between items, so a run can end some seconds later')
     parser.add_argument('--parts', default=None,
-                        help='comma-separated subset of correctness,amp,host_syncs,'
-                        'layer_bench,compile,model')
+                        help='comma-separated subset of the parts, run in the order given '
+                        '(default all; an unknown name lists the known ones)')
     parser.add_argument('--compile-backend', default=None,
                         help='torch.compile backend (default inductor on CUDA, aot_eager on '
                         'the CPU: Inductor needs minutes of C++ compiles on 2 cores)')
@@ -60,10 +60,15 @@ def main(argv=None) -> int:
     if device.startswith('cuda') and not torch.cuda.is_available():
         print('[gpu-check] --device cuda but torch sees no CUDA device', file=sys.stderr)
         return 2
-    from mmnorm_plugin.gpu_check import KitConfig, run_kit
+    from mmnorm_plugin.gpu_check import KitConfig, check_parts, run_kit
     from mmnorm_plugin.gpu_check.kit import parse_parts
     cfg = KitConfig.for_device(device, budget_s=args.budget, parts=parse_parts(args.parts),
                                compile_backend=args.compile_backend, seed=args.seed)
+    try:
+        check_parts(cfg.parts)
+    except ValueError as exc:
+        print(f'[gpu-check] --parts: {exc}', file=sys.stderr)
+        return 2
     out = args.out or os.environ.get('OUT') or osp.join(ROOT, 'work_dirs', 'gpu_check')
     print(f'[gpu-check] device {device}, budget {cfg.budget_s:.0f} s, mmcv._ext: {mmcv_ops}, '
           f'out {out}', flush=True)

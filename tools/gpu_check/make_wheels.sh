@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
-# Prepare .whl/: the wheels the GPU check needs on the device machine (Python 3.12, torch, numpy,
-# scipy, matplotlib, opencv-python-headless, pyyaml, rich, pillow, six, tqdm, packaging and
-# setuptools already there; no mmengine/mmcv/mmdet; no network). See docs/gpu_check.md.
+# Prepare .whl/: the wheels the GPU check needs on a GPU machine that has Python 3.12, torch,
+# numpy, scipy, matplotlib, opencv-python-headless, pyyaml, rich, pillow, six, tqdm, packaging
+# and setuptools but no mmengine/mmcv/mmdet and no network. See docs/gpu_check.md.
 #
 #   make gpu-wheels                  # or: bash tools/gpu_check/make_wheels.sh [DIR]
 #
 # * pure-Python wheels of the OpenMMLab stack and the small packages their import path needs
-#   (each one's Requires-Dist, minus what the device image has);
+#   (each one's Requires-Dist, minus what that image has);
 # * binary wheels for CPython 3.12 manylinux x86-64 (pycocotools, shapely);
 # * mmcv 2.1.0 built here from its source archive with MMCV_WITH_OPS=0: pure Python, no
 #   mmcv._ext (the kit puts a stub module in its place, see tools/gpu_check/gpu_check.py);
-# * the plugin itself is not a wheel: it travels as the working tree (PYTHONPATH=$PWD).
-# Then a size check: the folder must stay well under the device call's 64 MiB.
+# * the plugin itself is not a wheel: it is used from the checkout (PYTHONPATH=$PWD).
+# Then a size check: the folder stays small enough to copy along with the checkout.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source tools/python_env.sh
@@ -72,6 +72,6 @@ kib=$(du -sk "$dest" | cut -f1)
 tree=$( { git ls-files -z --cached --others --exclude-standard 2>/dev/null \
           | du -ck --files0-from=- 2>/dev/null | tail -1 | cut -f1; } || echo 0)
 echo "[gpu-wheels] $dest: $(ls "$dest"/*.whl | wc -l) wheels, $((kib / 1024)) MiB ($kib KiB);" \
-     "with the working tree $(( (kib + ${tree:-0}) / 1024 )) MiB of the device call's 64 MiB" \
+     "with the working tree $(( (kib + ${tree:-0}) / 1024 )) MiB" \
      "(limit for the wheels here: $max_mib MiB)"
 if [ "$kib" -gt $((max_mib * 1024)) ]; then echo "[gpu-wheels] too large" >&2; exit 1; fi

@@ -1,7 +1,8 @@
 """A stand-in for ``mmcv._ext`` when mmcv was built without its compiled ops.
 
-The GPU machine gets mmcv 2.1.0 as a pure-Python wheel (``MMCV_WITH_OPS=0``, which names
-itself mmcv-lite): compiling mmcv's CUDA ops there would take most of a lease. But importing
+A GPU machine without the OpenMMLab stack gets mmcv 2.1.0 as a pure-Python wheel
+(``MMCV_WITH_OPS=0``, which names itself mmcv-lite, ``make gpu-wheels``): compiling mmcv's
+CUDA ops there would take long. But importing
 ``mmdet.models`` (hence ``mmnorm_plugin``, whose backbones and heads subclass mmdet's) imports
 ``mmcv.ops``, whose modules call ``mmcv.utils.ext_loader.load_ext('_ext', [names])`` at import:
 ``importlib.import_module('mmcv._ext')`` and ``hasattr`` for each name. This module puts a

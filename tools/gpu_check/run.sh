@@ -1,24 +1,24 @@
 #!/usr/bin/env bash
-# make gpu-check: the GPU check of every norm (docs/gpu_check.md). On the lent device machine:
+# make gpu-check: the GPU check of every norm (docs/gpu_check.md).
 #
 #   bash tools/gpu_check/run.sh            # cuda when torch sees one; DEVICE=cpu for the CPU
 #
 # 1. Python: $PYTHON if set; else the project's .venv when present (tools/python_env.sh, as
-#    `make test` does); else the `python3` on PATH (the device machine's, which has torch).
+#    `make test` does); else the `python3` on PATH (a machine that has torch but no venv).
 # 2. Wheels: when mmengine/mmcv/mmdet do not import and $GPU_CHECK_WHEELS (default .whl, made
 #    by `make gpu-wheels`) exists, they are installed with --no-index --no-deps into the
 #    private target $GPU_CHECK_SITE (default /tmp/mmnorm-gpu-site), put first on PYTHONPATH;
 #    nothing is installed into the interpreter itself. GPU_CHECK_INSTALL=always|never.
 # 3. The check: tools/gpu_check/gpu_check.py "$@" (e.g. --budget 300 --parts correctness,amp),
 #    with the plugin from this checkout (PYTHONPATH=$PWD). JSON, table and log go to $OUT when
-#    set (the device machine's return folder), else work_dirs/gpu_check.
+#    set, else work_dirs/gpu_check.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 root=$PWD
 if [ -n "${PYTHON:-}" ] || [ -x .venv/bin/python ]; then
   source tools/python_env.sh
 else
-  PY=python3  # never creates a venv: on the device machine nothing could be installed in it
+  PY=python3  # never creates a venv: without network nothing could be installed in it
 fi
 wheels=${GPU_CHECK_WHEELS:-.whl}
 site=${GPU_CHECK_SITE:-/tmp/mmnorm-gpu-site}
