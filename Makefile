@@ -109,8 +109,9 @@ norm-sweep-finetune: install
 
 # The GPU check (docs/gpu_check.md): correctness on the device, autocast, host syncs,
 # layer timings, torch.compile, a ResNet-50 + FPN step; JSON + table in $OUT or
-# work_dirs/gpu_check. On the lent GPU machine: `bash tools/gpu_check/run.sh` with .whl carried;
-# here: `DEVICE=cpu make gpu-check` (small sizes, a few minutes). GPU_CHECK_ARGS="--budget 300".
+# work_dirs/gpu_check. On a GPU machine: `make gpu-check` (or `bash tools/gpu_check/run.sh`,
+# with .whl where mmengine/mmcv/mmdet are missing); on a CPU: `DEVICE=cpu make gpu-check` (small
+# sizes, a few minutes). GPU_CHECK_ARGS="--budget 300".
 .PHONY: gpu-check gpu-wheels gpu-dry-run
 gpu-check:
 	bash tools/gpu_check/run.sh $(GPU_CHECK_ARGS)
