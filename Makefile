@@ -1,6 +1,6 @@
 # Thin wrappers: each target installs what it needs (tools/setup_env.sh is idempotent) into the
 # active venv, or .venv (created when none is active; MMNORM_VENV=0: the python3 on PATH).
-.PHONY: install demo demo-small-batch test test-fast data small-batch-study norm-sweep-study \
+.PHONY: install demo demo-record demo-small-batch test test-fast data small-batch-study norm-sweep-study \
 	norm-sweep-report norm-sweep-finetune pretrain cbn-gradient-control norm-sweep-defaults
 
 install:
@@ -13,6 +13,11 @@ data:
 
 demo:
 	bash tools/run_demo.sh
+
+# What `make demo` prints, recorded with the current code (docs/evidence/demo.json; about 10 min
+# on one core); the test suite checks the code still computes it (tools/misc/demo_record.py --check).
+demo-record: install
+	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/demo_record.py'
 
 # The small-batch story in one command (about 10 min): CBN and BN, both at 1 image per batch on
 # the hard tiny set, printed side by side and next to the study's BN at 8 images per batch.

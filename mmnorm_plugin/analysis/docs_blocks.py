@@ -13,7 +13,8 @@ whose text :func:`render` produces from a file under ``docs/`` (a study's report
 text differs from what the records give now (the test suite runs it on every page), and a
 block whose name no generator knows is an error. ``tools/analysis/docs_blocks.py`` is the CLI.
 
-Names: ``published-KEY`` (a table of ``published_coco.json``), ``control-SETTING`` and
+Names: ``demo`` (what ``make demo`` prints, ``docs/evidence/demo.json``), ``published-KEY``
+(a table of ``published_coco.json``), ``control-SETTING`` and
 ``control-sentence-SETTING`` (the plateau and the positive control of
 ``docs/evidence/SETTING.json``, see :mod:`.norm_sweep.control`), ``ranking-SETTING`` (that
 study's table, :mod:`.norm_sweep.report`).
@@ -71,6 +72,10 @@ def render(name: str, root: str) -> str:
     from .norm_sweep.control import control_sentence, format_control
     from .norm_sweep.report import analyze, format_report
     kind, _, arg = name.partition('-')
+    if name == 'demo':
+        from .demo_record import summary
+        with open(osp.join(root, 'docs', 'evidence', 'demo.json')) as f:
+            return summary(json.load(f))
     if kind == 'published' and arg:
         return _published(root, arg)
     if kind == 'control' and arg.startswith('sentence-'):
@@ -85,7 +90,7 @@ def render(name: str, root: str) -> str:
         return format_report(analyze(report['records'], saved['baseline'], saved['reference'],
                                      saved['metric'], saved.get('versus'),
                                      saved.get('margin', 0.01)), report.get('title', ''))
-    raise KeyError(f'no generator for block {name!r} (published-KEY, control-SETTING, '
+    raise KeyError(f'no generator for block {name!r} (demo, published-KEY, control-SETTING, '
                    'control-sentence-SETTING, ranking-SETTING)')
 
 

@@ -398,3 +398,13 @@ def test_val_interval_asks_for_evaluations_during_training():
     assert cfg.train_cfg.val_interval == 6 and options['train_cfg.val_interval'] == 6
     cfg, _ = arm_config(STUDY, _arm('BN', 8), seed=0)
     assert cfg.train_cfg.val_interval >= 10 ** 9
+
+
+def test_a_missing_project_set_is_generated_and_another_is_left_alone(tmp_path, monkeypatch):
+    from mmnorm_plugin.analysis.norm_sweep import ensure_dataset
+    monkeypatch.chdir(tmp_path)
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(data_root='data/tiny_coco/'))))
+    assert ensure_dataset(cfg) == 'data/tiny_coco'
+    assert (tmp_path / 'data' / 'tiny_coco' / 'annotations' / 'instances_val.json').is_file()
+    other = Config(dict(train_dataloader=dict(dataset=dict(data_root='data/coco/'))))
+    assert ensure_dataset(other) is None and not (tmp_path / 'data' / 'coco').exists()

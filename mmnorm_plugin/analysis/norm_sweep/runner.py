@@ -29,10 +29,10 @@ def ensure_dataset(cfg) -> Optional[str]:
         return root
     name = osp.basename(root)
     if name == 'photo_digits':
-        from ..datasets import make_photo_digits
+        from ...datasets import make_photo_digits
         make_photo_digits(root)
     elif name in ('tiny_coco', 'tiny_coco_hard'):
-        from ..datasets.tiny_coco import make_tiny_coco
+        from ...datasets.tiny_coco import make_tiny_coco
         make_tiny_coco(root, variant='hard' if name.endswith('_hard') else 'default')
     else:
         return None
