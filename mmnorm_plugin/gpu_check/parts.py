@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from ..norms.functional import tap_convolutions
+from ..norms.conv_origin import tap_convolutions
 from .cases import (METHODS, REFERENCES, SYNCED, autocast, build_norm, compare_runs,
                     make_batches, norm_cases, small_net, train_steps)
 from .measure import (Budget, OpCounter, count_device_launches, error_text, exact_fp32,
@@ -439,7 +439,7 @@ def part_compile(ctx: Context) -> dict:
         try:
             torch.manual_seed(cfg.seed)
             net = small_net(cases[name], cfg.compile_channels).to(dev)
-            # what compiled training needs (norms/functional.py): CBN and BKN find their
+            # what compiled training needs (norms/conv_origin.py): CBN and BKN find their
             # producing conv through forward taps, and one eager step records BKN's layer chain;
             # taps survive deepcopy, and both copies below share this step
             tap_convolutions(net)

@@ -14,9 +14,10 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, check_input_4d,
-                         check_nchw, convert_norm, synced_variant_of, training_sync_group,
-                         update_running_stats, write_state)
+from .base import GuardedNormMixin, update_running_stats, write_state
+from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
+from .conversion import convert_norm, synced_variant_of
+from .input_checks import check_input_4d, check_nchw
 
 __all__ = ['BGN', 'SyncBGN']
 

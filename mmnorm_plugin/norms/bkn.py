@@ -84,7 +84,7 @@ Paper vs. official code (what is the default here)
 How the chain of layers is found (no change to any mmdet module)
 ------------------------------------------------------------------
 ``norm_cfg`` layers are called as ``norm(conv(a))`` and never see the previous layer. Each BKN
-therefore (1) finds its producing conv with :func:`~.functional.producing_conv`, (2) walks
+therefore (1) finds its producing conv with :func:`~.conv_origin.producing_conv`, (2) walks
 the autograd graph backwards from the conv's input ``a``, and (3) reads the state that earlier
 BKN layers *attached to the autograd node of their own output* (``grad_fn.metadata``).
 The state lives on the graph of the current forward and dies with it: there is no per-module
@@ -123,7 +123,7 @@ Requirements and caveats
   layer, how its conv input derives from earlier BKN outputs (the chain of ReLU, sums and
   upsamplings found by the walk); a compiled forward replays that chain on the states the
   earlier layers published in the same forward, and finds the conv through the hooks of
-  :func:`~.functional.tap_convolutions`. So: tap the convs, train one eager step, then compile
+  :func:`~.conv_origin.tap_convolutions`. So: tap the convs, train one eager step, then compile
   (``fullgraph=True`` traces BKN without a break and trains as eager does). The chain is the
   model's structure; a forward whose chain differs from the recorded one (another branch of a
   dynamic model) would replay the recorded one.
@@ -159,10 +159,13 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, batch_moments,
-                         check_input_4d, check_nchw, convert_norm, producing_conv,
-                         synced_variant_of, training_sync_group, update_running_stats,
-                         warn_once, write_state)
+from .base import GuardedNormMixin, update_running_stats, write_state
+from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
+from .conv_origin import producing_conv
+from .conversion import convert_norm, synced_variant_of
+from .input_checks import check_input_4d, check_nchw
+from .reporting import warn_once
+from .statistics import batch_moments
 
 __all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'GaussianState', 'predict_conv_moments',
            'rectified_gaussian_moments']
@@ -378,7 +381,7 @@ def _replay(chain) -> Optional[GaussianState]:
 class _KalmanNormFunction(torch.autograd.Function):
     r"""Training-mode BKN: batch moments, fusion with the prior, normalization, in native kernels.
 
-    Forward: :func:`~.functional.batch_moments` for the batch moments :math:`(\mu, \sigma^2)`,
+    Forward: :func:`~.statistics.batch_moments` for the batch moments :math:`(\mu, \sigma^2)`,
     the per-channel fusion (module docstring) and one inference-mode ``batch_norm`` with the
     fused statistics.
     Outputs ``y`` and the fused ``(mean, var)`` (differentiable: the next layer's prior is built
@@ -394,13 +397,13 @@ class _KalmanNormFunction(torch.autograd.Function):
     costs exactly BN. The gate is a tensor condition (no host sync).
 
     Synced (``group`` not None, :class:`SyncBKN`): the batch moments are those of every rank's
-    batch together, ``(N, mu, sigma^2)`` from one :func:`~.functional.all_reduce_moments` of the
+    batch together, ``(N, mu, sigma^2)`` from one :func:`~.collectives.all_reduce_moments` of the
     local ``(n_r, mean, var)``; the fusion, gate and running-variance target (Bessel
     ``N/(N-1)``, a tensor) are then computed from them unchanged. Backward: every gradient
     w.r.t. the batch moments is a sum over ranks of local contributions that are linear in
     local quantities (``dbeta``, ``dgamma`` and the gradients arriving at the fused statistics
     from the next layer's prior, taken with this rank's gains), so one
-    :func:`~.functional.all_reduce_sum` of the packed ``(d_mean, d_var)`` (``2C`` numbers) gives
+    :func:`~.collectives.all_reduce_sum` of the packed ``(d_mean, d_var)`` (``2C`` numbers) gives
     :math:`\partial L/\partial\mu` and :math:`\partial L/\partial\sigma^2`, and the true
     :math:`dx = \gamma\,\mathrm{invstd}\,g + d_{mean}/N + 2(x-\mu)\,d_{var}/N` differs from
     the native backward (which used the local count ``n_r``) by a per-channel affine function
@@ -612,7 +615,7 @@ class BKN(GuardedNormMixin, _BatchNorm):
             if not self._chain_recorded:
                 raise RuntimeError(
                     f'{type(self).__name__} under torch.compile replays the layer chain that an '
-                    'eager training forward recorded: call mmnorm_plugin.norms.functional.'
+                    'eager training forward recorded: call mmnorm_plugin.norms.conv_origin.'
                     'tap_convolutions(model) and train one eager step before compiling.')
             state = _replay(self._chain)
         else:
@@ -751,7 +754,7 @@ class SyncBKN(BKN):
 
     * forward: one ``all_reduce`` of the packed local ``[n_r, n_r mu_r, n_r(sigma_r^2 +
       mu_r^2)]``, ``2C+1`` float64 numbers = ``(2C+1)*8`` bytes
-      (:func:`~.functional.all_reduce_moments`);
+      (:func:`~.collectives.all_reduce_moments`);
     * backward: one ``all_reduce`` of the packed gradients w.r.t. the batch mean and variance,
       ``2C`` numbers in the statistics' dtype = ``2C*4`` bytes (float32; float64 layers: 8).
 

@@ -12,11 +12,15 @@ from torch import Tensor
 from torch.nn.grad import conv2d_weight
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (COUNT, FINITE, MASK, VARIANCE, ConvOrigin, GuardedNormMixin,
-                         all_reduce_moments, all_reduce_sum, batch_moments, check_input_4d,
-                         convert_norm, convolutions_tapped, listen_for_iteration_end,
-                         producing_conv, state_value_problems, synced_variant_of,
-                         training_sync_group, update_running_stats, warn_once, write_state)
+from .base import GuardedNormMixin, update_running_stats, write_state
+from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
+from .conv_origin import ConvOrigin, convolutions_tapped, producing_conv
+from .conversion import convert_norm, synced_variant_of
+from .input_checks import check_input_4d
+from .iteration_clock import listen_for_iteration_end
+from .reporting import warn_once
+from .state_checks import COUNT, FINITE, MASK, VARIANCE, state_value_problems
+from .statistics import batch_moments
 
 __all__ = ['CBN', 'SyncCBN']
 
@@ -178,7 +182,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
 
     **Finding the conv.** Layers are called as ``norm(conv(x))`` everywhere in OpenMMLab, so
     the producing conv is read from the input's autograd graph
-    (:func:`~mmnorm_plugin.norms.functional.find_producing_conv`): the weight *as used* (after
+    (:func:`~mmnorm_plugin.norms.conv_origin.find_producing_conv`): the weight *as used* (after
     AMP casts or a re-parameterisation such as weight centralization) is what the statistics
     are linear in, so it is the weight that is compensated and that receives the gradient.
     When the input has no autograd history or the conv weight is frozen, nothing needs
@@ -187,7 +191,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
     and uses the uncompensated cross-iteration average.
 
     **torch.compile.** Compiled code cannot read the autograd graph, so a compiled CBN finds its
-    conv through forward hooks: call :func:`~mmnorm_plugin.norms.functional.tap_convolutions`
+    conv through forward hooks: call :func:`~mmnorm_plugin.norms.conv_origin.tap_convolutions`
     on the model before compiling (CBN raises otherwise; tapped, eager mode reads the same conv
     from the hook). Everything else a training step decides is either a device tensor (ring
     slots, fill levels as validity masks, counters) or decided outside the forward (iteration
@@ -211,9 +215,9 @@ class CBN(GuardedNormMixin, _BatchNorm):
     **Iterations and call sites.** The window is cross-*iteration*, so CBN must know where an
     iteration ends: at an optimizer step. Every ``torch.optim`` optimizer runs a global step
     post-hook that ends the iteration of every CBN
-    (:func:`~mmnorm_plugin.norms.functional.listen_for_iteration_end`; Python flags only, no
+    (:func:`~mmnorm_plugin.norms.iteration_clock.listen_for_iteration_end`; Python flags only, no
     device sync); a loop that updates weights without ``torch.optim`` calls
-    :func:`~mmnorm_plugin.norms.functional.end_iteration`. Calls between two steps are *call
+    :func:`~mmnorm_plugin.norms.iteration_clock.end_iteration`. Calls between two steps are *call
     sites* of one iteration, each with its own window: a head shared across 5 FPN levels
     (RetinaNet, FCOS, RPN) keeps 5 windows, one per level, and ``num_iters`` and the burn-in
     count optimizer steps, not calls, whether or not the layer or its conv is trainable. The
@@ -240,7 +244,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
     no CBN state: it loads without missing keys and starts empty windows; a CBN checkpoint with
     another ``buffer_num`` keeps its running statistics and iteration count and restarts the
     windows (with a warning naming both sizes, once per distinct pair). Loading goes through
-    :class:`~mmnorm_plugin.norms.functional.GuardedNormMixin`: the whole state is validated
+    :class:`~mmnorm_plugin.norms.base.GuardedNormMixin`: the whole state is validated
     first (keys, shapes, dtypes, counters ``>= 0``, ring pointers inside the ring, finite
     statistics, variances ``>= 0``) and a refused checkpoint, or one missing an entry, leaves
     the layer untouched; so does a refused input (dtype, device, rank, one value per channel),
@@ -577,7 +581,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
         return self._window_on
 
     def _end_iteration(self) -> None:
-        """An optimizer step happened (:func:`~.functional.listen_for_iteration_end`): the
+        """An optimizer step happened (:func:`~.iteration_clock.listen_for_iteration_end`): the
         next training call starts a new iteration. Python state only, outside the forward."""
         if self._site >= 0:
             self._sites_known = self.num_sites > 0
@@ -657,7 +661,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
             # silently go uncompensated, unlike the same model in eager mode
             raise RuntimeError(
                 f'{type(self).__name__} under torch.compile finds its producing conv through '
-                'forward hooks: call mmnorm_plugin.norms.functional.tap_convolutions(model) '
+                'forward hooks: call mmnorm_plugin.norms.conv_origin.tap_convolutions(model) '
                 'before compiling the model.')
         origin = producing_conv(x) if self.buffer_num else None
         site = self._next_call_site(origin)
@@ -751,7 +755,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
     @torch.no_grad()
     def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor,
                               counted=1) -> None:
-        """BN's EMA; non-finite entries keep their value (functional.update_running_stats)."""
+        """BN's EMA; non-finite entries keep their value (base.update_running_stats)."""
         write_state(self, 'num_batches_tracked', self.num_batches_tracked + counted)
         finite = update_running_stats(self, 'running_mean', mean, self.momentum,
                                       self.num_batches_tracked)
@@ -1004,7 +1008,7 @@ class SyncCBN(CBN):
       the ``k`` slots of the window (a slot not filled yet travels with count 0, so the
       message has one size from the first window iteration on): ``(k+1)(2C+1)`` float64
       numbers
-      (:func:`~mmnorm_plugin.norms.functional.all_reduce_moments`; float64 keeps the pooled
+      (:func:`~mmnorm_plugin.norms.collectives.all_reduce_moments`; float64 keeps the pooled
       variance free of cancellation);
     * backward, one ``all_reduce`` of ``[Σg, Σg·x̂]`` (``2C`` numbers in the statistics'
       dtype): the input gradient and the conv-weight gradient through the compensation need

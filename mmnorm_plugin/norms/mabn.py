@@ -13,9 +13,11 @@ from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (FINITE, VARIANCE, GuardedNormMixin, check_input_4d, check_nchw,
-                         normalize_with_stats, update_running_stats, warn_once,
-                         write_state)
+from .base import GuardedNormMixin, update_running_stats, write_state
+from .input_checks import check_input_4d, check_nchw
+from .reporting import warn_once
+from .state_checks import FINITE, VARIANCE
+from .statistics import normalize_with_stats
 
 __all__ = ['MABN']
 
@@ -185,7 +187,7 @@ class MABN(GuardedNormMixin, _BatchNorm):
           another ``buffer_size`` (the warning names both sizes); R and the affine parameters
           are kept. Convert BN checkpoints with ``tools/model_converters/resnet_to_mabn.py``
           instead. A load that does not fit (other channel count, wrong shapes) raises before
-          anything is modified (:class:`~.functional.GuardedNormMixin`).
+          anything is modified (:class:`~.base.GuardedNormMixin`).
         * Non-finite statistics (a NaN/Inf batch, an fp16 overflow in forward or backward)
           never enter the state: for the affected channels the window slot repeats the
           previous iteration's chi2 / Psi and R keeps its value, so the next finite batch

@@ -15,11 +15,11 @@ from mmengine.runner.checkpoint import load_state_dict as mmengine_load_state_di
 from torch import nn
 
 from mmnorm_plugin.models.layers import CenConv2d
-from mmnorm_plugin.norms import functional
+from mmnorm_plugin.norms import reporting
 from mmnorm_plugin.norms.bgn import BGN, SyncBGN
 from mmnorm_plugin.norms.bkn import BKN, SyncBKN
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN
-from mmnorm_plugin.norms.functional import end_iteration
+from mmnorm_plugin.norms.iteration_clock import end_iteration
 from mmnorm_plugin.norms.mabn import MABN
 
 C = 8
@@ -336,7 +336,7 @@ def test_window_of_an_older_version_gets_its_validity_mask():
 # ------------------------------------------------------------------ item 5: warning keys
 @pytest.fixture
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(functional, '_warned', set())
+    monkeypatch.setattr(reporting, '_warned', set())
 
 
 def test_each_distinct_window_size_mismatch_is_reported(fresh_warnings):
