@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .base import GuardedNormMixin, update_running_stats, write_state
+from .base import NormBase
 from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
 from .conversion import convert_norm, synced_variant_of
 from .input_checks import check_input_4d, check_nchw
@@ -23,7 +22,7 @@ __all__ = ['BGN', 'SyncBGN']
 
 
 @MODELS.register_module('BGN')
-class BGN(GuardedNormMixin, _BatchNorm):
+class BGN(NormBase):
     r"""Batch Group Normalization: BN whose statistics also pool over groups of channels.
 
     For an input :math:`x \in \mathbb{R}^{N \times C \times H \times W}` the ``C`` channels are
@@ -125,8 +124,6 @@ class BGN(GuardedNormMixin, _BatchNorm):
           training step.
     """
 
-    _abbr_ = 'bn'
-
     def __init__(self,
                  num_features: int,
                  eps: float = 1e-5,
@@ -150,7 +147,7 @@ class BGN(GuardedNormMixin, _BatchNorm):
             factory_kwargs = dict(device=device, dtype=dtype)
             self.register_buffer('running_mean', torch.zeros(num_groups, **factory_kwargs))
             self.register_buffer('running_var', torch.ones(num_groups, **factory_kwargs))
-        self._init_guard()
+        self._finish_init()
 
     def _check_input_dim(self, input: Tensor) -> None:
         check_input_4d(self, input)
@@ -202,23 +199,20 @@ class BGN(GuardedNormMixin, _BatchNorm):
                                                     self.eps, group)
         if self.training and self.track_running_stats:
             if total is None:
-                write_state(self, 'num_batches_tracked', self.num_batches_tracked + 1)
                 bessel = m / max(m - 1, 1)
                 present = None
             else:
                 # Global element count per group, a tensor (no host sync); 0 only when every
                 # rank's batch was empty: then nothing is counted or updated.
-                present = total > 0
-                write_state(self, 'num_batches_tracked', self.num_batches_tracked
-                            + present.view(()).to(self.num_batches_tracked.dtype))
+                present = (total > 0).view(())
                 bessel = total / (total - 1).clamp_min(1)
-            t = self.num_batches_tracked  # 1/t on the device if momentum is None
-            finite = update_running_stats(self, 'running_mean', mean, self.momentum, t)
-            finite &= update_running_stats(self, 'running_var', var * bessel, self.momentum, t)
-            if present is not None:
-                finite |= ~present  # an all-empty step is not a non-finite one
-            self._note_nonfinite(finite)
+            self._update_running_stats(mean, var * bessel, present)
         return y
+
+    def eval_statistics(self) -> Tuple[Tensor, Tensor]:
+        if self.running_mean is None:
+            return super().eval_statistics()  # raises: no running statistics
+        return self.channel_running_stats()
 
     def _adapt_state(self, state: Dict[str, Any],
                      notes: List[Tuple[str, str]]) -> Dict[str, Any]:

@@ -3,42 +3,26 @@
 Yao, Cao, Zheng, Huang, Lin. *Cross-Iteration Batch Normalization*. arXiv:2002.05712
 (CVPR 2021). Official code: ``Howal/Cross-iterationBatchNorm`` (``mmdet/models/utils/CBN.py``).
 """
-import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.registry import MODELS
 from torch import Tensor
 from torch.nn.grad import conv2d_weight
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .base import GuardedNormMixin, update_running_stats, write_state
+from .base import NormBase, write_state
+from .cbn_window import _WINDOW, CrossIterationWindow
 from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
 from .conv_origin import ConvOrigin, convolutions_tapped, producing_conv
 from .conversion import convert_norm, synced_variant_of
 from .input_checks import check_input_4d
 from .iteration_clock import listen_for_iteration_end
 from .reporting import warn_once
-from .state_checks import COUNT, FINITE, MASK, VARIANCE, state_value_problems
+from .state_checks import COUNT
 from .statistics import batch_moments
 
 __all__ = ['CBN', 'SyncCBN']
 
-# The cross-iteration window, one per call site (S sites): statistics (S, buffer_num, C), the
-# element count of each entry (S, buffer_num; what SyncCBN weights ranks by), ring pointers
-# (S,), derivative history (S, G | C, buffer_num, P). Its shape depends on how often
-# the layer is called per iteration and on the producing conv, both unknown until training
-# runs: saved in the state dict once it exists, not registered as buffers (see CBN, State).
-_WINDOW_STATS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
-# which entries of the window hold a batch's finite statistics, per channel (S, buffer_num, C)
-_MASKS = ('hist_valid', )
-_COUNTS = ('hist_count', )
-_POINTERS = ('hist_len', 'hist_ptr')
-_INTEGER = _COUNTS + _POINTERS  # int64: immune to .half() and exact at any count
-_LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
-_WINDOW = _WINDOW_STATS + _MASKS + _COUNTS + _POINTERS + _LAZY_BUFFERS
-# The layout of version 1 (E[x²] history, derivative rows per iteration); not migratable.
-_V1_BUFFERS = ('hist_sqmean', 'hist_sqmean_proj', 'hist_sqmean_grad')
 
 
 class _WindowBatchNorm(torch.autograd.Function):
@@ -115,7 +99,7 @@ class _WindowBatchNorm(torch.autograd.Function):
 
 
 @MODELS.register_module('CBN')
-class CBN(GuardedNormMixin, _BatchNorm):
+class CBN(CrossIterationWindow, NormBase):
     r"""Cross-Iteration Batch Normalization for NCHW activations produced by a ``Conv2d``.
 
     Small batches give noisy BN statistics. CBN also uses the statistics of the last ``k``
@@ -244,7 +228,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
     no CBN state: it loads without missing keys and starts empty windows; a CBN checkpoint with
     another ``buffer_num`` keeps its running statistics and iteration count and restarts the
     windows (with a warning naming both sizes, once per distinct pair). Loading goes through
-    :class:`~mmnorm_plugin.norms.base.GuardedNormMixin`: the whole state is validated
+    :class:`~mmnorm_plugin.norms.base.NormBase`: the whole state is validated
     first (keys, shapes, dtypes, counters ``>= 0``, ring pointers inside the ring, finite
     statistics, variances ``>= 0``) and a refused checkpoint, or one missing an entry, leaves
     the layer untouched; so does a refused input (dtype, device, rank, one value per channel),
@@ -318,11 +302,11 @@ class CBN(GuardedNormMixin, _BatchNorm):
           window statistics from rank 0 each step; mmengine's default is ``False``.
         * The burn-in is two-stage only (the official default ``two_stage=True``).
     """
-    _abbr_ = 'bn'
-    _version = 5  # 5: the window's validity mask hist_valid
+    # the window's layout: 2 per-site windows, 3 E[x²] -> variances, 4 element counts,
+    # 5 the validity mask hist_valid (upgrades: CrossIterationWindow._upgrade_state)
+    _version = 5
     _optional_state = ('num_batches_tracked', 'num_iters')  # BN checkpoints lack num_iters
-    _state_rules = dict(GuardedNormMixin._state_rules, num_iters=COUNT)
-    _extra_state_names = _WINDOW + _V1_BUFFERS
+    _state_rules = dict(NormBase._state_rules, num_iters=COUNT)
 
     def __init__(self,
                  num_features: int,
@@ -357,28 +341,11 @@ class CBN(GuardedNormMixin, _BatchNorm):
         self.running_stats = running_stats
         self.register_buffer('num_iters', torch.zeros((), device=device, dtype=torch.long))
         self._empty_window(device=device, dtype=dtype)
-        self._init_guard()
+        self._reset_iteration_state()
+        self._finish_init()
         listen_for_iteration_end(self)
 
     # ----------------------------------------------------------------------------- state
-    def _empty_window(self, device=None, dtype=None) -> None:
-        """No call site seen yet: window tensors with 0 sites, no derivative history."""
-        like = getattr(self, 'hist_mean', None)
-        if like is not None:
-            device, dtype = like.device, like.dtype
-        k, c = self.buffer_num, self.num_features
-        for name in _WINDOW_STATS:
-            setattr(self, name, torch.zeros(0, k, c, device=device, dtype=dtype))
-        for name in _MASKS:
-            setattr(self, name, torch.zeros(0, k, c, device=device, dtype=torch.bool))
-        for name in _COUNTS:
-            setattr(self, name, torch.zeros(0, k, device=device, dtype=torch.long))
-        for name in _POINTERS:
-            setattr(self, name, torch.zeros(0, device=device, dtype=torch.long))
-        for name in _LAZY_BUFFERS:
-            setattr(self, name, torch.zeros(0, device=device, dtype=dtype))
-        self._reset_iteration_state()
-
     def _reset_iteration_state(self) -> None:
         """Re-read the iteration counter's Python mirror (construction, reset, load only)."""
         self._iters = int(self.num_iters)  # iterations ended (at a save: also started)
@@ -407,171 +374,38 @@ class CBN(GuardedNormMixin, _BatchNorm):
         if hasattr(self, '_iters'):
             self._update_phase()
 
-    @property
-    def num_sites(self) -> int:
-        """Call sites per training iteration (a head shared over 5 FPN levels has 5)."""
-        return self.hist_ptr.shape[0]
-
     def reset_history(self) -> None:
         """Forget the cross-iteration windows and restart the burn-in counter."""
         self.num_iters.zero_()
         self._empty_window()
+        self._reset_iteration_state()
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
         if hasattr(self, 'hist_var_grad'):  # _NormBase.__init__ calls this before ours
             self.reset_history()
 
-    def _apply(self, fn, recurse=True):
-        # .to() / .cuda() / .double(): the window moves with the buffers
-        super()._apply(fn, recurse)
-        for name in _WINDOW:
-            setattr(self, name, fn(getattr(self, name)))
-        return self
-
     def __setstate__(self, state):
         # deepcopy / pickle build the layer without __init__: it must hear iteration ends too
         super().__setstate__(state)
         listen_for_iteration_end(self)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if not (self.num_sites and self.buffer_num):
-            return
-        # the window holds only finite statistics (_push stores a non-finite entry as zeros
-        # with its validity bit cleared), so what is written here is clean as it is
-        names = _WINDOW_STATS + _MASKS + _COUNTS + _POINTERS
-        if self.hist_var_grad.numel():
-            names = names + _LAZY_BUFFERS
-        for name in names:
-            tensor = getattr(self, name)
-            destination[prefix + name] = tensor if keep_vars else tensor.detach()
-
     # ------------------------------------------------------------------------- loading
-    # Through GuardedNormMixin: the whole state (registered entries and the window) is
-    # validated, adapted and only then copied; a refused checkpoint changes nothing.
+    # Through NormBase (validated, then committed whole) and the window's hooks
+    # (CrossIterationWindow); here what is CBN's own: the iteration counter and its mirror.
     def _adapt_state(self, state: Dict[str, Any],
                      notes: List[Tuple[str, str]]) -> Dict[str, Any]:
-        window = {name: state.pop(name) for name in _WINDOW if name in state}
-        legacy = [state.pop(name) for name in _V1_BUFFERS if name in state]
         if 'num_iters' not in state:  # a BN checkpoint: nothing is missing, no iteration yet
             state['num_iters'] = torch.zeros_like(self.num_iters)
-        if legacy:
-            # The first layout (one site, E[x²], iteration-major derivatives) cannot be reused:
-            # keep BN's state and the iteration count, restart the window.
-            notes.append(('cbn-v1', 'CBN checkpoint of an older layout; running statistics '
-                          'and iteration count are loaded, the cross-iteration window '
-                          'restarts (reported once for every layer).'))
-            return state
-        if not window:
-            return state  # a BN checkpoint, or a CBN that had not trained yet
-        needed = _WINDOW_STATS + _POINTERS
-        missing = [n for n in needed if n not in window]
-        lazy = [n for n in _LAZY_BUFFERS if n in window]
-        if missing or 0 < len(lazy) < len(_LAZY_BUFFERS):
-            missing += [n for n in _LAZY_BUFFERS if lazy and n not in window]
-            raise ValueError(f'CBN checkpoint without {", ".join(missing)} (a BN checkpoint '
-                             'has no CBN window, a CBN checkpoint all of it).')
-        mean = window['hist_mean']
-        if not isinstance(mean, Tensor) or mean.dim() != 3:
-            raise ValueError(f'hist_mean of shape {tuple(getattr(mean, "shape", ()))}: '
-                             f'expected (sites, buffer_num, {self.num_features})')
-        saved_k = mean.shape[1]
-        if saved_k != self.buffer_num:
-            # A window of another length cannot be reused slot by slot: keep the running
-            # statistics and the iteration count, restart the window.
-            notes.append((f'cbn-window-size-{saved_k}-{self.buffer_num}',
-                          f'the checkpoint\'s CBN window has buffer_num={saved_k}, this layer '
-                          f'has buffer_num={self.buffer_num}; running statistics and iteration '
-                          'count are loaded, the cross-iteration window restarts (reported '
-                          'once for every layer with these sizes).'))
-            return state
-        if 'hist_count' not in window:
-            # version 3 saved no counts: only SyncCBN reads them, to weight the ranks of one
-            # entry; equal weights until those entries leave the window
-            window['hist_count'] = torch.ones(mean.shape[:2], dtype=torch.long)
-        if 'hist_valid' not in window:
-            window = self._with_validity(window)
-        state.update(window)
-        return state
-
-    @staticmethod
-    def _with_validity(window: Dict[str, Any]) -> Dict[str, Any]:
-        """Version <= 4 (no validity mask): an entry is valid where its slot was filled
-        (``slot < hist_len``) and its statistics are finite; invalid ones are zeroed, as
-        :meth:`_push` stores them now."""
-        mean, var, length = window['hist_mean'], window['hist_var'], window['hist_len']
-        if not (isinstance(var, Tensor) and var.shape == mean.shape
-                and isinstance(length, Tensor) and length.shape == mean.shape[:1]):
-            return window  # _check_state names the shapes
-        filled = (torch.arange(mean.shape[1], device=length.device).view(1, -1)
-                  < length.view(-1, 1))
-        valid = filled.unsqueeze(-1) & torch.isfinite(mean) & torch.isfinite(var) & (var >= 0)
-        window = dict(window, hist_valid=valid)
-        for name in _WINDOW_STATS:
-            value = window[name]
-            if isinstance(value, Tensor) and value.shape == mean.shape:
-                window[name] = torch.where(valid, value, torch.zeros((), dtype=value.dtype))
-        return window
-
-    def _check_state(self, state: Dict[str, Any], prefix: str) -> List[str]:
-        """The window's shapes, dtypes and values: a window that loads is one training can
-        continue from (pointers inside the ring, counts >= 0, finite statistics)."""
-        if 'hist_mean' not in state:
-            return []
-        window = {n: state[n] for n in _WINDOW if n in state}
-        bad = [n for n, v in window.items() if not isinstance(v, Tensor)]
-        if bad:
-            return [f'{prefix}{n}: expected a Tensor, got {type(window[n]).__name__}'
-                    for n in bad]
-        s, k, c = window['hist_mean'].shape[0], self.buffer_num, self.num_features
-        expected = dict({n: (s, k, c) for n in _WINDOW_STATS + _MASKS},
-                        **{n: (s, k) for n in _COUNTS}, **{n: (s, ) for n in _POINTERS})
-        errors = [f'{prefix}{n}: checkpoint shape {tuple(window[n].shape)}, expected {shape}'
-                  for n, shape in expected.items() if tuple(window[n].shape) != shape]
-        if errors:
-            return errors
-        if 'hist_var_grad' in window:
-            mean_grad, var_grad = window['hist_mean_grad'], window['hist_var_grad']
-            if not (var_grad.dim() == 4 and mean_grad.dim() == 4
-                    and tuple(var_grad.shape[:3]) == (s, c, k)
-                    and tuple(mean_grad.shape) == (s, mean_grad.shape[1], k, var_grad.shape[3])
-                    and mean_grad.shape[1] > 0 and c % mean_grad.shape[1] == 0):
-                return [f'{prefix}: CBN({c}) derivative history of shapes '
-                        f'{tuple(mean_grad.shape)} and {tuple(var_grad.shape)}; expected '
-                        f'({s}, groups, {k}, P) and ({s}, {c}, {k}, P).']
-        rules = dict({n: FINITE for n in _WINDOW_STATS + _LAZY_BUFFERS}, hist_var=VARIANCE,
-                     **{n: MASK for n in _MASKS}, **{n: COUNT for n in _COUNTS + _POINTERS})
-        for name, rule in rules.items():
-            if name in window:
-                errors += state_value_problems(prefix + name, window[name], rule)
-        if errors:
-            return errors
-        length, ptr = window['hist_len'], window['hist_ptr']
-        if bool((length > k).any()):
-            errors.append(f'{prefix}hist_len: values must be in [0, {k}] (buffer_num={k}), '
-                          f'got {length.tolist()}')
-        if bool((ptr >= k).any()):
-            errors.append(f'{prefix}hist_ptr: values must be in [0, {k}) (buffer_num={k}), '
-                          f'got {ptr.tolist()}')
-        elif not errors and bool(((length < k) & (ptr != length)).any()):
-            # a ring that has not wrapped yet writes its next entry right after the last one
-            errors.append(f'{prefix}hist_ptr: {ptr.tolist()} does not follow hist_len '
-                          f'{length.tolist()} (a ring not yet full has hist_ptr == hist_len)')
-        return errors
-
-    def _load_extra_state(self, state: Dict[str, Any]) -> None:
-        self._empty_window()
-        like = self.hist_mean
-        for name in _WINDOW:
-            if name in state:
-                dtype = (torch.long if name in _INTEGER else
-                         torch.bool if name in _MASKS else like.dtype)
-                setattr(self, name, state[name].detach().to(like.device, dtype, copy=True))
+        return super()._adapt_state(state, notes)
 
     def _after_load(self) -> None:
         super()._after_load()
         self._reset_iteration_state()
+
+    def eval_statistics(self) -> Tuple[Tensor, Tensor]:
+        mean, var = super().eval_statistics()
+        return mean, self._effective_var(var)[0]
 
     # ------------------------------------------------------------------ iterations, sites
     @property
@@ -621,13 +455,6 @@ class CBN(GuardedNormMixin, _BatchNorm):
         if self.buffer_num and self._site >= self.num_sites:
             self._add_site()
         return self._site
-
-    def _add_site(self) -> None:
-        for name in _WINDOW:
-            tensor = getattr(self, name)
-            if tensor.dim() > 1 or name in _POINTERS:
-                setattr(self, name, torch.cat((tensor, tensor.new_zeros((1, ) +
-                                                                      tensor.shape[1:]))))
 
     # ---------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
@@ -683,14 +510,14 @@ class CBN(GuardedNormMixin, _BatchNorm):
                 self._push(site, mean, var, m, weight, grads)
             if self.track_running_stats:
                 # SyncCBN: a step in which every rank's batch was empty counts no batch
-                counted = 1 if group is None else (total > 0).view(()).to(torch.long)
+                present = None if group is None else (total > 0).view(())
                 if self.running_stats == 'window':  # what training normalized with
                     values = total / inv_count
                     self._update_running_stats(mean_bar, var_bar * values / (values - 1),
-                                               counted)
+                                               present)
                 else:
                     self._update_running_stats(batch_mean, batch_var * (total / (total - 1)),
-                                               counted)
+                                               present)
         live_weight = None
         if comp is not None and self.grad_through_compensation:
             live_weight = origin.live_weight
@@ -752,18 +579,6 @@ class CBN(GuardedNormMixin, _BatchNorm):
         var, mean = batch_moments(x)
         return mean.to(dtype), var.to(dtype)
 
-    @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor,
-                              counted=1) -> None:
-        """BN's EMA; non-finite entries keep their value (base.update_running_stats)."""
-        write_state(self, 'num_batches_tracked', self.num_batches_tracked + counted)
-        finite = update_running_stats(self, 'running_mean', mean, self.momentum,
-                                      self.num_batches_tracked)
-        finite &= update_running_stats(self, 'running_var', var_unbiased, self.momentum,
-                                       self.num_batches_tracked)
-        # SyncCBN: a step in which every rank was empty (counted 0) is not a non-finite one
-        self._note_nonfinite(finite if isinstance(counted, int) else finite | (counted == 0))
-
     def _conv_terms(self, x: Tensor, mean: Tensor, origin: Optional[ConvOrigin]):
         """The producing conv's weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
 
@@ -811,151 +626,6 @@ class CBN(GuardedNormMixin, _BatchNorm):
             2 * mean.view(g, c // g, 1) * d_mean.unsqueeze(1)).view(c, -1)
         # a non-finite batch must not poison later windows through its derivatives
         return (torch.nan_to_num(d_mean, 0.0, 0.0, 0.0), torch.nan_to_num(d_var, 0.0, 0.0, 0.0))
-
-    def _prepare_history(self, grads: Tuple[Tensor, Tensor]) -> None:
-        """Size the derivative history for this conv; restart the windows if the conv changed."""
-        d_mean, d_var = grads
-        s, k = self.num_sites, self.buffer_num
-        shapes = [(s, d_mean.shape[0], k, d_mean.shape[1]), (s, d_var.shape[0], k, d_var.shape[1])]
-        current = [tuple(getattr(self, name).shape) for name in _LAZY_BUFFERS]
-        if current == shapes:
-            return
-        if self.hist_var_grad.numel():
-            warn_once(
-                f'cbn-conv-changed-{current[1]}-{shapes[1]}',
-                f'CBN({self.num_features}): the producing conv changed (derivative history '
-                f'{current[1]} -> {shapes[1]}); restarting the cross-iteration window.')
-            for name in _POINTERS + _COUNTS + _MASKS:
-                setattr(self, name, torch.zeros_like(getattr(self, name)))
-        for name, shape in zip(_LAZY_BUFFERS, shapes):
-            setattr(self, name, self.hist_mean.new_zeros(shape))
-
-    def _projections(self, weight: Tensor, site: int) -> Tuple[Tensor, Tensor]:
-        """⟨∂μ_τ/∂W[c], W[c]⟩ and ⟨∂σ²_τ/∂W[c], W[c]⟩ for every window slot: (k, C)."""
-        d_mean = self.hist_mean_grad[site]  # (G, k, P)
-        d_var = self.hist_var_grad[site]  # (C, k, P)
-        c, p = weight.shape
-        g, k = d_mean.shape[:2]
-        mean_proj = torch.bmm(weight.reshape(g, c // g, p), d_mean.transpose(1, 2))  # (G,C/G,k)
-        var_proj = torch.bmm(d_var, weight.reshape(c, p, 1))  # (C, k, 1)
-        return mean_proj.reshape(c, k).t(), var_proj.reshape(c, k).t()
-
-    def _compensated_past(self, site: int,
-                          weight: Optional[Tensor]) -> Tuple[Tensor, Tensor, bool]:
-        """This rank's window moved to the current weights: ``(μ̂, σ̂², compensated)``, each
-        ``(k, C)``, NaN where the window holds no valid entry (an unfilled slot, a skipped
-        non-finite statistic): the validity test of :meth:`_window_statistics` drops those,
-        and SyncCBN's pooling turns them into invalid pooled entries on every rank.
-
-        Every slot is computed, filled or not: the shapes never depend on the iteration (no
-        Python branch on the fill level, nothing for ``torch.compile`` to specialize on).
-        """
-        past_mean = self.hist_mean[site]
-        past_var = self.hist_var[site]
-        compensated = weight is not None and self.rho != 0 and self.hist_var_grad.numel() > 0
-        if compensated:
-            mean_proj, var_proj = self._projections(weight, site)
-            shift = self.rho * (mean_proj - self.hist_mean_proj[site])
-            past_var = past_var + self.rho * (var_proj - self.hist_var_proj[site]) - shift**2
-            past_mean = past_mean + shift
-        valid = self.hist_valid[site]
-        return (torch.where(valid, past_mean, math.nan), torch.where(valid, past_var, math.nan),
-                compensated)
-
-    def _window_statistics(self, site: int, mean: Tensor, var: Tensor,
-                           past: Optional[Tuple[Tensor, Tensor, bool]],
-                           share: Optional[Tensor]):
-        """Window statistics, per-channel 1/n, and the compensation's weight-gradient terms."""
-        if past is None:
-            return mean, var, torch.ones_like(mean), None
-        past_mean, past_var, compensated = past
-        valid = (past_var >= 0) & torch.isfinite(past_var) & torch.isfinite(past_mean)
-        past_mean = torch.where(valid, past_mean, 0.0)
-        past_var = torch.where(valid, past_var, 0.0)
-        count = 1 + valid.sum(0).to(mean.dtype)
-        mean_bar = (mean + past_mean.sum(0)) / count
-        spread = var + (mean - mean_bar)**2
-        past_spread = torch.where(valid, past_var + (past_mean - mean_bar)**2, 0.0)
-        var_bar = (spread + past_spread.sum(0)) / count
-        comp = None
-        if compensated and self.grad_through_compensation:
-            comp = self._compensation_grad_terms(site, valid, mean_bar, share)
-        return mean_bar, var_bar, count.reciprocal(), comp
-
-    def _compensation_grad_terms(self, site: int, valid: Tensor, mean_bar: Tensor,
-                                 share: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """``A = Σ_τ v_τ ∂μ_τ/∂W`` and ``E = Σ_τ v_τ (2(μ_τ − μ̄)∂μ_τ/∂W + ∂σ²_τ/∂W)``, (C, P).
-
-        ``∂L/∂W = (ρ/n)(∂L/∂μ̄ · A + ∂L/∂σ̄² · E)``: ``μ̂_τ`` moves ``μ̄`` (weight 1/n) and
-        ``σ̄²`` through ``(μ̂_τ − μ̄)²``; ``σ̂²_τ``'s ``−(μ̂_τ − μ_τ)²`` term turns ``μ̂_τ − μ̄``
-        into ``μ_τ − μ̄``. SyncCBN: each rank holds its own images' ``μ_τ`` and derivatives,
-        and the pooled terms are the sums over ranks of these terms weighted by the rank's
-        ``share`` ``m_{r,τ}/m_τ`` of the entry (the pooled ``∂σ²_τ/∂W`` is
-        ``Σ_r w_r (∂σ²_{r,τ}/∂W + 2(μ_{r,τ} − μ_τ)∂μ_{r,τ}/∂W)``): every rank returns its part,
-        and DDP's gradient reduction adds them.
-        """
-        d_mean = self.hist_mean_grad[site]  # (G, k, P)
-        d_var = self.hist_var_grad[site]  # (C, k, P)
-        g, k = d_mean.shape[:2]
-        c = d_var.shape[0]
-        v = valid.to(d_var.dtype).t()  # (C, k)
-        if share is not None:
-            v = v * share.to(v.dtype)
-        centred = v * 2 * (self.hist_mean[site].t() - mean_bar[:, None])
-        centred = torch.where(valid.t(), centred, 0.0)
-        coeffs = torch.stack((v, centred))  # (2, C, k)
-        a_e = torch.matmul(coeffs.reshape(2, g, c // g, k), d_mean)  # (2, G, C/G, P)
-        a, e = a_e.reshape(2, c, -1).unbind(0)
-        e = e + torch.bmm(v.unsqueeze(1), d_var).squeeze(1)
-        return a, e
-
-    @torch.no_grad()
-    def _push(self, site: int, mean: Tensor, var: Tensor, count: int, weight: Optional[Tensor],
-              grads: Optional[Tuple[Tensor, Tensor]]) -> None:
-        """Write this batch's entry at the site's ring pointer and advance the ring.
-
-        The slot is a device tensor (``hist_ptr``) used as an index (:func:`write_state`): no
-        host read, nothing ``torch.compile`` specializes on. A channel whose statistics are not
-        finite is stored as zeros with its validity bit cleared, so the window (and any
-        checkpoint of it) only ever holds finite numbers.
-        """
-        slot = self.hist_ptr[site:site + 1]
-        at = (slot.new_full((1, ), site), slot)  # [site, slot] of a (S, k, ...) entry
-        finite = torch.isfinite(mean) & torch.isfinite(var) & (var >= 0)
-        zero = mean.new_zeros(())
-
-        def put(name: str, value: Tensor) -> None:
-            # (autocast computes the projections in bfloat16)
-            write_state(self, name, value.unsqueeze(0).to(getattr(self, name).dtype), at)
-
-        put('hist_mean', torch.where(finite, mean, zero))
-        put('hist_var', torch.where(finite, var, zero))
-        put('hist_valid', finite)
-        put('hist_count', self.hist_count.new_full((), count))
-        if grads is not None:
-            d_mean, d_var = grads
-            # the derivative history is (S, G | C, k, P): the slot is its third index
-            derivative_at = (at[0], slice(None), slot)
-            write_state(self, 'hist_mean_grad', d_mean.unsqueeze(0), derivative_at)
-            write_state(self, 'hist_var_grad', d_var.unsqueeze(0), derivative_at)
-            # computed exactly as the later ⟨D, W_t⟩, so unchanged weights compensate by 0
-            c, p = weight.shape
-            g = d_mean.shape[0]
-            mean_proj = torch.bmm(weight.reshape(g, c // g, p),
-                                  d_mean.reshape(g, p, 1)).reshape(c)
-            var_proj = torch.bmm(d_var.reshape(c, 1, p), weight.reshape(c, p, 1)).reshape(c)
-        else:
-            # no conv to compensate this time: a zero derivative keeps the entry as measured
-            if self.hist_var_grad.numel():
-                derivative_at = (at[0], slice(None), slot)
-                for name in _LAZY_BUFFERS:
-                    write_state(self, name, zero, derivative_at)
-            mean_proj = var_proj = zero.expand_as(mean)
-        put('hist_mean_proj', torch.where(finite, mean_proj, zero))
-        put('hist_var_proj', torch.where(finite, var_proj, zero))
-        k = self.buffer_num
-        write_state(self, 'hist_len', (self.hist_len[site:site + 1] + 1).clamp_max(k), at[:1])
-        write_state(self, 'hist_ptr', (slot + 1) % k, at[:1])
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.

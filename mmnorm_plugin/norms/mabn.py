@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .base import GuardedNormMixin, update_running_stats, write_state
+from .base import NormBase, update_running_stats, write_state
 from .input_checks import check_input_4d, check_nchw
 from .reporting import warn_once
 from .state_checks import FINITE, VARIANCE
@@ -100,7 +99,7 @@ class _MABNFunction(torch.autograd.Function):
 
 
 @MODELS.register_module()
-class MABN(GuardedNormMixin, _BatchNorm):
+class MABN(NormBase):
     r"""Moving Average Batch Normalization, for NCHW inputs.
 
     No centering: weight centralization of the producing conv (:class:`CenConv2d`) keeps
@@ -187,7 +186,7 @@ class MABN(GuardedNormMixin, _BatchNorm):
           another ``buffer_size`` (the warning names both sizes); R and the affine parameters
           are kept. Convert BN checkpoints with ``tools/model_converters/resnet_to_mabn.py``
           instead. A load that does not fit (other channel count, wrong shapes) raises before
-          anything is modified (:class:`~.base.GuardedNormMixin`).
+          anything is modified (:class:`~.base.NormBase`).
         * Non-finite statistics (a NaN/Inf batch, an fp16 overflow in forward or backward)
           never enter the state: for the affected channels the window slot repeats the
           previous iteration's chi2 / Psi and R keeps its value, so the next finite batch
@@ -210,8 +209,6 @@ class MABN(GuardedNormMixin, _BatchNorm):
           scripted module refuses training mode (the training step is a custom autograd
           function, which TorchScript cannot compile).
     """
-
-    _abbr_ = 'bn'
 
     def __init__(self,
                  num_features: int,
@@ -252,11 +249,11 @@ class MABN(GuardedNormMixin, _BatchNorm):
         factory = dict(device=device, dtype=dtype)
         self.register_buffer('chi2_history', torch.zeros(buffer_size, num_features, **factory))
         self.register_buffer('psi_history', torch.zeros(buffer_size, num_features, **factory))
-        self._init_guard()
+        self._finish_init()
 
     _optional_state = ('num_batches_tracked', 'chi2_history', 'psi_history')
     # chi2 is a mean of squares; both rings only ever hold finite values
-    _state_rules = dict(GuardedNormMixin._state_rules, chi2_history=VARIANCE,
+    _state_rules = dict(NormBase._state_rules, chi2_history=VARIANCE,
                         psi_history=FINITE)
 
     def reset_running_stats(self) -> None:
@@ -289,7 +286,7 @@ class MABN(GuardedNormMixin, _BatchNorm):
         with torch.no_grad():
             # The iteration t, its ring slots and phases are device tensors: no host read,
             # and nothing torch.compile would specialize (recompile) on each iteration.
-            write_state(self, 'num_batches_tracked', self.num_batches_tracked + 1)
+            self._count_batch()
             t = self.num_batches_tracked
             m = self.buffer_size
             use_sma = (t > m) & (t >= self.warmup_iters)
