@@ -33,53 +33,33 @@ Paper vs. official code (what is the default here)
 * The paper's transition uses a gain derived from covariances; the official code uses the
   constant ``p`` and per-channel variances only. We implement the official fusion (the paper's
   equations were not available to verify).
-* **Prior** (``prior_mode``). Official: draw ONE synthetic map ``ReLU(m + sqrt(v) * xi)`` of the
-  conv input's size, run it through the same conv, take its spatial moments (``'sample'``).
-  Default ``'closed_form'``: the expectation that sampling estimates, computed exactly. For an
-  input whose elements are independent with per-channel mean :math:`E_c` and variance
-  :math:`V_c` (moments of the rectified Gaussian
-  :math:`E[\mathrm{relu}\,X] = m\Phi(a) + s\varphi(a)`,
-  :math:`E[\mathrm{relu}\,X^2] = (m^2+v)\Phi(a) + m s\varphi(a)`, :math:`s=\sqrt v, a=m/s`), the
-  conv output at position ``q`` has mean :math:`\sum_t \mathbb 1_{qt} A_{ot} + b_o` and variance
-  :math:`\sum_t \mathbb 1_{qt} B_{ot}`, with :math:`A_{ot} = \sum_c W_{oct} E_c`,
-  :math:`B_{ot} = \sum_c W^2_{oct} V_c`, ``t`` a kernel tap and :math:`\mathbb 1_{qt}` whether
-  the tap reads inside the (zero-padded) input. Averaging over positions (law of total variance,
-  zero padding included exactly as in the sampled map):
-  :math:`\hat\mu = f^\top A_o + b_o`,
-  :math:`\hat\sigma^2 = f^\top B_o + A_o^\top G A_o - (f^\top A_o)^2`, with
-  :math:`f_t = \mathrm{mean}_q \mathbb 1_{qt}` and :math:`G_{tt'} = \mathrm{mean}_q \mathbb
-  1_{qt}\mathbb 1_{qt'}` (separable in height and width). Cost: two small GEMMs over the
-  weight per layer (``O*C*k^4`` flops), independent of the image size; deterministic
-  (resume-exact); no sampling noise on top of the micro-batch noise the method is meant to
-  remove. The paper describes the prior as the moments of the propagated distribution; the
-  sample is only the official estimator of it.
+* **Prior** (``prior_mode``). Official (``'sample'``): draw ONE synthetic map
+  ``ReLU(m + sqrt(v) * xi)`` of the conv input's size, run it through the same conv, take its
+  spatial moments. Default ``'closed_form'``: the expectation that sampling estimates,
+  computed exactly (:func:`~mmnorm_plugin.norms.bkn_prior.predict_conv_moments`): two small
+  GEMMs over the weight per layer, independent of the image size, deterministic
+  (resume-exact), and without sampling noise on top of the micro-batch noise the method is
+  meant to remove. The paper describes the prior as the moments of the propagated
+  distribution; the sample is only the official estimator of it.
 * **What is propagated** (``prior_input``). Official (``'estimated'``): the previous
   layer's fused statistics of its *input*, i.e. the distribution ``N(mu~, sigma~^2)`` before
   that layer's normalization and affine, as if the signal were not normalized. This is what
   makes the estimate depend on all preceding layers (the paper's claim), but its scale differs
   from the tensor the conv actually reads; the gate catches only a prior far too large.
   ``'normalized'`` (default): propagate the estimated distribution of the previous layer's
-  *output*,
-  ``N(beta, gamma^2 sigma~^2/(sigma~^2+eps))``, i.e. the tensor the conv reads; the prior then
-  depends only on upstream affine parameters and conv weights (a normalization-propagation
-  style prior). Measured on a randomly initialised mmdet ResNet-50 (2x3x64x64, one forward):
-  median over layers of batch variance / fused variance is 5.8 (range 2.6-6.8) with
-  ``'estimated'`` and 1.4 (1.0-1.7) with ``'normalized'``; the gate never fired in either.
-  ``'normalized'`` is the default because it is what the method needs in post-activation
-  networks (every mmdet detector): on the small-batch study
-  (``tools/analysis/small_batch_study.py``: 5-layer conv net, digits, 3 seeds) BKN with
-  ``'estimated'`` reached 95.9 ± 1.2 % at batch 1, 2.2 points below BN at batch 32 (98.1 %),
-  while ``'normalized'`` reached 98.3 ± 0.2 % (batch 2: 97.7 vs 97.9; batch 32: 97.8 vs
-  97.9). On a Kaiming-initialised mmdet ResNet-50 ``'estimated'`` gives output variances of
-  median 0.29 (0.03-3.06; 9 of 53 layers gated) against 1.31 (0.99-1.63). The classification
-  numbers alone do not settle it (paired over the 3 seeds at batch 1: +2.4 [−1.0, +5.8]);
-  detection does. Re-decided on paired seeds at 1 image per batch, detector trained from scratch
-  (``tools/analysis/norm_sweep_defaults.sh``, records in ``docs/norm_sweep_defaults_*``):
-  ``'estimated'`` − ``'normalized'``: −2.7 [−5.3, −0.1] * (n = 5) bbox mAP ×100 on the neutral set,
-  −2.0 [−3.8, −0.2] * (n = 5) on the hard set, and −4.8 [−6.2, −3.3] * (n = 5) in the neutral
-  set's fine-tune setting (pretrained backbone with frozen BN, BKN in FPN + head). All three
-  intervals exclude 0, so ``'normalized'`` stays the default. ``'estimated'`` remains available as the official
-  behaviour.
+  *output*, ``N(beta, gamma^2 sigma~^2/(sigma~^2+eps))``, i.e. the tensor the conv reads; the
+  prior then depends only on upstream affine parameters and conv weights (a
+  normalization-propagation style prior). In post-activation networks (every mmdet detector)
+  ``'estimated'`` mis-scales the prior by several times the batch variance, and it trains
+  worse on the small-batch study and in detection (``configs/bkn/README.md``,
+  ``docs/norm_sweep_defaults_photo-digits_scratch.md``,
+  ``docs/norm_sweep_defaults_tiny-coco-hard_scratch.md``,
+  ``docs/norm_sweep_defaults_photo-digits_finetune.md``). ``'estimated'`` remains available as
+  the official behaviour.
+
+How the chain of layers is found: see :mod:`mmnorm_plugin.norms.bkn_prior` (the state each BKN
+attaches to its output's autograd node, the walk from a conv's input back to it, and its replay
+under ``torch.compile``).
 
 Requirements and caveats
 ------------------------
@@ -297,29 +277,60 @@ class _KalmanNormFunction(torch.autograd.Function):
 
 @MODELS.register_module('BKN')
 class BKN(NormBase):
-    """Batch Kalman Normalization for NCHW conv outputs; ``norm_cfg=dict(type='BKN')``.
+    r"""Batch Kalman Normalization over a 4D input (a ``Conv2d``'s output).
 
-    Subclasses ``_BatchNorm`` with BN's parameter and buffer names, so BN checkpoints load, mmdet's
-    ``norm_eval`` and mmengine's norm weight-decay rules apply. See the module docstring for the
-    equations and the chain mechanism.
+    The batch statistics :math:`(\mu, \sigma^2)` of the input are fused with a prediction
+    :math:`(\hat\mu, \hat\sigma^2)` propagated from the previous BKN layer through the
+    transition (ReLU, residual sums, the producing conv; :mod:`~mmnorm_plugin.norms.bkn_prior`)
+    as the moments of a two-component mixture with gain :math:`p`:
+
+    .. math::
+        \tilde\mu = p\,\hat\mu + (1-p)\,\mu, \qquad
+        \tilde\sigma^2 = p\,\hat\sigma^2 + (1-p)\,\sigma^2 + p(1-p)\,(\mu - \hat\mu)^2, \qquad
+        y = \gamma\,\frac{x - \tilde\mu}{\sqrt{\tilde\sigma^2 + \epsilon}} + \beta
+
+    A layer without a predecessor (or whose prediction the gate rejects) is BN. The running
+    statistics are an EMA of the fused ones, so eval mode is BN with them (foldable). BN's
+    parameter and buffer names, so BN checkpoints load and mmdet's ``norm_eval`` and
+    mmengine's norm weight-decay rules apply. The module docstring has the derivation, the
+    defaults' reasons and the caveats.
 
     Args:
-        num_features: channels C.
-        eps: added to the variance, 1e-5 (BN's and the official code's value).
-        momentum: EMA factor of the running statistics in PyTorch's convention, 0.1 (= the
-            official decay 0.9); None for a cumulative average.
-        affine: learn ``weight``/``bias`` (gamma/beta). Default True.
-        track_running_stats: keep running statistics for eval. Default True.
-        prior_weight: the gain ``p`` on the prediction, in [0, 1]. Default 0.9, the official
-            value for micro-batches (2 samples per statistic; the official large-batch run uses
-            0.05). ``p = 0`` is exactly BN.
-        gate_ratio: skip fusion for the layer when the channel mean of prior variance / batch
-            variance is ``>= gate_ratio``. Default 100 (official); None disables the gate.
-        prior_mode: ``'closed_form'`` (default; exact, deterministic, cheap) or ``'sample'``
-            (official: one Monte-Carlo map through the conv; uses the global RNG).
-        prior_input: ``'normalized'`` (default: propagate the distribution of the previous
-            layer's output, what the conv reads) or ``'estimated'`` (official: its fused input
-            statistics); see "What is propagated" for the measurement behind the default.
+        num_features (int): ``C`` from an expected input of size ``(N, C, H, W)``.
+        eps (float): added to the variance, for numerical stability. Default: 1e-5 (BN's and
+            the official code's).
+        momentum (float, optional): weight of the new value in the running statistics' EMA
+            (PyTorch's convention); ``None`` for a cumulative average. Default: 0.1 (the
+            official decay 0.9).
+        affine (bool): learn ``γ`` and ``β``. Default: ``True``.
+        track_running_stats (bool): keep running statistics, which eval mode normalizes with.
+            Default: ``True``.
+        prior_weight (float): the gain ``p`` on the prediction, in [0, 1]; 0 is BN. Default:
+            0.9, the official value for micro-batches (the official large-batch run uses 0.05).
+        gate_ratio (float, optional): a layer skips the fusion when the channel mean of prior
+            variance / batch variance is ``>= gate_ratio`` (a broken prediction); ``None``
+            disables the gate. Default: 100 (official).
+        prior_mode (str): ``'closed_form'``, the exact expectation of the official estimator
+            (deterministic, cheap), or ``'sample'``, the official one Monte-Carlo map through
+            the conv (uses the global RNG). Default: ``'closed_form'``.
+        prior_input (str): ``'normalized'``, the distribution of the previous layer's output
+            (what the conv reads), or ``'estimated'``, the official fused input statistics.
+            Default: ``'normalized'`` (see "What is propagated" in the module docstring).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`, ideally a ``Conv2d``'s output (else the layer is BN).
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> from mmnorm_plugin.norms.bkn import FUSED
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), BKN(8), nn.ReLU(),
+        ...                     nn.Conv2d(8, 8, 3, padding=1, bias=False), BKN(8))
+        >>> net(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 8, 16, 16])
+        >>> int(net[4].prior_status) == FUSED  # the second layer fused the first one's prior
+        True
+        >>> # in an mmdet config: norm_cfg = dict(type='BKN')
     """
     _PRIOR_MODES = ('closed_form', 'sample')
     _PRIOR_INPUTS = ('estimated', 'normalized')
@@ -377,8 +388,8 @@ class BKN(NormBase):
             if not self._chain_recorded:
                 raise RuntimeError(
                     f'{type(self).__name__} under torch.compile replays the layer chain that an '
-                    'eager training forward recorded: call mmnorm_plugin.norms.conv_origin.'
-                    'tap_convolutions(model) and train one eager step before compiling.')
+                    'eager training forward recorded: call mmnorm_plugin.norms.tap_convolutions('
+                    'model) and train one eager step before compiling.')
             state = replay_chain(self._chain)
         else:
             fn = x.grad_fn
@@ -551,8 +562,21 @@ class SyncBKN(BKN):
     zero-padding fraction of the input size, so the ranks' priors differ slightly.
 
     Args:
-        process_group: the group whose ranks share statistics; None: the default (world)
-            group. Other arguments: :class:`BKN`.
+        process_group (optional): the group whose ranks share statistics. Default: ``None``,
+            the default (world) group, as ``nn.SyncBatchNorm``.
+        Every other argument is :class:`BKN`'s, with its default.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`; ``N`` may differ between ranks, and be 0.
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> # in an mmdet config: norm_cfg = dict(type='SyncBKN'), or BKN and mmengine's
+        >>> # sync_bn='torch'
+        >>> layer = SyncBKN.from_unsynced(BKN(8))
+        >>> layer(torch.randn(2, 8, 4, 4)).shape  # outside a process group: BKN exactly
+        torch.Size([2, 8, 4, 4])
     """
 
     def __init__(self, num_features: int, *args, process_group: Optional[Any] = None,

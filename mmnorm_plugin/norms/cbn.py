@@ -8,7 +8,6 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.grad import conv2d_weight
 
 from .base import NormBase, write_state
 from .cbn_window import _WINDOW, CrossIterationWindow
@@ -17,7 +16,6 @@ from .conv_origin import ConvOrigin, convolutions_tapped, producing_conv
 from .conversion import convert_norm, synced_variant_of
 from .input_checks import check_input_4d
 from .iteration_clock import listen_for_iteration_end
-from .reporting import warn_once
 from .state_checks import COUNT
 from .statistics import batch_moments
 
@@ -100,7 +98,7 @@ class _WindowBatchNorm(torch.autograd.Function):
 
 @MODELS.register_module('CBN')
 class CBN(CrossIterationWindow, NormBase):
-    r"""Cross-Iteration Batch Normalization for NCHW activations produced by a ``Conv2d``.
+    r"""Cross-Iteration Batch Normalization over a 4D input (a ``Conv2d``'s output).
 
     Small batches give noisy BN statistics. CBN also uses the statistics of the last ``k``
     iterations, but those were computed with older weights ``W_{t-τ}`` of the conv that
@@ -121,48 +119,32 @@ class CBN(CrossIterationWindow, NormBase):
     compensated variance is non-negative and finite (the official code drops invalid past
     entries per channel instead of clamping them); ``n = |V|`` per channel. ``σ̂²`` is the
     official ``ν̂ − μ̂²`` (``ν = E[x²]``) rearranged so that nothing of size ``μ²`` is ever
-    subtracted: float32 stays exact for ``|μ|/σ ≫ 1`` (``E[x²] − E[x]²`` cancels at
-    ``|μ|/σ ≈ 1e4``). With ``buffer_num=0`` (or during burn-in) CBN is
-    :class:`torch.nn.BatchNorm2d`.
+    subtracted: float32 stays exact for ``|μ|/σ ≫ 1``, where ``E[x²] − E[x]²`` cancels. With
+    ``buffer_num=0`` (or during burn-in) CBN is :class:`torch.nn.BatchNorm2d`. The window (a
+    ring buffer of past statistics and their derivatives, one per call site) is
+    :class:`~mmnorm_plugin.norms.cbn_window.CrossIterationWindow`.
 
-    **Gradient (a deliberate difference from the official code).** Forward, ``μ̄`` and ``σ̄²``
-    depend on the current batch (weight ``1/n``) and, through the compensation, on the conv
-    weight ``W_t``; the compensated past statistics are the past batches' statistics *as
-    functions of* ``W_t``. The default (``grad_through_compensation=True``) backpropagates
-    through both, i.e. uses the exact derivative of the forward. The official code detaches
-    the compensation and backpropagates through the current batch only
-    (``grad_through_compensation=False``). That gradient is not the derivative of what the
-    layer computes, and it loses the property that makes BN trainable with SGD: BN's output
-    does not change when ``W`` is scaled, so its gradient is orthogonal to ``W``. With the
-    official gradient it is not (measured: cosine between ``∂L/∂W`` and ``W`` of −0.03…−0.08
-    per layer, |cosine| up to 0.2, against about 0 with the full gradient), so every step
-    grows the weights (1 seed, 2 epochs: conv weight norms ended 1.4–1.7× larger). That growth
-    is a symptom, not the cause: removing each filter's radial gradient component from the
-    official gradient before every step does not help (paired Δ −2.6 [−4.2, −1.0] points at
-    batch 1, +0.6 [−1.6, +2.9] at batch 32, 3 seeds; ``docs/cbn_gradient_control``), so what
-    hurts is the wrong tangential direction, which only the exact derivative fixes (exact −
-    official: +9.7 [+2.1, +17.2] at batch 1, +6.8 [+0.7, +12.8] at batch 32). On the small-batch study
-    (``tools/analysis/small_batch_study.py``: digits, 3 seeds) CBN at batch 1 reached
-    88.1 ± 2.3 % with the official gradient, below BN at batch 1 (94.3 ± 1.1 %), which is the
-    failure this layer exists to fix, and 97.7 ± 0.3 % with the exact one (BN at batch 32:
-    98.1 ± 0.3 %); without compensation (``rho=0``) it is 88.1 ± 2.8 %, because the
-    compensation's gradient is what restores the invariance, *approximately*: the first-order
-    variance compensation does not scale with ``W`` as a variance must, so with the exact
-    gradient the cosine is −0.0000 / −0.0014 / −0.013 / −0.11 at a relative weight drift over
-    the window of 0 / 0.35 % / 3.5 % / 34 %. The exact gradient costs one
-    batched matmul per layer in forward and one weight-sized multiply-add in backward.
+    **Gradient (a deliberate difference from the official code).** ``μ̄`` and ``σ̄²`` depend
+    on the current batch (weight ``1/n``) and, through the compensation, on the conv weight
+    ``W_t``: the compensated past statistics are the past batches' statistics *as functions
+    of* ``W_t``. By default (``grad_through_compensation=True``) CBN backpropagates through
+    both, i.e. uses the exact derivative of its forward. The official code detaches the
+    compensation. That gradient is not the derivative of what the layer computes, and it
+    loses what makes BN trainable with SGD: BN's output does not change when ``W`` is scaled,
+    so its gradient is orthogonal to ``W``; the official one is not, and on the small-batch
+    study it trains below BN at batch 1 while the exact one does not. The measurements, and
+    the control showing that the misdirected tangential part (not the weight growth) is what
+    hurts, are in ``configs/cbn/README.md`` ("Small-batch root cause") and
+    ``docs/cbn_gradient_control/``. The first-order variance compensation does not scale with
+    ``W`` as a variance must, so the invariance holds only approximately, better the smaller
+    the weight drift over the window. The exact gradient costs one batched matmul per layer in
+    forward and one weight-sized multiply-add in backward.
 
-    **Derivatives, cheaply and exactly.** Only the producing conv's weight is compensated (the
-    paper's approximation: earlier layers are ignored). Output channel ``c`` depends on filter
-    ``W[c]`` only, so per channel: ``∂μ_c/∂W[c]`` is the mean input patch, identical for every
-    channel of a conv group (``G × C_in/G·kh·kw`` numbers), and ``∂σ²_c/∂W[c] =
-    (2/M) Σ (x_c − μ_c) · patch`` is one weight-gradient convolution. The official code runs two
-    full ``autograd.grad`` calls instead. Since ``⟨D, W_t − W_{t−τ}⟩ = ⟨D, W_t⟩ − ⟨D, W_{t−τ}⟩``
-    and the second term is known at ``t−τ``, a past iteration costs one weight-sized tensor
-    plus ``O(C + C_in k²)`` numbers (the official layout keeps three weight-sized tensors).
-    For a bias-free conv ``μ`` is linear in ``W`` and its compensation is exact; ``σ²``'s
-    error is second order in the step. A conv bias is not compensated (as in the official
-    code; mmdet's convs before a norm have none).
+    **Derivatives.** Only the producing conv's weight is compensated (the paper's
+    approximation: earlier layers are ignored); the derivatives cost one weight-gradient
+    convolution per layer and iteration (the official code runs two ``autograd.grad`` calls),
+    see :class:`~mmnorm_plugin.norms.cbn_window.CrossIterationWindow`. A conv bias is not
+    compensated (as in the official code; mmdet's convs before a norm have none).
 
     **Finding the conv.** Layers are called as ``norm(conv(x))`` everywhere in OpenMMLab, so
     the producing conv is read from the input's autograd graph
@@ -183,12 +165,9 @@ class CBN(CrossIterationWindow, NormBase):
     traces the layer without a break and one graph serves every step after the burn-in.
 
     **Modes.** In eval mode (``model.eval()``, mmdet's ``norm_eval=True``, frozen stages) CBN is
-    exactly ``BatchNorm2d`` with running statistics, hence foldable into the conv. Running
-    statistics average, by default, the window statistics training normalized with
-    (``running_stats='window'``); the official code averages the current batch's
-    (``running_stats='batch'``, see the argument for the measurement). During burn-in CBN is
-    plain BN. An empty input (0 RoIs) is normalized with the running statistics, leaves all
-    state untouched and does not count as an iteration.
+    exactly ``BatchNorm2d`` with running statistics, hence foldable into the conv. During
+    burn-in CBN is plain BN. An empty input (0 RoIs) is normalized with the running
+    statistics, leaves all state untouched and does not count as an iteration.
 
     **Bad batches.** A channel whose statistics are not finite (an fp16 overflow upstream)
     updates neither its running statistics nor, in later iterations, the window: its entry is
@@ -199,10 +178,10 @@ class CBN(CrossIterationWindow, NormBase):
     **Iterations and call sites.** The window is cross-*iteration*, so CBN must know where an
     iteration ends: at an optimizer step. Every ``torch.optim`` optimizer runs a global step
     post-hook that ends the iteration of every CBN
-    (:func:`~mmnorm_plugin.norms.iteration_clock.listen_for_iteration_end`; Python flags only, no
-    device sync); a loop that updates weights without ``torch.optim`` calls
-    :func:`~mmnorm_plugin.norms.iteration_clock.end_iteration`. Calls between two steps are *call
-    sites* of one iteration, each with its own window: a head shared across 5 FPN levels
+    (:func:`~mmnorm_plugin.norms.iteration_clock.listen_for_iteration_end`; Python flags only,
+    no device sync); a loop that updates weights without ``torch.optim`` calls
+    :func:`~mmnorm_plugin.norms.iteration_clock.end_iteration`. Calls between two steps are
+    *call sites* of one iteration, each with its own window: a head shared across 5 FPN levels
     (RetinaNet, FCOS, RPN) keeps 5 windows, one per level, and ``num_iters`` and the burn-in
     count optimizer steps, not calls, whether or not the layer or its conv is trainable. The
     number of sites is learned in the first iteration; an iteration with more calls (an
@@ -213,84 +192,72 @@ class CBN(CrossIterationWindow, NormBase):
     (``with_cp=True``) re-runs the forward during backward, which would push every batch
     twice: CBN raises there, naming the fix.
 
-    **State.** The iteration counter and BN's running statistics are registered buffers. The
-    windows (statistics ``(S, k, C)``, ring pointers ``(S,)``, derivative histories
-    ``(S, G | C, k, P)``) have a shape that only training reveals (sites, producing conv), so
-    they are plain tensor attributes that ``_apply`` moves (``.to()``, ``.cuda()``) and
-    ``state_dict`` saves once they exist, deliberately *not* registered buffers: a buffer whose
-    shape changes after construction breaks every wrapper that copies buffers before the first
-    step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by order or
-    alias the state dict at construction), and DDP would broadcast rank 0's per-rank windows.
-    Checkpoints carry everything, and a run resumed at iteration ``t`` reproduces iteration
-    ``t+1``. The ring pointers are device tensors used as indices and the
-    iteration counter is mirrored in Python (re-read on ``load_state_dict``), so a training
-    step never reads a tensor back to the host. A plain BN checkpoint (ImageNet backbones) has
-    no CBN state: it loads without missing keys and starts empty windows; a CBN checkpoint with
-    another ``buffer_num`` keeps its running statistics and iteration count and restarts the
-    windows (with a warning naming both sizes, once per distinct pair). Loading goes through
-    :class:`~mmnorm_plugin.norms.base.NormBase`: the whole state is validated
-    first (keys, shapes, dtypes, counters ``>= 0``, ring pointers inside the ring, finite
-    statistics, variances ``>= 0``) and a refused checkpoint, or one missing an entry, leaves
-    the layer untouched; so does a refused input (dtype, device, rank, one value per channel),
-    checked before the first state change. Parameter/buffer names and the ``bn`` abbreviation
-    are BN's, so mmdet's ``norm_eval``, zero-init, mmengine's ``norm_decay_mult`` and BN
-    checkpoints work.
+    **State.** The iteration counter and BN's running statistics are registered buffers; the
+    window is saved in the state dict once it exists, so checkpoints carry everything and a
+    run resumed at iteration ``t`` reproduces iteration ``t+1``. No training step reads a
+    tensor back to the host (ring pointers are device tensors used as indices; the iteration
+    counter is mirrored in Python and re-read on ``load_state_dict``). A plain BN checkpoint
+    (ImageNet backbones) loads without missing keys and starts empty windows; a CBN checkpoint
+    with another ``buffer_num`` keeps its running statistics and iteration count and restarts
+    the windows (a warning names both sizes). Loading is
+    :class:`~mmnorm_plugin.norms.base.NormBase`'s transaction: a checkpoint that does not fit
+    (keys, shapes, dtypes, counters, ring pointers, non-finite values in the layer's dtype)
+    leaves the layer untouched; so does a refused input (dtype, device, rank, one value per
+    channel), checked before the first state change.
 
     Args:
-        num_features (int): channels ``C``.
-        eps (float): added to the variance inside the square root. Default 1e-5 (BN's, and
-            what ``build_norm_layer`` injects).
-        momentum (float | None): running-statistics EMA factor in PyTorch's convention;
-            ``None`` for a cumulative average. Default 0.1 (BN's and the official code's).
-        affine (bool): learn ``γ, β``. Default True.
-        track_running_stats (bool): keep running statistics for eval. Default True.
-        buffer_num (int): number of past iterations ``k`` in the window (window = ``k + 1``
-            batches). Default 3, the released detection configs' value.
-        burnin_iters (int): training iterations (optimizer steps, not calls) during which
-            CBN is plain BN; the window is used from iteration ``burnin_iters + 1`` on. The
-            paper uses a burn-in because early weights move too fast for a first-order
-            compensation; with the exact gradient the small-batch study measured none needed
-            (97.7 % with and without one epoch of burn-in), but detection from scratch does
-            (neutral set, 1 image per batch, plain BN for 2 of 3 epochs, the COCO configs'
-            8-of-12 fraction, against none: +4.5 [+1.8, +7.2] * (n = 5) bbox mAP ×100 for the
-            burn-in (CBN 8.7 ± 1.9 (n = 5), with burn-in 13.2 ± 0.9 (n = 5); BN-1 12.4 ± 2.0 (n =
-            5), burn-in vs BN-1 +0.8 [−1.5, +3.2] (n = 5))); in the fine-tune setting (pretrained
-            backbone with frozen BN, CBN in FPN + head) it changes nothing measurable, +0.4
-            [−1.1, +1.9] (n = 5). It helps where it matters and costs nothing elsewhere, so the
-            COCO configs keep the release's burn-in. Default 0 (the official layer's default). A config expresses a
-            burn-in in epochs with
-            :class:`~mmnorm_plugin.engine.cbn_hooks.CBNBurnInHook`, which sets this from the
-            dataloader length at the start of training (the official ``tools/train.py``
-            converted epochs to iterations the same way).
-        rho (float): scale of the Taylor compensation; ``0`` gives the naive average of past
-            statistics (the paper's ablation baseline). Default 1.0.
-        eps_outside_sqrt (bool): normalize with ``sqrt(σ²) + ε`` as the official code does, in
-            training and eval. Default False: the paper writes BN's ``sqrt(σ² + ε)``, which keeps
-            BN checkpoints and BN folding exact.
+        num_features (int): ``C`` from an expected input of size ``(N, C, H, W)``.
+        eps (float): added to the variance inside the square root, for numerical stability.
+            Default: 1e-5 (BN's, and what ``build_norm_layer`` injects).
+        momentum (float, optional): weight of the new value in the running statistics' EMA
+            (PyTorch's convention); ``None`` for a cumulative average. Default: 0.1 (BN's and
+            the official code's).
+        affine (bool): learn ``γ`` and ``β``. Default: ``True``.
+        track_running_stats (bool): keep running statistics, which eval mode normalizes with
+            (``False``: eval uses the test batch's statistics, as BN). Default: ``True``.
+        buffer_num (int): past iterations ``k`` in the window (``k + 1`` batches per
+            statistic); 0 is BN. Default: 3, the released detection configs' value.
+        burnin_iters (int): training iterations (optimizer steps, not calls) of plain BN
+            before the window is used: the paper's remedy for early weights that move too fast
+            for a first-order compensation. Default: 0 (the official layer's). A config sets a
+            burn-in in epochs with :class:`~mmnorm_plugin.engine.cbn_hooks.CBNBurnInHook`; the
+            COCO configs keep the release's 8 epochs, which detection from scratch needs (see
+            ``configs/cbn/README.md`` and ``docs/norm_sweep_defaults_photo-digits_scratch.md``).
+        rho (float): scale of the Taylor compensation; ``0`` is the uncompensated average of
+            past statistics (the paper's ablation baseline). Default: 1.0 (the paper's).
+        eps_outside_sqrt (bool): normalize with ``sqrt(σ²) + ε`` as the official code does,
+            in training and eval. Default: ``False``: the paper's ``sqrt(σ² + ε)`` keeps BN
+            checkpoints and BN folding exact.
         grad_through_compensation (bool): backpropagate through the compensated past
-            statistics into the producing conv's weight (the exact derivative of the forward).
-            Default True; False is the official code's gradient (see above for why it is not
-            the default).
-        running_stats (str): what the running (eval) statistics average. ``'window'``
-            (default): the window statistics training normalized with (mean and total variance
-            over the window), so evaluation normalizes as training did. ``'batch'`` (official):
-            the current batch's mean and unbiased variance, as BN. Decided on paired seeds
-            (same initialization and data order) at 1 image per batch, detector trained from
-            scratch (``tools/analysis/norm_sweep_defaults.sh``, records in
-            ``docs/norm_sweep_defaults_*``):
-            ``'batch'`` − ``'window'``: −0.5 [−1.8, +0.7] (n = 5) bbox mAP ×100 on the neutral set,
-            −6.6 [−12.8, −0.3] * (n = 5) on the hard set (window 17.7 ± 1.0 (n = 5), batch 11.1 ±
-            5.6 (n = 5)), −0.3 [−0.6, +0.0] (n = 5) in the neutral set's fine-tune setting
-            (pretrained backbone, CBN in FPN + head). The hard set's interval excludes 0 in
-            favour of ``'window'`` and the other two show no difference; on the hard set CBN
-            with ``'window'`` beats BN-1 (+5.2 [+3.2, +7.2] *, n = 5) and with ``'batch'`` does
-            not (−1.4 [−7.4, +4.6]), so ``'window'`` stays the default (it had been
-            chosen on one seed, 0.468 vs 0.409). On the classification study the two agreed
-            (3 seeds, 97.9 vs 97.7 % at batch 1). During burn-in (plain BN) both are the
-            current batch's statistics.
-        max_call_sites (int): most call sites (windows) per iteration. Default 8: FPN heads
-            are shared over 5 levels; more calls without an optimizer step start a new
-            iteration, which bounds the memory of loops that never step an optimizer.
+            statistics into the producing conv's weight, the exact derivative of the forward
+            (see "Gradient"). Default: ``True``; ``False`` is the official gradient.
+        max_call_sites (int): most call sites (windows) per iteration; more calls without an
+            optimizer step start a new iteration, which bounds the memory of loops that never
+            step an optimizer. Default: 8 (FPN heads are shared over 5 levels).
+        running_stats (str): what the running statistics average: ``'window'``, the window
+            statistics training normalized with, so that evaluation normalizes as training
+            did, or ``'batch'``, the current batch's mean and unbiased variance (the official
+            update, as BN). Default: ``'window'``, kept on paired seeds (see
+            ``docs/norm_sweep_defaults_tiny-coco-hard_scratch.md`` and
+            ``configs/cbn/README.md``). During burn-in both are the current batch's.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`, ideally a ``Conv2d``'s output (compensated); any other
+          producer gets the uncompensated window average and a warning.
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        >>> cbn = CBN(8, buffer_num=3)
+        >>> optimizer = torch.optim.SGD(list(conv.parameters()) + list(cbn.parameters()), lr=0.1)
+        >>> for _ in range(5):
+        ...     cbn(conv(torch.randn(2, 3, 16, 16))).square().mean().backward()
+        ...     optimizer.step()  # also ends CBN's iteration
+        ...     optimizer.zero_grad()
+        >>> cbn.num_iters, cbn.hist_len
+        (tensor(5), tensor([3]))
+        >>> # in an mmdet config: norm_cfg = dict(type='CBN', buffer_num=3)
 
     Notes:
         * The official code counts every call as an iteration, so a shared head mixes FPN
@@ -488,7 +455,7 @@ class CBN(CrossIterationWindow, NormBase):
             # silently go uncompensated, unlike the same model in eager mode
             raise RuntimeError(
                 f'{type(self).__name__} under torch.compile finds its producing conv through '
-                'forward hooks: call mmnorm_plugin.norms.conv_origin.tap_convolutions(model) '
+                'forward hooks: call mmnorm_plugin.norms.tap_convolutions(model) '
                 'before compiling the model.')
         origin = producing_conv(x) if self.buffer_num else None
         site = self._next_call_site(origin)
@@ -566,9 +533,6 @@ class CBN(CrossIterationWindow, NormBase):
                                       var.to(dtype), inv_count, q_scale, comp, self.eps, group,
                                       total)
 
-    def _state_dtype(self) -> torch.dtype:
-        return self.hist_mean.dtype
-
     def _batch_moments(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         # In (at least) the state precision and without E[x²]−E[x]² cancellation: one native
         # group-norm pass (var_mean over (0, 2, 3) is several times slower on CPU)
@@ -578,54 +542,6 @@ class CBN(CrossIterationWindow, NormBase):
             return zeros, zeros
         var, mean = batch_moments(x)
         return mean.to(dtype), var.to(dtype)
-
-    def _conv_terms(self, x: Tensor, mean: Tensor, origin: Optional[ConvOrigin]):
-        """The producing conv's weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
-
-        Returns ``(None, None)`` when nothing can or needs to be compensated.
-        """
-        if origin is None:
-            if not torch.compiler.is_compiling() and x.grad_fn is not None:
-                warn_once(
-                    f'cbn-no-conv-{type(x.grad_fn).__name__}',
-                    f'CBN({self.num_features}): the input was produced by '
-                    f'{type(x.grad_fn).__name__}, not by a Conv2d, so past statistics cannot be '
-                    'compensated for weight changes; using the uncompensated cross-iteration '
-                    'average for such layers.')
-            return None, None
-        if origin.live_weight is None or origin.input is None:
-            return None, None  # frozen conv weight: nothing to compensate
-        dtype = self._state_dtype()
-        weight = origin.weight.to(dtype)
-        c = weight.shape[0]  # x's channel count, checked by check_input_4d
-        return weight.reshape(c, -1), self._stat_grads(x.detach(), mean, origin, dtype)
-
-    @staticmethod
-    def _stat_grads(x: Tensor, mean: Tensor, origin: ConvOrigin,
-                    dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        z = origin.input.to(dtype)
-        n, c, h, w = x.shape
-        g = origin.groups
-        c_in, kh, kw = origin.weight.shape[1:]
-        m = n * h * w
-        if m == 0:  # a SyncCBN rank without images: its entries have weight 0
-            return (x.new_zeros((g, c_in * kh * kw), dtype=dtype),
-                    x.new_zeros((c, c_in * kh * kw), dtype=dtype))
-        geometry = (origin.stride, origin.padding, origin.dilation, g)
-        # ∂μ_c/∂W[c]: mean patch per group = weight-gradient of a conv with one output channel
-        # per group and grad_output 1/M; batch-summed first since grad_output ignores n.
-        ones = z.new_full((1, g, h, w), 1.0 / m)
-        d_mean = conv2d_weight(z.sum(0, keepdim=True), (g, c_in, kh, kw), ones, *geometry)
-        # ∂σ²_c/∂W[c] = (2/M) Σ (x_c − μ_c) · patch = (2/M) Σ x_c · patch − 2 μ_c ∂μ_c/∂W[c]:
-        # one weight-gradient conv on x itself (centring x would cost a pass over it). The
-        # subtraction loses ~ε·|μ|/σ relative precision in this first-order term only; the
-        # statistics themselves never subtract O(μ²) quantities.
-        d_var = conv2d_weight(z, (c, c_in, kh, kw), x.to(dtype), *geometry).reshape(c, -1)
-        d_mean = d_mean.reshape(g, -1)
-        d_var = d_var.mul_(2.0 / m).view(g, c // g, -1).sub_(
-            2 * mean.view(g, c // g, 1) * d_mean.unsqueeze(1)).view(c, -1)
-        # a non-finite batch must not poison later windows through its derivatives
-        return (torch.nan_to_num(d_mean, 0.0, 0.0, 0.0), torch.nan_to_num(d_var, 0.0, 0.0, 0.0))
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.
@@ -662,9 +578,10 @@ class SyncCBN(CBN):
     What ``nn.SyncBatchNorm`` is to BN: in a process group of ``R > 1`` ranks, every entry of
     the window (the current batch and each compensated past batch) is the statistic of the
     union of the ranks' batches, so ``R`` GPUs × ``b`` images normalize exactly as CBN on one
-    GPU with ``R·b`` images (tested to 1e-5 with 2 gloo processes: outputs, input and
-    parameter gradients, running statistics, windows). Outside a process group (or in a group
-    of one, or in eval mode) it *is* :class:`CBN`: same code, no communication.
+    GPU with ``R·b`` images (outputs, input and parameter gradients, running statistics and
+    windows; ``tests/test_norms/test_sync_cbn.py`` checks it with 2 gloo processes). Outside a
+    process group (or in a group of one, or in eval mode) it *is* :class:`CBN`: same code, no
+    communication.
 
     **What travels.** Each rank keeps its own images' window (statistics, element counts and
     derivative history) and compensates it locally to the current weights, which DDP keeps
@@ -703,14 +620,27 @@ class SyncCBN(CBN):
     **Iterations** end at each rank's optimizer step, exactly as in CBN; DDP steps every
     rank's optimizer together, so all ranks agree on call sites and window slots.
 
-    Args:
-        process_group: the ranks to pool over (None: the default group, every rank).
-        Every other argument is :class:`CBN`'s, with its default.
-
     Checkpoints are CBN's (same keys and shapes): a CBN checkpoint loads into SyncCBN and
     back. mmengine's ``sync_bn='torch'`` converts CBN into SyncCBN (``from_unsynced``) when
     the plugin is imported, and mmengine's ``revert_sync_batchnorm`` reverts it
     (``to_unsynced``); see :mod:`mmnorm_plugin.distributed.sync_bn`.
+
+    Args:
+        process_group (optional): the ranks to pool over. Default: ``None``, the default
+            group (every rank), as ``nn.SyncBatchNorm``.
+        Every other argument is :class:`CBN`'s, with its default.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`; ``N`` may differ between ranks, and be 0.
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> # in an mmdet config: norm_cfg = dict(type='SyncCBN', buffer_num=3), or CBN and
+        >>> # mmengine's sync_bn='torch'
+        >>> layer = SyncCBN.from_unsynced(CBN(8, buffer_num=3))
+        >>> layer.buffer_num, layer.process_group  # outside a process group: CBN exactly
+        (3, None)
     """
 
     def __init__(self, num_features: int, *args, process_group=None, **kwargs) -> None:

@@ -14,8 +14,10 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
+from torch.nn.grad import conv2d_weight
 
 from .base import write_state
+from .conv_origin import ConvOrigin
 from .reporting import warn_once
 from .state_checks import COUNT, FINITE, MASK, VARIANCE, state_value_problems
 
@@ -50,6 +52,17 @@ class CrossIterationWindow:
     ``torch.compile`` replaces state tensors by assigning the layer's attributes
     (:func:`~.base.write_state`).
 
+    **Derivatives, cheaply and exactly.** Output channel ``c`` depends on filter
+    ``W[c]`` only, so per channel: ``∂μ_c/∂W[c]`` is the mean input patch, identical for every
+    channel of a conv group (``G × C_in/G·kh·kw`` numbers), and ``∂σ²_c/∂W[c] =
+    (2/M) Σ (x_c − μ_c) · patch`` is one weight-gradient convolution. The official code runs two
+    full ``autograd.grad`` calls instead. Since ``⟨D, W_t − W_{t−τ}⟩ = ⟨D, W_t⟩ − ⟨D, W_{t−τ}⟩``
+    and the second term is known at ``t−τ``, a past iteration costs one weight-sized tensor
+    plus ``O(C + C_in k²)`` numbers (the official layout keeps three weight-sized tensors).
+    For a bias-free conv ``μ`` is linear in ``W`` and its compensation is exact; ``σ²``'s
+    error is second order in the step. A conv bias is not compensated (as in the official
+    code; mmdet's convs before a norm have none).
+
     The host class provides ``buffer_num``, ``num_features``, ``rho`` and
     ``grad_through_compensation``. Entries are written at ring slots held in device tensors
     (``hist_ptr``), never read back to the host, so a training step has no device sync and
@@ -59,7 +72,6 @@ class CrossIterationWindow:
     _extra_state_names = _WINDOW + _V1_BUFFERS
 
     # ------------------------------------------------------------------ layout
-
     def _empty_window(self, device=None, dtype=None) -> None:
         """No call site seen yet: window tensors with 0 sites, no derivative history."""
         for name, tensor in self._empty_window_tensors(device, dtype).items():
@@ -123,6 +135,57 @@ class CrossIterationWindow:
         return self
 
     # ------------------------------------------------------------------ entries and statistics
+    def _state_dtype(self) -> torch.dtype:
+        return self.hist_mean.dtype
+
+    def _conv_terms(self, x: Tensor, mean: Tensor, origin: Optional[ConvOrigin]):
+        """The producing conv's weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
+
+        Returns ``(None, None)`` when nothing can or needs to be compensated.
+        """
+        if origin is None:
+            if not torch.compiler.is_compiling() and x.grad_fn is not None:
+                warn_once(
+                    f'cbn-no-conv-{type(x.grad_fn).__name__}',
+                    f'CBN({self.num_features}): the input was produced by '
+                    f'{type(x.grad_fn).__name__}, not by a Conv2d, so past statistics cannot be '
+                    'compensated for weight changes; using the uncompensated cross-iteration '
+                    'average for such layers.')
+            return None, None
+        if origin.live_weight is None or origin.input is None:
+            return None, None  # frozen conv weight: nothing to compensate
+        dtype = self._state_dtype()
+        weight = origin.weight.to(dtype)
+        c = weight.shape[0]  # x's channel count, checked by check_input_4d
+        return weight.reshape(c, -1), self._stat_grads(x.detach(), mean, origin, dtype)
+
+    @staticmethod
+    def _stat_grads(x: Tensor, mean: Tensor, origin: ConvOrigin,
+                    dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
+        z = origin.input.to(dtype)
+        n, c, h, w = x.shape
+        g = origin.groups
+        c_in, kh, kw = origin.weight.shape[1:]
+        m = n * h * w
+        if m == 0:  # a SyncCBN rank without images: its entries have weight 0
+            return (x.new_zeros((g, c_in * kh * kw), dtype=dtype),
+                    x.new_zeros((c, c_in * kh * kw), dtype=dtype))
+        geometry = (origin.stride, origin.padding, origin.dilation, g)
+        # ∂μ_c/∂W[c]: mean patch per group = weight-gradient of a conv with one output channel
+        # per group and grad_output 1/M; batch-summed first since grad_output ignores n.
+        ones = z.new_full((1, g, h, w), 1.0 / m)
+        d_mean = conv2d_weight(z.sum(0, keepdim=True), (g, c_in, kh, kw), ones, *geometry)
+        # ∂σ²_c/∂W[c] = (2/M) Σ (x_c − μ_c) · patch = (2/M) Σ x_c · patch − 2 μ_c ∂μ_c/∂W[c]:
+        # one weight-gradient conv on x itself (centring x would cost a pass over it). The
+        # subtraction loses ~ε·|μ|/σ relative precision in this first-order term only; the
+        # statistics themselves never subtract O(μ²) quantities.
+        d_var = conv2d_weight(z, (c, c_in, kh, kw), x.to(dtype), *geometry).reshape(c, -1)
+        d_mean = d_mean.reshape(g, -1)
+        d_var = d_var.mul_(2.0 / m).view(g, c // g, -1).sub_(
+            2 * mean.view(g, c // g, 1) * d_mean.unsqueeze(1)).view(c, -1)
+        # a non-finite batch must not poison later windows through its derivatives
+        return (torch.nan_to_num(d_mean, 0.0, 0.0, 0.0), torch.nan_to_num(d_var, 0.0, 0.0, 0.0))
+
     @torch.no_grad()
     def _push(self, site: int, mean: Tensor, var: Tensor, count: int, weight: Optional[Tensor],
               grads: Optional[Tuple[Tensor, Tensor]]) -> None:
