@@ -78,7 +78,6 @@ def update_running_stats(module: torch.nn.Module, name: str, value: Tensor,
     return finite
 
 
-
 class NormBase(_BatchNorm):
     r"""Base class of every norm of this package (CBN, MABN, BGN, BKN and the synced variants).
 
@@ -190,7 +189,8 @@ class NormBase(_BatchNorm):
         ``running <- (1 - momentum) running + momentum value`` for the mean and the unbiased
         variance (``momentum=None``: 1/num_batches_tracked, on the device), skipping non-finite
         entries (:func:`update_running_stats`) and counting the step if any was skipped. A step
-        with ``present`` False (every rank empty) changes nothing and is not a non-finite one.
+        with ``present`` False (every rank empty, so the pooled statistics are NaN and nothing
+        is taken) counts no batch and is not a non-finite one.
         """
         self._count_batch(present)
         t = self.num_batches_tracked

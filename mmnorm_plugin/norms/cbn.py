@@ -312,7 +312,7 @@ class CBN(CrossIterationWindow, NormBase):
         self._finish_init()
         listen_for_iteration_end(self)
 
-    # ----------------------------------------------------------------------------- state
+    # -------------------------------------------------------------------- iteration state
     def _reset_iteration_state(self) -> None:
         """Re-read the iteration counter's Python mirror (construction, reset, load only)."""
         self._iters = int(self.num_iters)  # iterations ended (at a save: also started)
