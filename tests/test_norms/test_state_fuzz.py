@@ -9,7 +9,7 @@ problem naming the layer or key, leaving the layer bit-identical (tensors, param
 state outside buffers, Python mirrors). Any other exception is a failure.
 
 The examples are derandomized (the same every run). ``FUZZ_EXAMPLES`` sets how many per norm
-(default 150; ``make fuzz`` passes a larger count).
+(default 300; ``make fuzz`` passes a larger count).
 """
 import copy
 import math
@@ -29,7 +29,7 @@ from mmnorm_plugin.norms.bkn import BKN, SyncBKN
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN
 from mmnorm_plugin.norms.mabn import MABN
 
-EXAMPLES = int(os.environ.get('FUZZ_EXAMPLES', '150'))
+EXAMPLES = int(os.environ.get('FUZZ_EXAMPLES', '300'))
 C = 4
 NORMS = {
     'CBN': (lambda: CBN(C, buffer_num=2), nn.Conv2d),
