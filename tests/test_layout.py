@@ -80,3 +80,16 @@ def test_old_import_paths_still_work_and_say_where_things_moved(old, new, name):
         assert getattr(old_mod, public) is getattr(new_mod, public)
     if name:
         assert name in new_mod.__all__
+
+
+def test_no_module_over_700_lines():
+    """A module a newcomer can read: none over 700 lines, and nothing named ``functional``
+    (which would promise stateless maths) holds more than 350."""
+    sizes = {}
+    for info in pkgutil.walk_packages([PKG], 'mmnorm_plugin.'):
+        parts = info.name.split('.')[1:]
+        rel = '/'.join(parts) + ('/__init__.py' if info.ispkg else '.py')
+        with open(osp.join(PKG, rel)) as f:
+            sizes[rel] = sum(1 for _ in f)
+    assert sorted(rel for rel, n in sizes.items() if n > 700) == []
+    assert all(n <= 350 for rel, n in sizes.items() if rel.endswith('functional.py'))

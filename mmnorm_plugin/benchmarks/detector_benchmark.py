@@ -193,7 +193,7 @@ def compile_norm_parts(model, backend: str = 'inductor', parts: Sequence[str] = 
     """Replace each of ``parts`` of an mmdet detector by ``torch.compile(part, fullgraph=True)``
     in place (the parameters stay the same objects, so an optimizer built before still steps
     them). The convs must be tapped and one eager step taken first (see
-    :func:`~mmnorm_plugin.norms.functional.tap_convolutions`)."""
+    :func:`~mmnorm_plugin.norms.conv_origin.tap_convolutions`)."""
     for path in parts:
         *parents, leaf = path.split('.')
         owner = model
@@ -218,7 +218,7 @@ def compiled_twin(eager, eager_optim, packed, backend: str = 'inductor', seed: i
     :func:`compile_norm_parts`.
     """
     from mmengine.optim import OptimWrapper
-    from ..norms.functional import tap_convolutions
+    from ..norms.conv_origin import tap_convolutions
     tap_convolutions(eager)
     torch.manual_seed(seed)
     eager.train_step(copy.deepcopy(packed), eager_optim)

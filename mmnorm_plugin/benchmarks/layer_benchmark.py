@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from ..norms.functional import end_iteration
+from ..norms.iteration_clock import end_iteration
 
 __all__ = ['NormFactory', 'DETECTION_SHAPES', 'parse_shape', 'compare_norms', 'format_rows',
            'buffer_bytes', 'collective_bytes', 'compare_compiled', 'format_compiled_rows']
@@ -222,13 +222,13 @@ def compare_compiled(candidates: Dict[str, Tuple[NormFactory, ConvFactory]],
     ``torch.compile(fullgraph=True)``, measured in one run.
 
     Per candidate ``(norm factory, conv class)``: the convs are tapped
-    (:func:`~mmnorm_plugin.norms.functional.tap_convolutions`) and one eager step is taken
+    (:func:`~mmnorm_plugin.norms.conv_origin.tap_convolutions`) and one eager step is taken
     (BKN records its layer chain); a copy is compiled, its first step timed separately (tracing
     and code generation, ``compile_s``), then both train ``warmup`` steps and ``iters``
     interleaved timed steps (forward, backward, SGD step). Rows: ``name``, ``eager_ms`` and
     ``compiled_ms`` (medians), ``speedup`` (eager / compiled), ``compile_s``.
     """
-    from ..norms.functional import tap_convolutions
+    from ..norms.conv_origin import tap_convolutions
     if iters < 3:
         raise ValueError(f'iters={iters}: a median of fewer than 3 timings is noise')
     x = torch.randn(shape, generator=torch.Generator().manual_seed(seed))

@@ -65,28 +65,13 @@ _PLUGIN_MODULE = 'mmnorm_plugin'
 _BN_KEYS = ('type', 'requires_grad', 'eps', 'momentum', 'affine')
 
 
-def _eval_stats(norm: nn.Module):
-    """(mean, var) such that the norm's eval forward is ``F.batch_norm(x, mean, var, w, b,
-    eps=norm.eps)``."""
-    if norm.running_mean is None:
-        raise ValueError(f'{type(norm).__name__}(track_running_stats=False) normalizes with the '
-                         'statistics of the test batch in eval mode: not a fixed affine, cannot '
-                         'be converted to an inference BN')
-    if isinstance(norm, BGN):
-        return norm.channel_running_stats()
-    mean, var = norm.running_mean, norm.running_var
-    if isinstance(norm, CBN) and norm.eps_outside_sqrt:
-        # 1 / (sqrt(var) + eps) == 1 / sqrt(var' + eps)
-        var = (var.clamp_min(0).sqrt() + norm.eps).pow(2) - norm.eps
-    return mean, var
-
-
 @torch.no_grad()
 def equivalent_batchnorm(norm: nn.Module) -> nn.BatchNorm2d:
     """The eval-mode ``nn.BatchNorm2d`` computing ``norm``'s eval forward (same device/dtype)."""
     if not isinstance(norm, (CBN, MABN, BGN, BatchKalmanNorm2d)):
         raise TypeError(f'not a plugin norm: {type(norm).__name__}')
-    mean, var = _eval_stats(norm)
+    # the statistics with which its eval forward is F.batch_norm (NormBase.eval_statistics)
+    mean, var = norm.eval_statistics()
     bn = nn.BatchNorm2d(norm.num_features, eps=norm.eps, momentum=norm.momentum,
                         affine=norm.affine, track_running_stats=True,
                         device=mean.device, dtype=mean.dtype)

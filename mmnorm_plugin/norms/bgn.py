@@ -12,17 +12,17 @@ import torch
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, check_input_4d,
-                         check_nchw, convert_norm, synced_variant_of, training_sync_group,
-                         update_running_stats, write_state)
+from .base import NormBase
+from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
+from .conversion import convert_norm, synced_variant_of
+from .input_checks import check_input_4d, check_nchw
 
 __all__ = ['BGN', 'SyncBGN']
 
 
 @MODELS.register_module('BGN')
-class BGN(GuardedNormMixin, _BatchNorm):
+class BGN(NormBase):
     r"""Batch Group Normalization: BN whose statistics also pool over groups of channels.
 
     For an input :math:`x \in \mathbb{R}^{N \times C \times H \times W}` the ``C`` channels are
@@ -54,40 +54,29 @@ class BGN(GuardedNormMixin, _BatchNorm):
     one fused pass, they are pooled over the batch, and one inference-mode ``batch_norm``
     applies group statistics and the per-channel affine in a single pass; the backward is the
     native per-channel BN backward plus one in-place per-channel affine fix-up that turns its
-    per-channel mean terms into group means. It keeps only the input for backward (as BN) and
-    measured 0.78-1.00x BN's fwd+bwd time on CPU (``tools/benchmarks/bench_bgn.py``). Eval
-    mode expands the running statistics to channels and makes a single native call.
+    per-channel mean terms into group means. It keeps only the input for backward (as BN); its
+    cost against BN is measured by ``tools/benchmarks/bench_bgn.py`` (``configs/bgn/README.md``,
+    "Cost"). Eval mode expands the running statistics to channels and makes a single native
+    call.
 
     Args:
-        num_features (int): ``C``, the number of channels.
-        eps (float): added to the variance. Default 1e-5, BN's (and what
-            ``mmcv.cnn.build_norm_layer`` injects anyway); the paper introduces no other.
-        momentum (float | None): EMA factor of the running statistics in PyTorch's convention
-            (weight of the new batch). Default 0.1, BN's. ``None`` gives a cumulative average,
-            as in :class:`torch.nn.BatchNorm2d`.
-        affine (bool): learn per-channel :math:`\gamma, \beta`. Default True.
-        track_running_stats (bool): keep per-group running statistics and use them in eval
-            mode. Default True (BN-foldable inference); False uses batch statistics always.
-        num_groups (int): ``G``. Must divide ``num_features`` (ValueError otherwise). Default
-            32. The paper treats G as a per-task hyper-parameter and its body (tables with the
-            G used per batch size) was not available to us; a third-party implementation says
-            the paper suggests G=1 for small batches (unverified). We default to 32 because it
-            divides every width in ResNet/ResNeXt (64 ... 2048), FPN and mmdet heads (256); it
-            is GN's default grouping of the same convolutions, the known-good detection setting
-            for group statistics; and it keeps 32 statistics per layer, so a BN checkpoint
-            converted by pooling (see below) keeps far more of its per-channel scales than at
-            G=1, where channels with different magnitudes share one variance. Measured at 1
-            and 2 images per batch on the small-batch study (32/64-channel layers, 3 seeds),
-            accuracy does not depend on G within noise: batch 1 ranged 97.3-98.1 % over
-            G in {1, 2, 4, 8, 16, 32} (std 0.3-0.9), batch 2 97.6-98.3 %, against BN's 94.3 %
-            at batch 1. In detection (hard set, 1 image per batch, from scratch, 16-128
-            channel layers, ``tools/analysis/norm_sweep_defaults.sh``): G=1 − G=8: −1.0 [−7.7, +5.8]
-            (n = 5) bbox mAP ×100 on the hard set (G=8 11.4 ± 2.1 (n = 5), G=1 10.4 ± 3.5 (n = 5)),
-            −3.5 (n = 1) on the neutral set from scratch, −4.5 [−7.3, −1.7] * (n = 5) in the
-            neutral set's fine-tune setting (pretrained backbone, BGN in FPN + head; G=8 25.4 ±
-            2.4, G=1 20.9 ± 2.3). No official value exists to restore and G=1 (the third-party
-            reading of the paper) is worse where an interval excludes 0, so 32 stays. Set it explicitly in
-            configs.
+        num_features (int): ``C`` from an expected input of size ``(N, C, H, W)``.
+        eps (float): added to the variance, for numerical stability. Default: 1e-5 (BN's, and
+            what ``mmcv.cnn.build_norm_layer`` injects; the paper introduces no other).
+        momentum (float, optional): weight of the new batch in the running statistics' EMA
+            (PyTorch's convention); ``None`` for a cumulative average. Default: 0.1 (BN's).
+        affine (bool): learn per-channel :math:`\gamma, \beta`. Default: ``True``.
+        track_running_stats (bool): keep per-group running statistics and normalize with them
+            in eval mode (BN-foldable inference); ``False`` uses batch statistics always.
+            Default: ``True``.
+        num_groups (int): ``G``; must divide ``num_features`` (ValueError otherwise).
+            Default: 32. The paper treats ``G`` as a per-task hyper-parameter and no official
+            value exists; 32 divides every width of ResNet/ResNeXt, FPN and mmdet's heads, is
+            GN's grouping of the same convolutions, and keeps 32 statistics per layer, so a BN
+            checkpoint converted by pooling (see below) keeps far more of its per-channel
+            scales than ``G = 1``. ``G = 1`` (a third-party reading of the paper for small
+            batches) is not better on the studies (``configs/bgn/README.md``,
+            ``docs/norm_sweep_defaults_photo-digits_finetune.md``); set it explicitly in configs.
 
     Checkpoints: parameter and buffer names are BN's (``weight``, ``bias``, ``running_mean``,
     ``running_var``, ``num_batches_tracked``). Loading finer statistics, i.e. BN's per-channel
@@ -122,9 +111,20 @@ class BGN(GuardedNormMixin, _BatchNorm):
           ``batch_norm``; an empty eval input returns an empty output); training (a custom
           autograd function) is refused by the scripted module. No host synchronisation in a
           training step.
-    """
 
-    _abbr_ = 'bn'
+    Shape:
+        - Input: :math:`(N, C, H, W)`
+        - Output: :math:`(N, C, H, W)` (same shape as input)
+
+    Examples::
+
+        >>> bgn = BGN(64, num_groups=32)
+        >>> bgn(torch.randn(2, 64, 8, 8)).shape
+        torch.Size([2, 64, 8, 8])
+        >>> bgn.running_mean.shape  # one statistic per group
+        torch.Size([32])
+        >>> # in an mmdet config: norm_cfg = dict(type='BGN', num_groups=32)
+    """
 
     def __init__(self,
                  num_features: int,
@@ -149,7 +149,7 @@ class BGN(GuardedNormMixin, _BatchNorm):
             factory_kwargs = dict(device=device, dtype=dtype)
             self.register_buffer('running_mean', torch.zeros(num_groups, **factory_kwargs))
             self.register_buffer('running_var', torch.ones(num_groups, **factory_kwargs))
-        self._init_guard()
+        self._finish_init()
 
     def _check_input_dim(self, input: Tensor) -> None:
         check_input_4d(self, input)
@@ -201,23 +201,20 @@ class BGN(GuardedNormMixin, _BatchNorm):
                                                     self.eps, group)
         if self.training and self.track_running_stats:
             if total is None:
-                write_state(self, 'num_batches_tracked', self.num_batches_tracked + 1)
                 bessel = m / max(m - 1, 1)
                 present = None
             else:
                 # Global element count per group, a tensor (no host sync); 0 only when every
                 # rank's batch was empty: then nothing is counted or updated.
-                present = total > 0
-                write_state(self, 'num_batches_tracked', self.num_batches_tracked
-                            + present.view(()).to(self.num_batches_tracked.dtype))
+                present = (total > 0).view(())
                 bessel = total / (total - 1).clamp_min(1)
-            t = self.num_batches_tracked  # 1/t on the device if momentum is None
-            finite = update_running_stats(self, 'running_mean', mean, self.momentum, t)
-            finite &= update_running_stats(self, 'running_var', var * bessel, self.momentum, t)
-            if present is not None:
-                finite |= ~present  # an all-empty step is not a non-finite one
-            self._note_nonfinite(finite)
+            self._update_running_stats(mean, var * bessel, present)
         return y
+
+    def eval_statistics(self) -> Tuple[Tensor, Tensor]:
+        if self.running_mean is None:
+            return super().eval_statistics()  # raises: no running statistics
+        return self.channel_running_stats()
 
     def _adapt_state(self, state: Dict[str, Any],
                      notes: List[Tuple[str, str]]) -> Dict[str, Any]:
@@ -262,9 +259,21 @@ class SyncBGN(BGN):
     latency-bound, so the saving is in bandwidth, not in the number of round trips.
 
     Args:
-        num_features, eps, momentum, affine, track_running_stats, num_groups: as :class:`BGN`.
-        process_group: the ranks to pool over (a ``torch.distributed`` group); None is the
-            whole world, as for ``nn.SyncBatchNorm``.
+        process_group (optional): the ranks to pool over (a ``torch.distributed`` group).
+            Default: ``None``, the whole world, as for ``nn.SyncBatchNorm``.
+        Every other argument is :class:`BGN`'s, with its default.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`; ``N`` may differ between ranks, and be 0.
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> # in an mmdet config: norm_cfg = dict(type='SyncBGN', num_groups=32), or BGN and
+        >>> # mmengine's sync_bn='torch'
+        >>> layer = SyncBGN.from_unsynced(BGN(64, num_groups=32))
+        >>> layer(torch.randn(2, 64, 4, 4)).shape  # outside a process group: BGN exactly
+        torch.Size([2, 64, 4, 4])
 
     Behaviour:
         * Outside a process group, or in a group of one rank, it is BGN exactly (the same

@@ -33,85 +33,33 @@ Paper vs. official code (what is the default here)
 * The paper's transition uses a gain derived from covariances; the official code uses the
   constant ``p`` and per-channel variances only. We implement the official fusion (the paper's
   equations were not available to verify).
-* **Prior** (``prior_mode``). Official: draw ONE synthetic map ``ReLU(m + sqrt(v) * xi)`` of the
-  conv input's size, run it through the same conv, take its spatial moments (``'sample'``).
-  Default ``'closed_form'``: the expectation that sampling estimates, computed exactly. For an
-  input whose elements are independent with per-channel mean :math:`E_c` and variance
-  :math:`V_c` (moments of the rectified Gaussian
-  :math:`E[\mathrm{relu}\,X] = m\Phi(a) + s\varphi(a)`,
-  :math:`E[\mathrm{relu}\,X^2] = (m^2+v)\Phi(a) + m s\varphi(a)`, :math:`s=\sqrt v, a=m/s`), the
-  conv output at position ``q`` has mean :math:`\sum_t \mathbb 1_{qt} A_{ot} + b_o` and variance
-  :math:`\sum_t \mathbb 1_{qt} B_{ot}`, with :math:`A_{ot} = \sum_c W_{oct} E_c`,
-  :math:`B_{ot} = \sum_c W^2_{oct} V_c`, ``t`` a kernel tap and :math:`\mathbb 1_{qt}` whether
-  the tap reads inside the (zero-padded) input. Averaging over positions (law of total variance,
-  zero padding included exactly as in the sampled map):
-  :math:`\hat\mu = f^\top A_o + b_o`,
-  :math:`\hat\sigma^2 = f^\top B_o + A_o^\top G A_o - (f^\top A_o)^2`, with
-  :math:`f_t = \mathrm{mean}_q \mathbb 1_{qt}` and :math:`G_{tt'} = \mathrm{mean}_q \mathbb
-  1_{qt}\mathbb 1_{qt'}` (separable in height and width). Cost: two small GEMMs over the
-  weight per layer (``O*C*k^4`` flops), independent of the image size; deterministic
-  (resume-exact); no sampling noise on top of the micro-batch noise the method is meant to
-  remove. The paper describes the prior as the moments of the propagated distribution; the
-  sample is only the official estimator of it.
+* **Prior** (``prior_mode``). Official (``'sample'``): draw ONE synthetic map
+  ``ReLU(m + sqrt(v) * xi)`` of the conv input's size, run it through the same conv, take its
+  spatial moments. Default ``'closed_form'``: the expectation that sampling estimates,
+  computed exactly (:func:`~mmnorm_plugin.norms.bkn_prior.predict_conv_moments`): two small
+  GEMMs over the weight per layer, independent of the image size, deterministic
+  (resume-exact), and without sampling noise on top of the micro-batch noise the method is
+  meant to remove. The paper describes the prior as the moments of the propagated
+  distribution; the sample is only the official estimator of it.
 * **What is propagated** (``prior_input``). Official (``'estimated'``): the previous
   layer's fused statistics of its *input*, i.e. the distribution ``N(mu~, sigma~^2)`` before
   that layer's normalization and affine, as if the signal were not normalized. This is what
   makes the estimate depend on all preceding layers (the paper's claim), but its scale differs
   from the tensor the conv actually reads; the gate catches only a prior far too large.
   ``'normalized'`` (default): propagate the estimated distribution of the previous layer's
-  *output*,
-  ``N(beta, gamma^2 sigma~^2/(sigma~^2+eps))``, i.e. the tensor the conv reads; the prior then
-  depends only on upstream affine parameters and conv weights (a normalization-propagation
-  style prior). Measured on a randomly initialised mmdet ResNet-50 (2x3x64x64, one forward):
-  median over layers of batch variance / fused variance is 5.8 (range 2.6-6.8) with
-  ``'estimated'`` and 1.4 (1.0-1.7) with ``'normalized'``; the gate never fired in either.
-  ``'normalized'`` is the default because it is what the method needs in post-activation
-  networks (every mmdet detector): on the small-batch study
-  (``tools/analysis/small_batch_study.py``: 5-layer conv net, digits, 3 seeds) BKN with
-  ``'estimated'`` reached 95.9 ± 1.2 % at batch 1, 2.2 points below BN at batch 32 (98.1 %),
-  while ``'normalized'`` reached 98.3 ± 0.2 % (batch 2: 97.7 vs 97.9; batch 32: 97.8 vs
-  97.9). On a Kaiming-initialised mmdet ResNet-50 ``'estimated'`` gives output variances of
-  median 0.29 (0.03-3.06; 9 of 53 layers gated) against 1.31 (0.99-1.63). The classification
-  numbers alone do not settle it (paired over the 3 seeds at batch 1: +2.4 [−1.0, +5.8]);
-  detection does. Re-decided on paired seeds at 1 image per batch, detector trained from scratch
-  (``tools/analysis/norm_sweep_defaults.sh``, records in ``docs/norm_sweep_defaults_*``):
-  ``'estimated'`` − ``'normalized'``: −2.7 [−5.3, −0.1] * (n = 5) bbox mAP ×100 on the neutral set,
-  −2.0 [−3.8, −0.2] * (n = 5) on the hard set, and −4.8 [−6.2, −3.3] * (n = 5) in the neutral
-  set's fine-tune setting (pretrained backbone with frozen BN, BKN in FPN + head). All three
-  intervals exclude 0, so ``'normalized'`` stays the default. ``'estimated'`` remains available as the official
-  behaviour.
+  *output*, ``N(beta, gamma^2 sigma~^2/(sigma~^2+eps))``, i.e. the tensor the conv reads; the
+  prior then depends only on upstream affine parameters and conv weights (a
+  normalization-propagation style prior). In post-activation networks (every mmdet detector)
+  ``'estimated'`` mis-scales the prior by several times the batch variance, and it trains
+  worse on the small-batch study and in detection (``configs/bkn/README.md``,
+  ``docs/norm_sweep_defaults_photo-digits_scratch.md``,
+  ``docs/norm_sweep_defaults_tiny-coco-hard_scratch.md``,
+  ``docs/norm_sweep_defaults_photo-digits_finetune.md``). ``'estimated'`` remains available as
+  the official behaviour.
 
-How the chain of layers is found (no change to any mmdet module)
-------------------------------------------------------------------
-``norm_cfg`` layers are called as ``norm(conv(a))`` and never see the previous layer. Each BKN
-therefore (1) finds its producing conv with :func:`~.functional.producing_conv`, (2) walks
-the autograd graph backwards from the conv's input ``a``, and (3) reads the state that earlier
-BKN layers *attached to the autograd node of their own output* (``grad_fn.metadata``).
-The state lives on the graph of the current forward and dies with it: there is no per-module
-"previous layer" slot and no hook, so nothing needs resetting between forwards, two models (or
-two forwards, e.g. teacher/student) never see each other's state, and the state handed over is
-always the one of the exact tensor the conv reads (in eager mode; a compiled forward replays
-the recorded chain instead, see the ``torch.compile`` caveat). The walk understands only
-operations whose effect on a per-channel Gaussian state is known exactly (or by the official
-approximation):
-
-* ``ReLU`` (also in-place): the state becomes a rectified Gaussian;
-* ``a + b`` (residual merge): means and variances add (independence, as the official code's
-  block-output state = input state + last conv's statistics). In mmdet's post-activation
-  ``Bottleneck`` the next conv reads ``relu(bn3(..) + identity)``: the sum of ``bn3``'s state
-  and the identity's state (the previous block output, a rectified Gaussian, or the
-  ``downsample`` BKN's state) is treated as Gaussian and rectified again;
-* nearest upsampling by an integer factor (FPN top-down path): moments are unchanged.
-
-Anything else (max-pooling in the ResNet stem, RoIAlign before the heads, an interpolation by a
-non-integer factor, a norm that is not BKN, an input without autograd history) ends the chain:
-the next BKN starts a new one as plain BN. Rationale: with ``p = 0.9`` the prior dominates the
-estimate, so an unmodelled transform would mis-normalize silently; BN is the safe fallback.
-Consequences in Faster/Mask R-CNN R50-FPN: the stem ``bn1`` and the first convs of ``layer1``
-(after max-pool) start chains; the backbone then forms one chain through all residual blocks;
-FPN lateral convs continue from the stage outputs, the FPN output convs from the top-down sums;
-the RoI heads' first conv starts a new chain (RoIAlign) and the next three continue it. The
-walk is memoised on the graph nodes, so its cost per layer is a handful of node visits.
+How the chain of layers is found: see :mod:`mmnorm_plugin.norms.bkn_prior` (the state each BKN
+attaches to its output's autograd node, the walk from a conv's input back to it, and its replay
+under ``torch.compile``).
 
 Requirements and caveats
 ------------------------
@@ -123,7 +71,7 @@ Requirements and caveats
   layer, how its conv input derives from earlier BKN outputs (the chain of ReLU, sums and
   upsamplings found by the walk); a compiled forward replays that chain on the states the
   earlier layers published in the same forward, and finds the conv through the hooks of
-  :func:`~.functional.tap_convolutions`. So: tap the convs, train one eager step, then compile
+  :func:`~.conv_origin.tap_convolutions`. So: tap the convs, train one eager step, then compile
   (``fullgraph=True`` traces BKN without a break and trains as eager does). The chain is the
   model's structure; a forward whose chain differs from the recorded one (another branch of a
   dynamic model) would replay the recorded one.
@@ -149,236 +97,34 @@ Requirements and caveats
 * ``torch.jit.script`` compiles the eval-mode layer (plain BN); the training step needs autograd
   graph introspection and is refused by the scripted module.
 """
-import functools
 import math
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (GuardedNormMixin, all_reduce_moments, all_reduce_sum, batch_moments,
-                         check_input_4d, check_nchw, convert_norm, producing_conv,
-                         synced_variant_of, training_sync_group, update_running_stats,
-                         warn_once, write_state)
+from .base import NormBase, write_state
+from .bkn_prior import (STATE_KEY, GaussianState, predict_conv_moments, replay_chain,
+                        sample_conv_moments, walk_chain)
+from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
+from .conv_origin import producing_conv
+from .conversion import convert_norm, synced_variant_of
+from .input_checks import check_input_4d, check_nchw
+from .reporting import warn_once
+from .statistics import batch_moments
 
-__all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'GaussianState', 'predict_conv_moments',
-           'rectified_gaussian_moments']
+__all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'NO_PRIOR', 'FUSED', 'GATED']
 
-# Key under which a BKN publishes (state, layer) on the autograd node of its output; other
-# visited nodes cache their derived (state, chain) (or (None, None)) under the same key.
-_STATE_KEY = 'mmnorm_bkn_state'
-_MAX_WALK_DEPTH = 64
 # Prior status codes in the ``prior_status`` buffer (diagnostics, not persisted).
 NO_PRIOR, FUSED, GATED = 0, 1, 2
-
-
-class GaussianState(NamedTuple):
-    """Per-channel distribution of a tensor: ``N(mean, var)``, or ``relu`` of it."""
-    mean: Tensor
-    var: Tensor
-    rectified: bool = False
-
-    def moments(self) -> Tuple[Tensor, Tensor]:
-        if self.rectified:
-            return rectified_gaussian_moments(self.mean, self.var)
-        return self.mean, self.var
-
-
-def rectified_gaussian_moments(mean: Tensor, var: Tensor) -> Tuple[Tensor, Tensor]:
-    """Mean and variance of ``relu(X)`` for ``X ~ N(mean, var)``, elementwise, differentiable."""
-    return _RectifiedGaussianMoments.apply(mean, var)
-
-
-class _RectifiedGaussianMoments(torch.autograd.Function):
-    r"""Rectified-Gaussian moments with a closed-form backward.
-
-    With :math:`s = \sqrt{v}`, :math:`a = m/s`, :math:`\Phi, \varphi` the standard normal cdf
-    and pdf: :math:`m_1 = m\Phi(a) + s\varphi(a)`, :math:`m_2 = (m^2+v)\Phi(a) + m s\varphi(a)`,
-    output :math:`(m_1, m_2 - m_1^2)`. Derivatives: :math:`\partial m_1/\partial m = \Phi`,
-    :math:`\partial m_1/\partial v = \varphi/(2s)`, :math:`\partial m_2/\partial m = 2m_1`,
-    :math:`\partial m_2/\partial v = \Phi`. Autograd through the composite records ~70 small
-    ops per layer and iteration in backward; this records one node.
-    """
-
-    @staticmethod
-    def forward(ctx, mean: Tensor, var: Tensor):
-        # a floor on the std keeps a = m/s finite for a degenerate channel (var == 0 gives
-        # relu(m) exactly in the limit)
-        positive = var >= 0
-        std = var.clamp_min(0).add(torch.finfo(var.dtype).tiny).sqrt()
-        a = mean / std
-        cdf = torch.special.ndtr(a)
-        pdf = torch.exp(-0.5 * a * a) / math.sqrt(2 * math.pi)
-        first = mean * cdf + std * pdf
-        second = (mean * mean + var) * cdf + mean * std * pdf
-        out_var = second - first * first
-        ctx.save_for_backward(std, cdf, pdf, first, positive, out_var >= 0)
-        return first, out_var.clamp_min(0)
-
-    @staticmethod
-    def backward(ctx, grad_first: Tensor, grad_var: Tensor):
-        std, cdf, pdf, first, positive, var_kept = ctx.saved_tensors
-        d1_dv = torch.where(positive, pdf / (2 * std), 0.0)
-        g_v = grad_var * var_kept  # clamp_min(0) passes the gradient where it did not clamp
-        # m2 - m1^2: d/dm = 2 m1 (1 - Phi), d/dv = Phi - 2 m1 dm1/dv
-        grad_mean = grad_first * cdf + g_v * (2 * first * (1 - cdf))
-        grad_v = grad_first * d1_dv + g_v * (cdf - 2 * first * d1_dv)
-        return grad_mean, grad_v
-
-
-def _tap_fractions(in_size: int, out_size: int, kernel: int, stride: int, padding: int,
-                   dilation: int, device, dtype) -> Tuple[Tensor, Tensor]:
-    """f[t] = fraction of output positions where tap t reads inside the input; G[t, t'] the same
-    for taps t and t' together (one spatial axis)."""
-    pos = torch.arange(out_size, device=device).view(1, -1) * stride - padding
-    reads = pos + torch.arange(kernel, device=device).view(-1, 1) * dilation
-    valid = ((reads >= 0) & (reads < in_size)).to(dtype)  # (kernel, out_size)
-    return valid.mean(1), valid @ valid.t() / out_size
-
-
-@functools.lru_cache(maxsize=1024)
-def _conv_geometry(h: int, w: int, kh: int, kw: int, stride: Tuple[int, int],
-                   padding: Tuple[int, int], dilation: Tuple[int, int], device,
-                   dtype) -> Tuple[Tensor, Tensor, Tensor, bool]:
-    """``(f, G, I_T, all_valid)`` of a conv geometry, taps flattened (``f``: (T,), ``G``:
-    (T, T) = G_h (x) G_w): a pure function of integers, so it is computed once per shape instead
-    of per layer and iteration (a dozen small ops each). The tensors are shared: read them, never
-    write them. ``all_valid``: every tap reads inside the input at every output position (no
-    padding), where f = 1 and ``G = f f^T`` make the variance's last two terms cancel exactly."""
-    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
-    out_h = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
-    out_w = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
-    if out_h <= 0 or out_w <= 0:
-        raise ValueError(f'conv geometry gives an empty output for input size {(h, w)}')
-    f_h, g_h = _tap_fractions(h, out_h, kh, sh, ph, dh, device, dtype)
-    f_w, g_w = _tap_fractions(w, out_w, kw, sw, pw, dw, device, dtype)
-    # without padding the output-size formula keeps every read inside the input
-    all_valid = ph == 0 and pw == 0
-    return (torch.outer(f_h, f_w).reshape(-1), torch.kron(g_h, g_w),
-            torch.eye(kh * kw, dtype=dtype, device=device), all_valid)
-
-
-def predict_conv_moments(state: GaussianState, weight: Tensor, bias: Optional[Tensor],
-                         in_size: Tuple[int, int], stride: Tuple[int, int],
-                         padding: Tuple[int, int], dilation: Tuple[int, int],
-                         groups: int) -> Tuple[Tensor, Tensor]:
-    """Per-channel mean and variance over positions of ``conv2d(a, weight, bias, ...)`` for a
-    zero-padded input ``a`` of spatial size ``in_size`` whose elements are independent and
-    distributed per channel as ``state`` (exact under that assumption; see the module doc)."""
-    out_ch, in_per_group, kh, kw = weight.shape
-    dt = weight.dtype
-    # cached across calls: computed in the key's dtype even under autocast (whose matmuls would
-    # otherwise cache bf16 tensors under a float32 key)
-    # (compiled: the geometry is folded into the graph once, the cache is for eager calls)
-    geometry = _conv_geometry.__wrapped__ if torch.compiler.is_compiling() else _conv_geometry
-    with torch.autocast(weight.device.type, enabled=False):
-        f, g, eye, all_valid = geometry(
-            int(in_size[0]), int(in_size[1]), kh, kw, tuple(stride), tuple(padding),
-            tuple(dilation), weight.device, dt)
-    e_in, v_in = state.moments()
-    # A[o, t] = sum_c W[o, c, t] E[c] as one GEMM per group against the (C*T, T) matrix
-    # E (x) I_T: BLAS in forward and backward, where a broadcast product over the full weight
-    # costs several elementwise passes (measured ~5x slower on CPU for 512x512x3x3)
-    taps = kh * kw
-    w_mat = weight.reshape(groups, out_ch // groups, in_per_group * taps)
-
-    def contract(w: Tensor, vec: Tensor) -> Tensor:
-        vec = vec.to(dt).view(groups, in_per_group, 1)
-        rhs = vec if taps == 1 else (vec.unsqueeze(-1) * eye).reshape(
-            groups, in_per_group * taps, taps)
-        return torch.bmm(w, rhs).reshape(out_ch, taps)
-
-    a = contract(w_mat, e_in)
-    b = contract(w_mat.square(), v_in)
-    if all_valid:  # f = 1, G = 1 1^T: mean = sum_t A, var = sum_t B
-        mean, var = (a.view(out_ch), b.view(out_ch)) if taps == 1 else (a.sum(1), b.sum(1))
-    else:
-        mean = a @ f
-        # f^T B + A^T G A - (f^T A)^2, per output channel
-        var = torch.addcmul(b @ f, mean, mean, value=-1) + ((a @ g) * a).sum(1)
-    if bias is not None:
-        mean = mean + bias.to(dt)
-    return mean, var.clamp_min(0)
-
-
-def _sample_conv_moments(state: GaussianState, weight: Tensor, bias: Optional[Tensor],
-                         in_size: Tuple[int, int], stride, padding, dilation,
-                         groups: int) -> Tuple[Tensor, Tensor]:
-    """Official estimator: moments of one synthetic map drawn from ``state`` through the conv."""
-    dt = weight.dtype
-    mean, var = state.mean.to(dt), state.var.to(dt)
-    noise = torch.randn((1, mean.numel()) + tuple(in_size), device=weight.device, dtype=dt)
-    a = mean.view(1, -1, 1, 1) + var.clamp_min(0).sqrt().view(1, -1, 1, 1) * noise
-    if state.rectified:
-        a = F.relu(a)
-    out = F.conv2d(a, weight, None if bias is None else bias.to(dt), stride, padding, dilation,
-                   groups)
-    var_out, mean_out = torch.var_mean(out, dim=(0, 2, 3), unbiased=False)
-    return mean_out, var_out
-
-
-def _combine(op: str, parts) -> Optional[GaussianState]:
-    """The state after ``op`` of the states ``parts`` (None if unknown): ``'relu'`` rectifies,
-    ``'add'`` sums means and variances (independence), ``'upsample'`` (nearest, integer
-    factor) keeps the moments. The one place these rules live: the autograd walk
-    (:func:`_walk`) and the replay of a recorded chain (:func:`_replay`) both use it."""
-    if any(p is None for p in parts):
-        return None
-    if op == 'relu':
-        return GaussianState(parts[0].mean, parts[0].var, True)
-    if op == 'add':
-        (m1, v1), (m2, v2) = parts[0].moments(), parts[1].moments()
-        return GaussianState(m1 + m2, v1 + v2, False) if m1.shape == m2.shape else None
-    return parts[0]  # 'upsample'
-
-
-def _walk(node, depth: int = 0) -> Tuple[Optional[GaussianState], Any]:
-    """Gaussian state of the tensor produced by autograd ``node`` (None if unknown), and its
-    *chain*: how it derives from BKN outputs, ``('bkn', layer)`` or ``(op, *chains)``, which a
-    compiled forward replays (:func:`_replay`) where the autograd graph cannot be read."""
-    if node is None or depth > _MAX_WALK_DEPTH:
-        return None, None
-    meta = node.metadata
-    if _STATE_KEY in meta:
-        return meta[_STATE_KEY]
-    name = type(node).__name__
-    op, children = None, []
-    if name == 'ReluBackward0':
-        op, children = 'relu', [node.next_functions[0][0]]
-    elif name == 'AddBackward0' and node._saved_alpha == 1 and len(node.next_functions) == 2:
-        op, children = 'add', [fn for fn, _ in node.next_functions]
-    elif name == 'UpsampleNearest2DBackward0':
-        in_h, in_w = node._saved_self_sym_sizes[-2:]
-        out_h, out_w = node._saved_output_size
-        if out_h % in_h == 0 and out_w % in_w == 0:  # pure replication: moments unchanged
-            op, children = 'upsample', [node.next_functions[0][0]]
-    result = None, None
-    if op is not None:
-        walked = [_walk(child, depth + 1) for child in children]
-        state = _combine(op, [w[0] for w in walked])
-        if state is not None:
-            result = state, (op, ) + tuple(w[1] for w in walked)
-    meta[_STATE_KEY] = result
-    return result
-
-
-def _replay(chain) -> Optional[GaussianState]:
-    """The state a recorded chain gives from the states the BKN layers published in this
-    forward (traceable: no autograd graph)."""
-    if chain is None:
-        return None
-    if chain[0] == 'bkn':
-        return chain[1]._published
-    return _combine(chain[0], [_replay(c) for c in chain[1:]])
 
 
 class _KalmanNormFunction(torch.autograd.Function):
     r"""Training-mode BKN: batch moments, fusion with the prior, normalization, in native kernels.
 
-    Forward: :func:`~.functional.batch_moments` for the batch moments :math:`(\mu, \sigma^2)`,
+    Forward: :func:`~.statistics.batch_moments` for the batch moments :math:`(\mu, \sigma^2)`,
     the per-channel fusion (module docstring) and one inference-mode ``batch_norm`` with the
     fused statistics.
     Outputs ``y`` and the fused ``(mean, var)`` (differentiable: the next layer's prior is built
@@ -394,13 +140,13 @@ class _KalmanNormFunction(torch.autograd.Function):
     costs exactly BN. The gate is a tensor condition (no host sync).
 
     Synced (``group`` not None, :class:`SyncBKN`): the batch moments are those of every rank's
-    batch together, ``(N, mu, sigma^2)`` from one :func:`~.functional.all_reduce_moments` of the
+    batch together, ``(N, mu, sigma^2)`` from one :func:`~.collectives.all_reduce_moments` of the
     local ``(n_r, mean, var)``; the fusion, gate and running-variance target (Bessel
     ``N/(N-1)``, a tensor) are then computed from them unchanged. Backward: every gradient
     w.r.t. the batch moments is a sum over ranks of local contributions that are linear in
     local quantities (``dbeta``, ``dgamma`` and the gradients arriving at the fused statistics
     from the next layer's prior, taken with this rank's gains), so one
-    :func:`~.functional.all_reduce_sum` of the packed ``(d_mean, d_var)`` (``2C`` numbers) gives
+    :func:`~.collectives.all_reduce_sum` of the packed ``(d_mean, d_var)`` (``2C`` numbers) gives
     :math:`\partial L/\partial\mu` and :math:`\partial L/\partial\sigma^2`, and the true
     :math:`dx = \gamma\,\mathrm{invstd}\,g + d_{mean}/N + 2(x-\mu)\,d_{var}/N` differs from
     the native backward (which used the local count ``n_r``) by a per-channel affine function
@@ -530,32 +276,62 @@ class _KalmanNormFunction(torch.autograd.Function):
 
 
 @MODELS.register_module('BKN')
-class BKN(GuardedNormMixin, _BatchNorm):
-    """Batch Kalman Normalization for NCHW conv outputs; ``norm_cfg=dict(type='BKN')``.
+class BKN(NormBase):
+    r"""Batch Kalman Normalization over a 4D input (a ``Conv2d``'s output).
 
-    Subclasses ``_BatchNorm`` with BN's parameter and buffer names, so BN checkpoints load, mmdet's
-    ``norm_eval`` and mmengine's norm weight-decay rules apply. See the module docstring for the
-    equations and the chain mechanism.
+    The batch statistics :math:`(\mu, \sigma^2)` of the input are fused with a prediction
+    :math:`(\hat\mu, \hat\sigma^2)` propagated from the previous BKN layer through the
+    transition (ReLU, residual sums, the producing conv; :mod:`~mmnorm_plugin.norms.bkn_prior`)
+    as the moments of a two-component mixture with gain :math:`p`:
+
+    .. math::
+        \tilde\mu = p\,\hat\mu + (1-p)\,\mu, \qquad
+        \tilde\sigma^2 = p\,\hat\sigma^2 + (1-p)\,\sigma^2 + p(1-p)\,(\mu - \hat\mu)^2, \qquad
+        y = \gamma\,\frac{x - \tilde\mu}{\sqrt{\tilde\sigma^2 + \epsilon}} + \beta
+
+    A layer without a predecessor (or whose prediction the gate rejects) is BN. The running
+    statistics are an EMA of the fused ones, so eval mode is BN with them (foldable). BN's
+    parameter and buffer names, so BN checkpoints load and mmdet's ``norm_eval`` and
+    mmengine's norm weight-decay rules apply. The module docstring has the derivation, the
+    defaults' reasons and the caveats.
 
     Args:
-        num_features: channels C.
-        eps: added to the variance, 1e-5 (BN's and the official code's value).
-        momentum: EMA factor of the running statistics in PyTorch's convention, 0.1 (= the
-            official decay 0.9); None for a cumulative average.
-        affine: learn ``weight``/``bias`` (gamma/beta). Default True.
-        track_running_stats: keep running statistics for eval. Default True.
-        prior_weight: the gain ``p`` on the prediction, in [0, 1]. Default 0.9, the official
-            value for micro-batches (2 samples per statistic; the official large-batch run uses
-            0.05). ``p = 0`` is exactly BN.
-        gate_ratio: skip fusion for the layer when the channel mean of prior variance / batch
-            variance is ``>= gate_ratio``. Default 100 (official); None disables the gate.
-        prior_mode: ``'closed_form'`` (default; exact, deterministic, cheap) or ``'sample'``
-            (official: one Monte-Carlo map through the conv; uses the global RNG).
-        prior_input: ``'normalized'`` (default: propagate the distribution of the previous
-            layer's output, what the conv reads) or ``'estimated'`` (official: its fused input
-            statistics); see "What is propagated" for the measurement behind the default.
+        num_features (int): ``C`` from an expected input of size ``(N, C, H, W)``.
+        eps (float): added to the variance, for numerical stability. Default: 1e-5 (BN's and
+            the official code's).
+        momentum (float, optional): weight of the new value in the running statistics' EMA
+            (PyTorch's convention); ``None`` for a cumulative average. Default: 0.1 (the
+            official decay 0.9).
+        affine (bool): learn ``γ`` and ``β``. Default: ``True``.
+        track_running_stats (bool): keep running statistics, which eval mode normalizes with.
+            Default: ``True``.
+        prior_weight (float): the gain ``p`` on the prediction, in [0, 1]; 0 is BN. Default:
+            0.9, the official value for micro-batches (the official large-batch run uses 0.05).
+        gate_ratio (float, optional): a layer skips the fusion when the channel mean of prior
+            variance / batch variance is ``>= gate_ratio`` (a broken prediction); ``None``
+            disables the gate. Default: 100 (official).
+        prior_mode (str): ``'closed_form'``, the exact expectation of the official estimator
+            (deterministic, cheap), or ``'sample'``, the official one Monte-Carlo map through
+            the conv (uses the global RNG). Default: ``'closed_form'``.
+        prior_input (str): ``'normalized'``, the distribution of the previous layer's output
+            (what the conv reads), or ``'estimated'``, the official fused input statistics.
+            Default: ``'normalized'`` (see "What is propagated" in the module docstring).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`, ideally a ``Conv2d``'s output (else the layer is BN).
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> from mmnorm_plugin.norms.bkn import FUSED
+        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), BKN(8), nn.ReLU(),
+        ...                     nn.Conv2d(8, 8, 3, padding=1, bias=False), BKN(8))
+        >>> net(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([2, 8, 16, 16])
+        >>> int(net[4].prior_status) == FUSED  # the second layer fused the first one's prior
+        True
+        >>> # in an mmdet config: norm_cfg = dict(type='BKN')
     """
-    _abbr_ = 'bn'
     _PRIOR_MODES = ('closed_form', 'sample')
     _PRIOR_INPUTS = ('estimated', 'normalized')
 
@@ -589,7 +365,7 @@ class BKN(GuardedNormMixin, _BatchNorm):
         # layer published in the current compiled forward
         self._chain, self._chain_recorded = None, False
         self._published: Optional[GaussianState] = None
-        self._init_guard()
+        self._finish_init()
 
     def _check_input_dim(self, x: Tensor) -> None:
         check_input_4d(self, x)
@@ -612,16 +388,16 @@ class BKN(GuardedNormMixin, _BatchNorm):
             if not self._chain_recorded:
                 raise RuntimeError(
                     f'{type(self).__name__} under torch.compile replays the layer chain that an '
-                    'eager training forward recorded: call mmnorm_plugin.norms.functional.'
-                    'tap_convolutions(model) and train one eager step before compiling.')
-            state = _replay(self._chain)
+                    'eager training forward recorded: call mmnorm_plugin.norms.tap_convolutions('
+                    'model) and train one eager step before compiling.')
+            state = replay_chain(self._chain)
         else:
             fn = x.grad_fn
             self._chain, self._chain_recorded = None, True
             if fn is None or type(fn).__name__ != 'ConvolutionBackward0':
                 return None
             # the chain state first: a layer that starts a chain skips reading the conv's record
-            state, self._chain = _walk(fn.next_functions[0][0])
+            state, self._chain = walk_chain(fn.next_functions[0][0])
         if state is None:
             return None
         origin = producing_conv(x)
@@ -647,7 +423,7 @@ class BKN(GuardedNormMixin, _BatchNorm):
         else:  # input not saved (frozen weight): the smallest size consistent with the output
             in_size = tuple((o - 1) * s - 2 * p + d * (k - 1) + 1 for o, s, p, d, k in zip(
                 x.shape[-2:], origin.stride, origin.padding, origin.dilation, weight.shape[-2:]))
-        fn = predict_conv_moments if self.prior_mode == 'closed_form' else _sample_conv_moments
+        fn = predict_conv_moments if self.prior_mode == 'closed_form' else sample_conv_moments
         return fn(state, weight, bias, in_size, origin.stride, origin.padding, origin.dilation,
                   origin.groups)
 
@@ -664,7 +440,7 @@ class BKN(GuardedNormMixin, _BatchNorm):
         if torch.compiler.is_compiling():
             self._published = state  # what a recorded chain reads (see predict)
         elif y.grad_fn is not None:
-            y.grad_fn.metadata[_STATE_KEY] = state, ('bkn', self)
+            y.grad_fn.metadata[STATE_KEY] = state, ('bkn', self)
 
     def forward(self, x: Tensor) -> Tensor:
         check_nchw(x, self.num_features, self._layer_name)
@@ -715,14 +491,7 @@ class BKN(GuardedNormMixin, _BatchNorm):
             running_var = torch.where(present, running_var, math.nan)
         write_state(self, 'prior_status', status)
         if self.training and self.track_running_stats:
-            write_state(self, 'num_batches_tracked',
-                        self.num_batches_tracked + (1 if present is None else present))
-            t = self.num_batches_tracked  # 1/t on the device if momentum is None
-            finite = update_running_stats(self, 'running_mean', running_mean, self.momentum, t)
-            finite &= update_running_stats(self, 'running_var', running_var, self.momentum, t)
-            if present is not None:
-                finite |= ~present  # an all-empty step is not a non-finite one
-            self._note_nonfinite(finite)
+            self._update_running_stats(running_mean, running_var, present)
         self._publish(y, fused_mean, fused_var)
         return y
 
@@ -751,7 +520,7 @@ class SyncBKN(BKN):
 
     * forward: one ``all_reduce`` of the packed local ``[n_r, n_r mu_r, n_r(sigma_r^2 +
       mu_r^2)]``, ``2C+1`` float64 numbers = ``(2C+1)*8`` bytes
-      (:func:`~.functional.all_reduce_moments`);
+      (:func:`~.collectives.all_reduce_moments`);
     * backward: one ``all_reduce`` of the packed gradients w.r.t. the batch mean and variance,
       ``2C`` numbers in the statistics' dtype = ``2C*4`` bytes (float32; float64 layers: 8).
 
@@ -793,8 +562,21 @@ class SyncBKN(BKN):
     zero-padding fraction of the input size, so the ranks' priors differ slightly.
 
     Args:
-        process_group: the group whose ranks share statistics; None: the default (world)
-            group. Other arguments: :class:`BKN`.
+        process_group (optional): the group whose ranks share statistics. Default: ``None``,
+            the default (world) group, as ``nn.SyncBatchNorm``.
+        Every other argument is :class:`BKN`'s, with its default.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`; ``N`` may differ between ranks, and be 0.
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> # in an mmdet config: norm_cfg = dict(type='SyncBKN'), or BKN and mmengine's
+        >>> # sync_bn='torch'
+        >>> layer = SyncBKN.from_unsynced(BKN(8))
+        >>> layer(torch.randn(2, 8, 4, 4)).shape  # outside a process group: BKN exactly
+        torch.Size([2, 8, 4, 4])
     """
 
     def __init__(self, num_features: int, *args, process_group: Optional[Any] = None,

@@ -3,38 +3,24 @@
 Yao, Cao, Zheng, Huang, Lin. *Cross-Iteration Batch Normalization*. arXiv:2002.05712
 (CVPR 2021). Official code: ``Howal/Cross-iterationBatchNorm`` (``mmdet/models/utils/CBN.py``).
 """
-import math
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.grad import conv2d_weight
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (COUNT, FINITE, MASK, VARIANCE, ConvOrigin, GuardedNormMixin,
-                         all_reduce_moments, all_reduce_sum, batch_moments, check_input_4d,
-                         convert_norm, convolutions_tapped, listen_for_iteration_end,
-                         producing_conv, state_value_problems, synced_variant_of,
-                         training_sync_group, update_running_stats, warn_once, write_state)
+from .base import NormBase, write_state
+from .cbn_window import _WINDOW, CrossIterationWindow
+from .collectives import all_reduce_moments, all_reduce_sum, training_sync_group
+from .conv_origin import ConvOrigin, convolutions_tapped, producing_conv
+from .conversion import convert_norm, synced_variant_of
+from .input_checks import check_input_4d
+from .iteration_clock import listen_for_iteration_end
+from .state_checks import COUNT
+from .statistics import batch_moments
 
 __all__ = ['CBN', 'SyncCBN']
 
-# The cross-iteration window, one per call site (S sites): statistics (S, buffer_num, C), the
-# element count of each entry (S, buffer_num; what SyncCBN weights ranks by), ring pointers
-# (S,), derivative history (S, G | C, buffer_num, P). Its shape depends on how often
-# the layer is called per iteration and on the producing conv, both unknown until training
-# runs: saved in the state dict once it exists, not registered as buffers (see CBN, State).
-_WINDOW_STATS = ('hist_mean', 'hist_var', 'hist_mean_proj', 'hist_var_proj')
-# which entries of the window hold a batch's finite statistics, per channel (S, buffer_num, C)
-_MASKS = ('hist_valid', )
-_COUNTS = ('hist_count', )
-_POINTERS = ('hist_len', 'hist_ptr')
-_INTEGER = _COUNTS + _POINTERS  # int64: immune to .half() and exact at any count
-_LAZY_BUFFERS = ('hist_mean_grad', 'hist_var_grad')
-_WINDOW = _WINDOW_STATS + _MASKS + _COUNTS + _POINTERS + _LAZY_BUFFERS
-# The layout of version 1 (E[x²] history, derivative rows per iteration); not migratable.
-_V1_BUFFERS = ('hist_sqmean', 'hist_sqmean_proj', 'hist_sqmean_grad')
 
 
 class _WindowBatchNorm(torch.autograd.Function):
@@ -111,8 +97,8 @@ class _WindowBatchNorm(torch.autograd.Function):
 
 
 @MODELS.register_module('CBN')
-class CBN(GuardedNormMixin, _BatchNorm):
-    r"""Cross-Iteration Batch Normalization for NCHW activations produced by a ``Conv2d``.
+class CBN(CrossIterationWindow, NormBase):
+    r"""Cross-Iteration Batch Normalization over a 4D input (a ``Conv2d``'s output).
 
     Small batches give noisy BN statistics. CBN also uses the statistics of the last ``k``
     iterations, but those were computed with older weights ``W_{t-τ}`` of the conv that
@@ -133,52 +119,36 @@ class CBN(GuardedNormMixin, _BatchNorm):
     compensated variance is non-negative and finite (the official code drops invalid past
     entries per channel instead of clamping them); ``n = |V|`` per channel. ``σ̂²`` is the
     official ``ν̂ − μ̂²`` (``ν = E[x²]``) rearranged so that nothing of size ``μ²`` is ever
-    subtracted: float32 stays exact for ``|μ|/σ ≫ 1`` (``E[x²] − E[x]²`` cancels at
-    ``|μ|/σ ≈ 1e4``). With ``buffer_num=0`` (or during burn-in) CBN is
-    :class:`torch.nn.BatchNorm2d`.
+    subtracted: float32 stays exact for ``|μ|/σ ≫ 1``, where ``E[x²] − E[x]²`` cancels. With
+    ``buffer_num=0`` (or during burn-in) CBN is :class:`torch.nn.BatchNorm2d`. The window (a
+    ring buffer of past statistics and their derivatives, one per call site) is
+    :class:`~mmnorm_plugin.norms.cbn_window.CrossIterationWindow`.
 
-    **Gradient (a deliberate difference from the official code).** Forward, ``μ̄`` and ``σ̄²``
-    depend on the current batch (weight ``1/n``) and, through the compensation, on the conv
-    weight ``W_t``; the compensated past statistics are the past batches' statistics *as
-    functions of* ``W_t``. The default (``grad_through_compensation=True``) backpropagates
-    through both, i.e. uses the exact derivative of the forward. The official code detaches
-    the compensation and backpropagates through the current batch only
-    (``grad_through_compensation=False``). That gradient is not the derivative of what the
-    layer computes, and it loses the property that makes BN trainable with SGD: BN's output
-    does not change when ``W`` is scaled, so its gradient is orthogonal to ``W``. With the
-    official gradient it is not (measured: cosine between ``∂L/∂W`` and ``W`` of −0.03…−0.08
-    per layer, |cosine| up to 0.2, against about 0 with the full gradient), so every step
-    grows the weights (1 seed, 2 epochs: conv weight norms ended 1.4–1.7× larger). That growth
-    is a symptom, not the cause: removing each filter's radial gradient component from the
-    official gradient before every step does not help (paired Δ −2.6 [−4.2, −1.0] points at
-    batch 1, +0.6 [−1.6, +2.9] at batch 32, 3 seeds; ``docs/cbn_gradient_control``), so what
-    hurts is the wrong tangential direction, which only the exact derivative fixes (exact −
-    official: +9.7 [+2.1, +17.2] at batch 1, +6.8 [+0.7, +12.8] at batch 32). On the small-batch study
-    (``tools/analysis/small_batch_study.py``: digits, 3 seeds) CBN at batch 1 reached
-    88.1 ± 2.3 % with the official gradient, below BN at batch 1 (94.3 ± 1.1 %), which is the
-    failure this layer exists to fix, and 97.7 ± 0.3 % with the exact one (BN at batch 32:
-    98.1 ± 0.3 %); without compensation (``rho=0``) it is 88.1 ± 2.8 %, because the
-    compensation's gradient is what restores the invariance, *approximately*: the first-order
-    variance compensation does not scale with ``W`` as a variance must, so with the exact
-    gradient the cosine is −0.0000 / −0.0014 / −0.013 / −0.11 at a relative weight drift over
-    the window of 0 / 0.35 % / 3.5 % / 34 %. The exact gradient costs one
-    batched matmul per layer in forward and one weight-sized multiply-add in backward.
+    **Gradient (a deliberate difference from the official code).** ``μ̄`` and ``σ̄²`` depend
+    on the current batch (weight ``1/n``) and, through the compensation, on the conv weight
+    ``W_t``: the compensated past statistics are the past batches' statistics *as functions
+    of* ``W_t``. By default (``grad_through_compensation=True``) CBN backpropagates through
+    both, i.e. uses the exact derivative of its forward. The official code detaches the
+    compensation. That gradient is not the derivative of what the layer computes, and it
+    loses what makes BN trainable with SGD: BN's output does not change when ``W`` is scaled,
+    so its gradient is orthogonal to ``W``; the official one is not, and on the small-batch
+    study it trains below BN at batch 1 while the exact one does not. The measurements, and
+    the control showing that the misdirected tangential part (not the weight growth) is what
+    hurts, are in ``configs/cbn/README.md`` ("Small-batch root cause") and
+    ``docs/cbn_gradient_control/``. The first-order variance compensation does not scale with
+    ``W`` as a variance must, so the invariance holds only approximately, better the smaller
+    the weight drift over the window. The exact gradient costs one batched matmul per layer in
+    forward and one weight-sized multiply-add in backward.
 
-    **Derivatives, cheaply and exactly.** Only the producing conv's weight is compensated (the
-    paper's approximation: earlier layers are ignored). Output channel ``c`` depends on filter
-    ``W[c]`` only, so per channel: ``∂μ_c/∂W[c]`` is the mean input patch, identical for every
-    channel of a conv group (``G × C_in/G·kh·kw`` numbers), and ``∂σ²_c/∂W[c] =
-    (2/M) Σ (x_c − μ_c) · patch`` is one weight-gradient convolution. The official code runs two
-    full ``autograd.grad`` calls instead. Since ``⟨D, W_t − W_{t−τ}⟩ = ⟨D, W_t⟩ − ⟨D, W_{t−τ}⟩``
-    and the second term is known at ``t−τ``, a past iteration costs one weight-sized tensor
-    plus ``O(C + C_in k²)`` numbers (the official layout keeps three weight-sized tensors).
-    For a bias-free conv ``μ`` is linear in ``W`` and its compensation is exact; ``σ²``'s
-    error is second order in the step. A conv bias is not compensated (as in the official
-    code; mmdet's convs before a norm have none).
+    **Derivatives.** Only the producing conv's weight is compensated (the paper's
+    approximation: earlier layers are ignored); the derivatives cost one weight-gradient
+    convolution per layer and iteration (the official code runs two ``autograd.grad`` calls),
+    see :class:`~mmnorm_plugin.norms.cbn_window.CrossIterationWindow`. A conv bias is not
+    compensated (as in the official code; mmdet's convs before a norm have none).
 
     **Finding the conv.** Layers are called as ``norm(conv(x))`` everywhere in OpenMMLab, so
     the producing conv is read from the input's autograd graph
-    (:func:`~mmnorm_plugin.norms.functional.find_producing_conv`): the weight *as used* (after
+    (:func:`~mmnorm_plugin.norms.conv_origin.find_producing_conv`): the weight *as used* (after
     AMP casts or a re-parameterisation such as weight centralization) is what the statistics
     are linear in, so it is the weight that is compensated and that receives the gradient.
     When the input has no autograd history or the conv weight is frozen, nothing needs
@@ -187,7 +157,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
     and uses the uncompensated cross-iteration average.
 
     **torch.compile.** Compiled code cannot read the autograd graph, so a compiled CBN finds its
-    conv through forward hooks: call :func:`~mmnorm_plugin.norms.functional.tap_convolutions`
+    conv through forward hooks: call :func:`~mmnorm_plugin.norms.conv_origin.tap_convolutions`
     on the model before compiling (CBN raises otherwise; tapped, eager mode reads the same conv
     from the hook). Everything else a training step decides is either a device tensor (ring
     slots, fill levels as validity masks, counters) or decided outside the forward (iteration
@@ -195,12 +165,9 @@ class CBN(GuardedNormMixin, _BatchNorm):
     traces the layer without a break and one graph serves every step after the burn-in.
 
     **Modes.** In eval mode (``model.eval()``, mmdet's ``norm_eval=True``, frozen stages) CBN is
-    exactly ``BatchNorm2d`` with running statistics, hence foldable into the conv. Running
-    statistics average, by default, the window statistics training normalized with
-    (``running_stats='window'``); the official code averages the current batch's
-    (``running_stats='batch'``, see the argument for the measurement). During burn-in CBN is
-    plain BN. An empty input (0 RoIs) is normalized with the running statistics, leaves all
-    state untouched and does not count as an iteration.
+    exactly ``BatchNorm2d`` with running statistics, hence foldable into the conv. During
+    burn-in CBN is plain BN. An empty input (0 RoIs) is normalized with the running
+    statistics, leaves all state untouched and does not count as an iteration.
 
     **Bad batches.** A channel whose statistics are not finite (an fp16 overflow upstream)
     updates neither its running statistics nor, in later iterations, the window: its entry is
@@ -211,10 +178,10 @@ class CBN(GuardedNormMixin, _BatchNorm):
     **Iterations and call sites.** The window is cross-*iteration*, so CBN must know where an
     iteration ends: at an optimizer step. Every ``torch.optim`` optimizer runs a global step
     post-hook that ends the iteration of every CBN
-    (:func:`~mmnorm_plugin.norms.functional.listen_for_iteration_end`; Python flags only, no
-    device sync); a loop that updates weights without ``torch.optim`` calls
-    :func:`~mmnorm_plugin.norms.functional.end_iteration`. Calls between two steps are *call
-    sites* of one iteration, each with its own window: a head shared across 5 FPN levels
+    (:func:`~mmnorm_plugin.norms.iteration_clock.listen_for_iteration_end`; Python flags only,
+    no device sync); a loop that updates weights without ``torch.optim`` calls
+    :func:`~mmnorm_plugin.norms.iteration_clock.end_iteration`. Calls between two steps are
+    *call sites* of one iteration, each with its own window: a head shared across 5 FPN levels
     (RetinaNet, FCOS, RPN) keeps 5 windows, one per level, and ``num_iters`` and the burn-in
     count optimizer steps, not calls, whether or not the layer or its conv is trainable. The
     number of sites is learned in the first iteration; an iteration with more calls (an
@@ -225,84 +192,72 @@ class CBN(GuardedNormMixin, _BatchNorm):
     (``with_cp=True``) re-runs the forward during backward, which would push every batch
     twice: CBN raises there, naming the fix.
 
-    **State.** The iteration counter and BN's running statistics are registered buffers. The
-    windows (statistics ``(S, k, C)``, ring pointers ``(S,)``, derivative histories
-    ``(S, G | C, k, P)``) have a shape that only training reveals (sites, producing conv), so
-    they are plain tensor attributes that ``_apply`` moves (``.to()``, ``.cuda()``) and
-    ``state_dict`` saves once they exist, deliberately *not* registered buffers: a buffer whose
-    shape changes after construction breaks every wrapper that copies buffers before the first
-    step (mmengine's ``EMAHook`` and ``StochasticWeightAverage`` pair buffers by order or
-    alias the state dict at construction), and DDP would broadcast rank 0's per-rank windows.
-    Checkpoints carry everything, and a run resumed at iteration ``t`` reproduces iteration
-    ``t+1``. The ring pointers are device tensors used as indices and the
-    iteration counter is mirrored in Python (re-read on ``load_state_dict``), so a training
-    step never reads a tensor back to the host. A plain BN checkpoint (ImageNet backbones) has
-    no CBN state: it loads without missing keys and starts empty windows; a CBN checkpoint with
-    another ``buffer_num`` keeps its running statistics and iteration count and restarts the
-    windows (with a warning naming both sizes, once per distinct pair). Loading goes through
-    :class:`~mmnorm_plugin.norms.functional.GuardedNormMixin`: the whole state is validated
-    first (keys, shapes, dtypes, counters ``>= 0``, ring pointers inside the ring, finite
-    statistics, variances ``>= 0``) and a refused checkpoint, or one missing an entry, leaves
-    the layer untouched; so does a refused input (dtype, device, rank, one value per channel),
-    checked before the first state change. Parameter/buffer names and the ``bn`` abbreviation
-    are BN's, so mmdet's ``norm_eval``, zero-init, mmengine's ``norm_decay_mult`` and BN
-    checkpoints work.
+    **State.** The iteration counter and BN's running statistics are registered buffers; the
+    window is saved in the state dict once it exists, so checkpoints carry everything and a
+    run resumed at iteration ``t`` reproduces iteration ``t+1``. No training step reads a
+    tensor back to the host (ring pointers are device tensors used as indices; the iteration
+    counter is mirrored in Python and re-read on ``load_state_dict``). A plain BN checkpoint
+    (ImageNet backbones) loads without missing keys and starts empty windows; a CBN checkpoint
+    with another ``buffer_num`` keeps its running statistics and iteration count and restarts
+    the windows (a warning names both sizes). Loading is
+    :class:`~mmnorm_plugin.norms.base.NormBase`'s transaction: a checkpoint that does not fit
+    (keys, shapes, dtypes, counters, ring pointers, non-finite values in the layer's dtype)
+    leaves the layer untouched; so does a refused input (dtype, device, rank, one value per
+    channel), checked before the first state change.
 
     Args:
-        num_features (int): channels ``C``.
-        eps (float): added to the variance inside the square root. Default 1e-5 (BN's, and
-            what ``build_norm_layer`` injects).
-        momentum (float | None): running-statistics EMA factor in PyTorch's convention;
-            ``None`` for a cumulative average. Default 0.1 (BN's and the official code's).
-        affine (bool): learn ``γ, β``. Default True.
-        track_running_stats (bool): keep running statistics for eval. Default True.
-        buffer_num (int): number of past iterations ``k`` in the window (window = ``k + 1``
-            batches). Default 3, the released detection configs' value.
-        burnin_iters (int): training iterations (optimizer steps, not calls) during which
-            CBN is plain BN; the window is used from iteration ``burnin_iters + 1`` on. The
-            paper uses a burn-in because early weights move too fast for a first-order
-            compensation; with the exact gradient the small-batch study measured none needed
-            (97.7 % with and without one epoch of burn-in), but detection from scratch does
-            (neutral set, 1 image per batch, plain BN for 2 of 3 epochs, the COCO configs'
-            8-of-12 fraction, against none: +4.5 [+1.8, +7.2] * (n = 5) bbox mAP ×100 for the
-            burn-in (CBN 8.7 ± 1.9 (n = 5), with burn-in 13.2 ± 0.9 (n = 5); BN-1 12.4 ± 2.0 (n =
-            5), burn-in vs BN-1 +0.8 [−1.5, +3.2] (n = 5))); in the fine-tune setting (pretrained
-            backbone with frozen BN, CBN in FPN + head) it changes nothing measurable, +0.4
-            [−1.1, +1.9] (n = 5). It helps where it matters and costs nothing elsewhere, so the
-            COCO configs keep the release's burn-in. Default 0 (the official layer's default). A config expresses a
-            burn-in in epochs with
-            :class:`~mmnorm_plugin.engine.cbn_hooks.CBNBurnInHook`, which sets this from the
-            dataloader length at the start of training (the official ``tools/train.py``
-            converted epochs to iterations the same way).
-        rho (float): scale of the Taylor compensation; ``0`` gives the naive average of past
-            statistics (the paper's ablation baseline). Default 1.0.
-        eps_outside_sqrt (bool): normalize with ``sqrt(σ²) + ε`` as the official code does, in
-            training and eval. Default False: the paper writes BN's ``sqrt(σ² + ε)``, which keeps
-            BN checkpoints and BN folding exact.
+        num_features (int): ``C`` from an expected input of size ``(N, C, H, W)``.
+        eps (float): added to the variance inside the square root, for numerical stability.
+            Default: 1e-5 (BN's, and what ``build_norm_layer`` injects).
+        momentum (float, optional): weight of the new value in the running statistics' EMA
+            (PyTorch's convention); ``None`` for a cumulative average. Default: 0.1 (BN's and
+            the official code's).
+        affine (bool): learn ``γ`` and ``β``. Default: ``True``.
+        track_running_stats (bool): keep running statistics, which eval mode normalizes with
+            (``False``: eval uses the test batch's statistics, as BN). Default: ``True``.
+        buffer_num (int): past iterations ``k`` in the window (``k + 1`` batches per
+            statistic); 0 is BN. Default: 3, the released detection configs' value.
+        burnin_iters (int): training iterations (optimizer steps, not calls) of plain BN
+            before the window is used: the paper's remedy for early weights that move too fast
+            for a first-order compensation. Default: 0 (the official layer's). A config sets a
+            burn-in in epochs with :class:`~mmnorm_plugin.engine.cbn_hooks.CBNBurnInHook`; the
+            COCO configs keep the release's 8 epochs, which detection from scratch needs (see
+            ``configs/cbn/README.md`` and ``docs/norm_sweep_defaults_photo-digits_scratch.md``).
+        rho (float): scale of the Taylor compensation; ``0`` is the uncompensated average of
+            past statistics (the paper's ablation baseline). Default: 1.0 (the paper's).
+        eps_outside_sqrt (bool): normalize with ``sqrt(σ²) + ε`` as the official code does,
+            in training and eval. Default: ``False``: the paper's ``sqrt(σ² + ε)`` keeps BN
+            checkpoints and BN folding exact.
         grad_through_compensation (bool): backpropagate through the compensated past
-            statistics into the producing conv's weight (the exact derivative of the forward).
-            Default True; False is the official code's gradient (see above for why it is not
-            the default).
-        running_stats (str): what the running (eval) statistics average. ``'window'``
-            (default): the window statistics training normalized with (mean and total variance
-            over the window), so evaluation normalizes as training did. ``'batch'`` (official):
-            the current batch's mean and unbiased variance, as BN. Decided on paired seeds
-            (same initialization and data order) at 1 image per batch, detector trained from
-            scratch (``tools/analysis/norm_sweep_defaults.sh``, records in
-            ``docs/norm_sweep_defaults_*``):
-            ``'batch'`` − ``'window'``: −0.5 [−1.8, +0.7] (n = 5) bbox mAP ×100 on the neutral set,
-            −6.6 [−12.8, −0.3] * (n = 5) on the hard set (window 17.7 ± 1.0 (n = 5), batch 11.1 ±
-            5.6 (n = 5)), −0.3 [−0.6, +0.0] (n = 5) in the neutral set's fine-tune setting
-            (pretrained backbone, CBN in FPN + head). The hard set's interval excludes 0 in
-            favour of ``'window'`` and the other two show no difference; on the hard set CBN
-            with ``'window'`` beats BN-1 (+5.2 [+3.2, +7.2] *, n = 5) and with ``'batch'`` does
-            not (−1.4 [−7.4, +4.6]), so ``'window'`` stays the default (it had been
-            chosen on one seed, 0.468 vs 0.409). On the classification study the two agreed
-            (3 seeds, 97.9 vs 97.7 % at batch 1). During burn-in (plain BN) both are the
-            current batch's statistics.
-        max_call_sites (int): most call sites (windows) per iteration. Default 8: FPN heads
-            are shared over 5 levels; more calls without an optimizer step start a new
-            iteration, which bounds the memory of loops that never step an optimizer.
+            statistics into the producing conv's weight, the exact derivative of the forward
+            (see "Gradient"). Default: ``True``; ``False`` is the official gradient.
+        max_call_sites (int): most call sites (windows) per iteration; more calls without an
+            optimizer step start a new iteration, which bounds the memory of loops that never
+            step an optimizer. Default: 8 (FPN heads are shared over 5 levels).
+        running_stats (str): what the running statistics average: ``'window'``, the window
+            statistics training normalized with, so that evaluation normalizes as training
+            did, or ``'batch'``, the current batch's mean and unbiased variance (the official
+            update, as BN). Default: ``'window'``, kept on paired seeds (see
+            ``docs/norm_sweep_defaults_tiny-coco-hard_scratch.md`` and
+            ``configs/cbn/README.md``). During burn-in both are the current batch's.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`, ideally a ``Conv2d``'s output (compensated); any other
+          producer gets the uncompensated window average and a warning.
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        >>> cbn = CBN(8, buffer_num=3)
+        >>> optimizer = torch.optim.SGD(list(conv.parameters()) + list(cbn.parameters()), lr=0.1)
+        >>> for _ in range(5):
+        ...     cbn(conv(torch.randn(2, 3, 16, 16))).square().mean().backward()
+        ...     optimizer.step()  # also ends CBN's iteration
+        ...     optimizer.zero_grad()
+        >>> cbn.num_iters, cbn.hist_len
+        (tensor(5), tensor([3]))
+        >>> # in an mmdet config: norm_cfg = dict(type='CBN', buffer_num=3)
 
     Notes:
         * The official code counts every call as an iteration, so a shared head mixes FPN
@@ -314,11 +269,11 @@ class CBN(GuardedNormMixin, _BatchNorm):
           window statistics from rank 0 each step; mmengine's default is ``False``.
         * The burn-in is two-stage only (the official default ``two_stage=True``).
     """
-    _abbr_ = 'bn'
-    _version = 5  # 5: the window's validity mask hist_valid
+    # the window's layout: 2 per-site windows, 3 E[x²] -> variances, 4 element counts,
+    # 5 the validity mask hist_valid (upgrades: CrossIterationWindow._upgrade_state)
+    _version = 5
     _optional_state = ('num_batches_tracked', 'num_iters')  # BN checkpoints lack num_iters
-    _state_rules = dict(GuardedNormMixin._state_rules, num_iters=COUNT)
-    _extra_state_names = _WINDOW + _V1_BUFFERS
+    _state_rules = dict(NormBase._state_rules, num_iters=COUNT)
 
     def __init__(self,
                  num_features: int,
@@ -353,28 +308,11 @@ class CBN(GuardedNormMixin, _BatchNorm):
         self.running_stats = running_stats
         self.register_buffer('num_iters', torch.zeros((), device=device, dtype=torch.long))
         self._empty_window(device=device, dtype=dtype)
-        self._init_guard()
+        self._reset_iteration_state()
+        self._finish_init()
         listen_for_iteration_end(self)
 
-    # ----------------------------------------------------------------------------- state
-    def _empty_window(self, device=None, dtype=None) -> None:
-        """No call site seen yet: window tensors with 0 sites, no derivative history."""
-        like = getattr(self, 'hist_mean', None)
-        if like is not None:
-            device, dtype = like.device, like.dtype
-        k, c = self.buffer_num, self.num_features
-        for name in _WINDOW_STATS:
-            setattr(self, name, torch.zeros(0, k, c, device=device, dtype=dtype))
-        for name in _MASKS:
-            setattr(self, name, torch.zeros(0, k, c, device=device, dtype=torch.bool))
-        for name in _COUNTS:
-            setattr(self, name, torch.zeros(0, k, device=device, dtype=torch.long))
-        for name in _POINTERS:
-            setattr(self, name, torch.zeros(0, device=device, dtype=torch.long))
-        for name in _LAZY_BUFFERS:
-            setattr(self, name, torch.zeros(0, device=device, dtype=dtype))
-        self._reset_iteration_state()
-
+    # -------------------------------------------------------------------- iteration state
     def _reset_iteration_state(self) -> None:
         """Re-read the iteration counter's Python mirror (construction, reset, load only)."""
         self._iters = int(self.num_iters)  # iterations ended (at a save: also started)
@@ -403,171 +341,38 @@ class CBN(GuardedNormMixin, _BatchNorm):
         if hasattr(self, '_iters'):
             self._update_phase()
 
-    @property
-    def num_sites(self) -> int:
-        """Call sites per training iteration (a head shared over 5 FPN levels has 5)."""
-        return self.hist_ptr.shape[0]
-
     def reset_history(self) -> None:
         """Forget the cross-iteration windows and restart the burn-in counter."""
         self.num_iters.zero_()
         self._empty_window()
+        self._reset_iteration_state()
 
     def reset_running_stats(self) -> None:
         super().reset_running_stats()
         if hasattr(self, 'hist_var_grad'):  # _NormBase.__init__ calls this before ours
             self.reset_history()
 
-    def _apply(self, fn, recurse=True):
-        # .to() / .cuda() / .double(): the window moves with the buffers
-        super()._apply(fn, recurse)
-        for name in _WINDOW:
-            setattr(self, name, fn(getattr(self, name)))
-        return self
-
     def __setstate__(self, state):
         # deepcopy / pickle build the layer without __init__: it must hear iteration ends too
         super().__setstate__(state)
         listen_for_iteration_end(self)
 
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        if not (self.num_sites and self.buffer_num):
-            return
-        # the window holds only finite statistics (_push stores a non-finite entry as zeros
-        # with its validity bit cleared), so what is written here is clean as it is
-        names = _WINDOW_STATS + _MASKS + _COUNTS + _POINTERS
-        if self.hist_var_grad.numel():
-            names = names + _LAZY_BUFFERS
-        for name in names:
-            tensor = getattr(self, name)
-            destination[prefix + name] = tensor if keep_vars else tensor.detach()
-
     # ------------------------------------------------------------------------- loading
-    # Through GuardedNormMixin: the whole state (registered entries and the window) is
-    # validated, adapted and only then copied; a refused checkpoint changes nothing.
+    # Through NormBase (validated, then committed whole) and the window's hooks
+    # (CrossIterationWindow); here what is CBN's own: the iteration counter and its mirror.
     def _adapt_state(self, state: Dict[str, Any],
                      notes: List[Tuple[str, str]]) -> Dict[str, Any]:
-        window = {name: state.pop(name) for name in _WINDOW if name in state}
-        legacy = [state.pop(name) for name in _V1_BUFFERS if name in state]
         if 'num_iters' not in state:  # a BN checkpoint: nothing is missing, no iteration yet
             state['num_iters'] = torch.zeros_like(self.num_iters)
-        if legacy:
-            # The first layout (one site, E[x²], iteration-major derivatives) cannot be reused:
-            # keep BN's state and the iteration count, restart the window.
-            notes.append(('cbn-v1', 'CBN checkpoint of an older layout; running statistics '
-                          'and iteration count are loaded, the cross-iteration window '
-                          'restarts (reported once for every layer).'))
-            return state
-        if not window:
-            return state  # a BN checkpoint, or a CBN that had not trained yet
-        needed = _WINDOW_STATS + _POINTERS
-        missing = [n for n in needed if n not in window]
-        lazy = [n for n in _LAZY_BUFFERS if n in window]
-        if missing or 0 < len(lazy) < len(_LAZY_BUFFERS):
-            missing += [n for n in _LAZY_BUFFERS if lazy and n not in window]
-            raise ValueError(f'CBN checkpoint without {", ".join(missing)} (a BN checkpoint '
-                             'has no CBN window, a CBN checkpoint all of it).')
-        mean = window['hist_mean']
-        if not isinstance(mean, Tensor) or mean.dim() != 3:
-            raise ValueError(f'hist_mean of shape {tuple(getattr(mean, "shape", ()))}: '
-                             f'expected (sites, buffer_num, {self.num_features})')
-        saved_k = mean.shape[1]
-        if saved_k != self.buffer_num:
-            # A window of another length cannot be reused slot by slot: keep the running
-            # statistics and the iteration count, restart the window.
-            notes.append((f'cbn-window-size-{saved_k}-{self.buffer_num}',
-                          f'the checkpoint\'s CBN window has buffer_num={saved_k}, this layer '
-                          f'has buffer_num={self.buffer_num}; running statistics and iteration '
-                          'count are loaded, the cross-iteration window restarts (reported '
-                          'once for every layer with these sizes).'))
-            return state
-        if 'hist_count' not in window:
-            # version 3 saved no counts: only SyncCBN reads them, to weight the ranks of one
-            # entry; equal weights until those entries leave the window
-            window['hist_count'] = torch.ones(mean.shape[:2], dtype=torch.long)
-        if 'hist_valid' not in window:
-            window = self._with_validity(window)
-        state.update(window)
-        return state
-
-    @staticmethod
-    def _with_validity(window: Dict[str, Any]) -> Dict[str, Any]:
-        """Version <= 4 (no validity mask): an entry is valid where its slot was filled
-        (``slot < hist_len``) and its statistics are finite; invalid ones are zeroed, as
-        :meth:`_push` stores them now."""
-        mean, var, length = window['hist_mean'], window['hist_var'], window['hist_len']
-        if not (isinstance(var, Tensor) and var.shape == mean.shape
-                and isinstance(length, Tensor) and length.shape == mean.shape[:1]):
-            return window  # _check_state names the shapes
-        filled = (torch.arange(mean.shape[1], device=length.device).view(1, -1)
-                  < length.view(-1, 1))
-        valid = filled.unsqueeze(-1) & torch.isfinite(mean) & torch.isfinite(var) & (var >= 0)
-        window = dict(window, hist_valid=valid)
-        for name in _WINDOW_STATS:
-            value = window[name]
-            if isinstance(value, Tensor) and value.shape == mean.shape:
-                window[name] = torch.where(valid, value, torch.zeros((), dtype=value.dtype))
-        return window
-
-    def _check_state(self, state: Dict[str, Any], prefix: str) -> List[str]:
-        """The window's shapes, dtypes and values: a window that loads is one training can
-        continue from (pointers inside the ring, counts >= 0, finite statistics)."""
-        if 'hist_mean' not in state:
-            return []
-        window = {n: state[n] for n in _WINDOW if n in state}
-        bad = [n for n, v in window.items() if not isinstance(v, Tensor)]
-        if bad:
-            return [f'{prefix}{n}: expected a Tensor, got {type(window[n]).__name__}'
-                    for n in bad]
-        s, k, c = window['hist_mean'].shape[0], self.buffer_num, self.num_features
-        expected = dict({n: (s, k, c) for n in _WINDOW_STATS + _MASKS},
-                        **{n: (s, k) for n in _COUNTS}, **{n: (s, ) for n in _POINTERS})
-        errors = [f'{prefix}{n}: checkpoint shape {tuple(window[n].shape)}, expected {shape}'
-                  for n, shape in expected.items() if tuple(window[n].shape) != shape]
-        if errors:
-            return errors
-        if 'hist_var_grad' in window:
-            mean_grad, var_grad = window['hist_mean_grad'], window['hist_var_grad']
-            if not (var_grad.dim() == 4 and mean_grad.dim() == 4
-                    and tuple(var_grad.shape[:3]) == (s, c, k)
-                    and tuple(mean_grad.shape) == (s, mean_grad.shape[1], k, var_grad.shape[3])
-                    and mean_grad.shape[1] > 0 and c % mean_grad.shape[1] == 0):
-                return [f'{prefix}: CBN({c}) derivative history of shapes '
-                        f'{tuple(mean_grad.shape)} and {tuple(var_grad.shape)}; expected '
-                        f'({s}, groups, {k}, P) and ({s}, {c}, {k}, P).']
-        rules = dict({n: FINITE for n in _WINDOW_STATS + _LAZY_BUFFERS}, hist_var=VARIANCE,
-                     **{n: MASK for n in _MASKS}, **{n: COUNT for n in _COUNTS + _POINTERS})
-        for name, rule in rules.items():
-            if name in window:
-                errors += state_value_problems(prefix + name, window[name], rule)
-        if errors:
-            return errors
-        length, ptr = window['hist_len'], window['hist_ptr']
-        if bool((length > k).any()):
-            errors.append(f'{prefix}hist_len: values must be in [0, {k}] (buffer_num={k}), '
-                          f'got {length.tolist()}')
-        if bool((ptr >= k).any()):
-            errors.append(f'{prefix}hist_ptr: values must be in [0, {k}) (buffer_num={k}), '
-                          f'got {ptr.tolist()}')
-        elif not errors and bool(((length < k) & (ptr != length)).any()):
-            # a ring that has not wrapped yet writes its next entry right after the last one
-            errors.append(f'{prefix}hist_ptr: {ptr.tolist()} does not follow hist_len '
-                          f'{length.tolist()} (a ring not yet full has hist_ptr == hist_len)')
-        return errors
-
-    def _load_extra_state(self, state: Dict[str, Any]) -> None:
-        self._empty_window()
-        like = self.hist_mean
-        for name in _WINDOW:
-            if name in state:
-                dtype = (torch.long if name in _INTEGER else
-                         torch.bool if name in _MASKS else like.dtype)
-                setattr(self, name, state[name].detach().to(like.device, dtype, copy=True))
+        return super()._adapt_state(state, notes)
 
     def _after_load(self) -> None:
         super()._after_load()
         self._reset_iteration_state()
+
+    def eval_statistics(self) -> Tuple[Tensor, Tensor]:
+        mean, var = super().eval_statistics()
+        return mean, self._effective_var(var)[0]
 
     # ------------------------------------------------------------------ iterations, sites
     @property
@@ -577,7 +382,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
         return self._window_on
 
     def _end_iteration(self) -> None:
-        """An optimizer step happened (:func:`~.functional.listen_for_iteration_end`): the
+        """An optimizer step happened (:func:`~.iteration_clock.listen_for_iteration_end`): the
         next training call starts a new iteration. Python state only, outside the forward."""
         if self._site >= 0:
             self._sites_known = self.num_sites > 0
@@ -618,13 +423,6 @@ class CBN(GuardedNormMixin, _BatchNorm):
             self._add_site()
         return self._site
 
-    def _add_site(self) -> None:
-        for name in _WINDOW:
-            tensor = getattr(self, name)
-            if tensor.dim() > 1 or name in _POINTERS:
-                setattr(self, name, torch.cat((tensor, tensor.new_zeros((1, ) +
-                                                                      tensor.shape[1:]))))
-
     # ---------------------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tensor:
         check_input_4d(self, x)
@@ -657,7 +455,7 @@ class CBN(GuardedNormMixin, _BatchNorm):
             # silently go uncompensated, unlike the same model in eager mode
             raise RuntimeError(
                 f'{type(self).__name__} under torch.compile finds its producing conv through '
-                'forward hooks: call mmnorm_plugin.norms.functional.tap_convolutions(model) '
+                'forward hooks: call mmnorm_plugin.norms.tap_convolutions(model) '
                 'before compiling the model.')
         origin = producing_conv(x) if self.buffer_num else None
         site = self._next_call_site(origin)
@@ -679,14 +477,14 @@ class CBN(GuardedNormMixin, _BatchNorm):
                 self._push(site, mean, var, m, weight, grads)
             if self.track_running_stats:
                 # SyncCBN: a step in which every rank's batch was empty counts no batch
-                counted = 1 if group is None else (total > 0).view(()).to(torch.long)
+                present = None if group is None else (total > 0).view(())
                 if self.running_stats == 'window':  # what training normalized with
                     values = total / inv_count
                     self._update_running_stats(mean_bar, var_bar * values / (values - 1),
-                                               counted)
+                                               present)
                 else:
                     self._update_running_stats(batch_mean, batch_var * (total / (total - 1)),
-                                               counted)
+                                               present)
         live_weight = None
         if comp is not None and self.grad_through_compensation:
             live_weight = origin.live_weight
@@ -735,9 +533,6 @@ class CBN(GuardedNormMixin, _BatchNorm):
                                       var.to(dtype), inv_count, q_scale, comp, self.eps, group,
                                       total)
 
-    def _state_dtype(self) -> torch.dtype:
-        return self.hist_mean.dtype
-
     def _batch_moments(self, x: Tensor) -> Tuple[Tensor, Tensor]:
         # In (at least) the state precision and without E[x²]−E[x]² cancellation: one native
         # group-norm pass (var_mean over (0, 2, 3) is several times slower on CPU)
@@ -747,211 +542,6 @@ class CBN(GuardedNormMixin, _BatchNorm):
             return zeros, zeros
         var, mean = batch_moments(x)
         return mean.to(dtype), var.to(dtype)
-
-    @torch.no_grad()
-    def _update_running_stats(self, mean: Tensor, var_unbiased: Tensor,
-                              counted=1) -> None:
-        """BN's EMA; non-finite entries keep their value (functional.update_running_stats)."""
-        write_state(self, 'num_batches_tracked', self.num_batches_tracked + counted)
-        finite = update_running_stats(self, 'running_mean', mean, self.momentum,
-                                      self.num_batches_tracked)
-        finite &= update_running_stats(self, 'running_var', var_unbiased, self.momentum,
-                                       self.num_batches_tracked)
-        # SyncCBN: a step in which every rank was empty (counted 0) is not a non-finite one
-        self._note_nonfinite(finite if isinstance(counted, int) else finite | (counted == 0))
-
-    def _conv_terms(self, x: Tensor, mean: Tensor, origin: Optional[ConvOrigin]):
-        """The producing conv's weight (C, P) as used, and this batch's (∂μ/∂W, ∂σ²/∂W).
-
-        Returns ``(None, None)`` when nothing can or needs to be compensated.
-        """
-        if origin is None:
-            if not torch.compiler.is_compiling() and x.grad_fn is not None:
-                warn_once(
-                    f'cbn-no-conv-{type(x.grad_fn).__name__}',
-                    f'CBN({self.num_features}): the input was produced by '
-                    f'{type(x.grad_fn).__name__}, not by a Conv2d, so past statistics cannot be '
-                    'compensated for weight changes; using the uncompensated cross-iteration '
-                    'average for such layers.')
-            return None, None
-        if origin.live_weight is None or origin.input is None:
-            return None, None  # frozen conv weight: nothing to compensate
-        dtype = self._state_dtype()
-        weight = origin.weight.to(dtype)
-        c = weight.shape[0]  # x's channel count, checked by check_input_4d
-        return weight.reshape(c, -1), self._stat_grads(x.detach(), mean, origin, dtype)
-
-    @staticmethod
-    def _stat_grads(x: Tensor, mean: Tensor, origin: ConvOrigin,
-                    dtype: torch.dtype) -> Tuple[Tensor, Tensor]:
-        z = origin.input.to(dtype)
-        n, c, h, w = x.shape
-        g = origin.groups
-        c_in, kh, kw = origin.weight.shape[1:]
-        m = n * h * w
-        if m == 0:  # a SyncCBN rank without images: its entries have weight 0
-            return (x.new_zeros((g, c_in * kh * kw), dtype=dtype),
-                    x.new_zeros((c, c_in * kh * kw), dtype=dtype))
-        geometry = (origin.stride, origin.padding, origin.dilation, g)
-        # ∂μ_c/∂W[c]: mean patch per group = weight-gradient of a conv with one output channel
-        # per group and grad_output 1/M; batch-summed first since grad_output ignores n.
-        ones = z.new_full((1, g, h, w), 1.0 / m)
-        d_mean = conv2d_weight(z.sum(0, keepdim=True), (g, c_in, kh, kw), ones, *geometry)
-        # ∂σ²_c/∂W[c] = (2/M) Σ (x_c − μ_c) · patch = (2/M) Σ x_c · patch − 2 μ_c ∂μ_c/∂W[c]:
-        # one weight-gradient conv on x itself (centring x would cost a pass over it). The
-        # subtraction loses ~ε·|μ|/σ relative precision in this first-order term only; the
-        # statistics themselves never subtract O(μ²) quantities.
-        d_var = conv2d_weight(z, (c, c_in, kh, kw), x.to(dtype), *geometry).reshape(c, -1)
-        d_mean = d_mean.reshape(g, -1)
-        d_var = d_var.mul_(2.0 / m).view(g, c // g, -1).sub_(
-            2 * mean.view(g, c // g, 1) * d_mean.unsqueeze(1)).view(c, -1)
-        # a non-finite batch must not poison later windows through its derivatives
-        return (torch.nan_to_num(d_mean, 0.0, 0.0, 0.0), torch.nan_to_num(d_var, 0.0, 0.0, 0.0))
-
-    def _prepare_history(self, grads: Tuple[Tensor, Tensor]) -> None:
-        """Size the derivative history for this conv; restart the windows if the conv changed."""
-        d_mean, d_var = grads
-        s, k = self.num_sites, self.buffer_num
-        shapes = [(s, d_mean.shape[0], k, d_mean.shape[1]), (s, d_var.shape[0], k, d_var.shape[1])]
-        current = [tuple(getattr(self, name).shape) for name in _LAZY_BUFFERS]
-        if current == shapes:
-            return
-        if self.hist_var_grad.numel():
-            warn_once(
-                f'cbn-conv-changed-{current[1]}-{shapes[1]}',
-                f'CBN({self.num_features}): the producing conv changed (derivative history '
-                f'{current[1]} -> {shapes[1]}); restarting the cross-iteration window.')
-            for name in _POINTERS + _COUNTS + _MASKS:
-                setattr(self, name, torch.zeros_like(getattr(self, name)))
-        for name, shape in zip(_LAZY_BUFFERS, shapes):
-            setattr(self, name, self.hist_mean.new_zeros(shape))
-
-    def _projections(self, weight: Tensor, site: int) -> Tuple[Tensor, Tensor]:
-        """⟨∂μ_τ/∂W[c], W[c]⟩ and ⟨∂σ²_τ/∂W[c], W[c]⟩ for every window slot: (k, C)."""
-        d_mean = self.hist_mean_grad[site]  # (G, k, P)
-        d_var = self.hist_var_grad[site]  # (C, k, P)
-        c, p = weight.shape
-        g, k = d_mean.shape[:2]
-        mean_proj = torch.bmm(weight.reshape(g, c // g, p), d_mean.transpose(1, 2))  # (G,C/G,k)
-        var_proj = torch.bmm(d_var, weight.reshape(c, p, 1))  # (C, k, 1)
-        return mean_proj.reshape(c, k).t(), var_proj.reshape(c, k).t()
-
-    def _compensated_past(self, site: int,
-                          weight: Optional[Tensor]) -> Tuple[Tensor, Tensor, bool]:
-        """This rank's window moved to the current weights: ``(μ̂, σ̂², compensated)``, each
-        ``(k, C)``, NaN where the window holds no valid entry (an unfilled slot, a skipped
-        non-finite statistic): the validity test of :meth:`_window_statistics` drops those,
-        and SyncCBN's pooling turns them into invalid pooled entries on every rank.
-
-        Every slot is computed, filled or not: the shapes never depend on the iteration (no
-        Python branch on the fill level, nothing for ``torch.compile`` to specialize on).
-        """
-        past_mean = self.hist_mean[site]
-        past_var = self.hist_var[site]
-        compensated = weight is not None and self.rho != 0 and self.hist_var_grad.numel() > 0
-        if compensated:
-            mean_proj, var_proj = self._projections(weight, site)
-            shift = self.rho * (mean_proj - self.hist_mean_proj[site])
-            past_var = past_var + self.rho * (var_proj - self.hist_var_proj[site]) - shift**2
-            past_mean = past_mean + shift
-        valid = self.hist_valid[site]
-        return (torch.where(valid, past_mean, math.nan), torch.where(valid, past_var, math.nan),
-                compensated)
-
-    def _window_statistics(self, site: int, mean: Tensor, var: Tensor,
-                           past: Optional[Tuple[Tensor, Tensor, bool]],
-                           share: Optional[Tensor]):
-        """Window statistics, per-channel 1/n, and the compensation's weight-gradient terms."""
-        if past is None:
-            return mean, var, torch.ones_like(mean), None
-        past_mean, past_var, compensated = past
-        valid = (past_var >= 0) & torch.isfinite(past_var) & torch.isfinite(past_mean)
-        past_mean = torch.where(valid, past_mean, 0.0)
-        past_var = torch.where(valid, past_var, 0.0)
-        count = 1 + valid.sum(0).to(mean.dtype)
-        mean_bar = (mean + past_mean.sum(0)) / count
-        spread = var + (mean - mean_bar)**2
-        past_spread = torch.where(valid, past_var + (past_mean - mean_bar)**2, 0.0)
-        var_bar = (spread + past_spread.sum(0)) / count
-        comp = None
-        if compensated and self.grad_through_compensation:
-            comp = self._compensation_grad_terms(site, valid, mean_bar, share)
-        return mean_bar, var_bar, count.reciprocal(), comp
-
-    def _compensation_grad_terms(self, site: int, valid: Tensor, mean_bar: Tensor,
-                                 share: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
-        """``A = Σ_τ v_τ ∂μ_τ/∂W`` and ``E = Σ_τ v_τ (2(μ_τ − μ̄)∂μ_τ/∂W + ∂σ²_τ/∂W)``, (C, P).
-
-        ``∂L/∂W = (ρ/n)(∂L/∂μ̄ · A + ∂L/∂σ̄² · E)``: ``μ̂_τ`` moves ``μ̄`` (weight 1/n) and
-        ``σ̄²`` through ``(μ̂_τ − μ̄)²``; ``σ̂²_τ``'s ``−(μ̂_τ − μ_τ)²`` term turns ``μ̂_τ − μ̄``
-        into ``μ_τ − μ̄``. SyncCBN: each rank holds its own images' ``μ_τ`` and derivatives,
-        and the pooled terms are the sums over ranks of these terms weighted by the rank's
-        ``share`` ``m_{r,τ}/m_τ`` of the entry (the pooled ``∂σ²_τ/∂W`` is
-        ``Σ_r w_r (∂σ²_{r,τ}/∂W + 2(μ_{r,τ} − μ_τ)∂μ_{r,τ}/∂W)``): every rank returns its part,
-        and DDP's gradient reduction adds them.
-        """
-        d_mean = self.hist_mean_grad[site]  # (G, k, P)
-        d_var = self.hist_var_grad[site]  # (C, k, P)
-        g, k = d_mean.shape[:2]
-        c = d_var.shape[0]
-        v = valid.to(d_var.dtype).t()  # (C, k)
-        if share is not None:
-            v = v * share.to(v.dtype)
-        centred = v * 2 * (self.hist_mean[site].t() - mean_bar[:, None])
-        centred = torch.where(valid.t(), centred, 0.0)
-        coeffs = torch.stack((v, centred))  # (2, C, k)
-        a_e = torch.matmul(coeffs.reshape(2, g, c // g, k), d_mean)  # (2, G, C/G, P)
-        a, e = a_e.reshape(2, c, -1).unbind(0)
-        e = e + torch.bmm(v.unsqueeze(1), d_var).squeeze(1)
-        return a, e
-
-    @torch.no_grad()
-    def _push(self, site: int, mean: Tensor, var: Tensor, count: int, weight: Optional[Tensor],
-              grads: Optional[Tuple[Tensor, Tensor]]) -> None:
-        """Write this batch's entry at the site's ring pointer and advance the ring.
-
-        The slot is a device tensor (``hist_ptr``) used as an index (:func:`write_state`): no
-        host read, nothing ``torch.compile`` specializes on. A channel whose statistics are not
-        finite is stored as zeros with its validity bit cleared, so the window (and any
-        checkpoint of it) only ever holds finite numbers.
-        """
-        slot = self.hist_ptr[site:site + 1]
-        at = (slot.new_full((1, ), site), slot)  # [site, slot] of a (S, k, ...) entry
-        finite = torch.isfinite(mean) & torch.isfinite(var) & (var >= 0)
-        zero = mean.new_zeros(())
-
-        def put(name: str, value: Tensor) -> None:
-            # (autocast computes the projections in bfloat16)
-            write_state(self, name, value.unsqueeze(0).to(getattr(self, name).dtype), at)
-
-        put('hist_mean', torch.where(finite, mean, zero))
-        put('hist_var', torch.where(finite, var, zero))
-        put('hist_valid', finite)
-        put('hist_count', self.hist_count.new_full((), count))
-        if grads is not None:
-            d_mean, d_var = grads
-            # the derivative history is (S, G | C, k, P): the slot is its third index
-            derivative_at = (at[0], slice(None), slot)
-            write_state(self, 'hist_mean_grad', d_mean.unsqueeze(0), derivative_at)
-            write_state(self, 'hist_var_grad', d_var.unsqueeze(0), derivative_at)
-            # computed exactly as the later ⟨D, W_t⟩, so unchanged weights compensate by 0
-            c, p = weight.shape
-            g = d_mean.shape[0]
-            mean_proj = torch.bmm(weight.reshape(g, c // g, p),
-                                  d_mean.reshape(g, p, 1)).reshape(c)
-            var_proj = torch.bmm(d_var.reshape(c, 1, p), weight.reshape(c, p, 1)).reshape(c)
-        else:
-            # no conv to compensate this time: a zero derivative keeps the entry as measured
-            if self.hist_var_grad.numel():
-                derivative_at = (at[0], slice(None), slot)
-                for name in _LAZY_BUFFERS:
-                    write_state(self, name, zero, derivative_at)
-            mean_proj = var_proj = zero.expand_as(mean)
-        put('hist_mean_proj', torch.where(finite, mean_proj, zero))
-        put('hist_var_proj', torch.where(finite, var_proj, zero))
-        k = self.buffer_num
-        write_state(self, 'hist_len', (self.hist_len[site:site + 1] + 1).clamp_max(k), at[:1])
-        write_state(self, 'hist_ptr', (slot + 1) % k, at[:1])
 
     def __prepare_scriptable__(self):
         """``torch.jit.script`` support: in eval mode CBN *is* a BatchNorm2d, script that.
@@ -988,9 +578,10 @@ class SyncCBN(CBN):
     What ``nn.SyncBatchNorm`` is to BN: in a process group of ``R > 1`` ranks, every entry of
     the window (the current batch and each compensated past batch) is the statistic of the
     union of the ranks' batches, so ``R`` GPUs × ``b`` images normalize exactly as CBN on one
-    GPU with ``R·b`` images (tested to 1e-5 with 2 gloo processes: outputs, input and
-    parameter gradients, running statistics, windows). Outside a process group (or in a group
-    of one, or in eval mode) it *is* :class:`CBN`: same code, no communication.
+    GPU with ``R·b`` images (outputs, input and parameter gradients, running statistics and
+    windows; ``tests/test_norms/test_sync_cbn.py`` checks it with 2 gloo processes). Outside a
+    process group (or in a group of one, or in eval mode) it *is* :class:`CBN`: same code, no
+    communication.
 
     **What travels.** Each rank keeps its own images' window (statistics, element counts and
     derivative history) and compensates it locally to the current weights, which DDP keeps
@@ -1004,7 +595,7 @@ class SyncCBN(CBN):
       the ``k`` slots of the window (a slot not filled yet travels with count 0, so the
       message has one size from the first window iteration on): ``(k+1)(2C+1)`` float64
       numbers
-      (:func:`~mmnorm_plugin.norms.functional.all_reduce_moments`; float64 keeps the pooled
+      (:func:`~mmnorm_plugin.norms.collectives.all_reduce_moments`; float64 keeps the pooled
       variance free of cancellation);
     * backward, one ``all_reduce`` of ``[Σg, Σg·x̂]`` (``2C`` numbers in the statistics'
       dtype): the input gradient and the conv-weight gradient through the compensation need
@@ -1029,14 +620,27 @@ class SyncCBN(CBN):
     **Iterations** end at each rank's optimizer step, exactly as in CBN; DDP steps every
     rank's optimizer together, so all ranks agree on call sites and window slots.
 
-    Args:
-        process_group: the ranks to pool over (None: the default group, every rank).
-        Every other argument is :class:`CBN`'s, with its default.
-
     Checkpoints are CBN's (same keys and shapes): a CBN checkpoint loads into SyncCBN and
     back. mmengine's ``sync_bn='torch'`` converts CBN into SyncCBN (``from_unsynced``) when
     the plugin is imported, and mmengine's ``revert_sync_batchnorm`` reverts it
     (``to_unsynced``); see :mod:`mmnorm_plugin.distributed.sync_bn`.
+
+    Args:
+        process_group (optional): the ranks to pool over. Default: ``None``, the default
+            group (every rank), as ``nn.SyncBatchNorm``.
+        Every other argument is :class:`CBN`'s, with its default.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`; ``N`` may differ between ranks, and be 0.
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> # in an mmdet config: norm_cfg = dict(type='SyncCBN', buffer_num=3), or CBN and
+        >>> # mmengine's sync_bn='torch'
+        >>> layer = SyncCBN.from_unsynced(CBN(8, buffer_num=3))
+        >>> layer.buffer_num, layer.process_group  # outside a process group: CBN exactly
+        (3, None)
     """
 
     def __init__(self, num_features: int, *args, process_group=None, **kwargs) -> None:

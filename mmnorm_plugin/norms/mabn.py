@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 from torch import Tensor
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import (FINITE, VARIANCE, GuardedNormMixin, check_input_4d, check_nchw,
-                         normalize_with_stats, update_running_stats, warn_once,
-                         write_state)
+from .base import NormBase, update_running_stats, write_state
+from .input_checks import check_input_4d, check_nchw
+from .reporting import warn_once
+from .state_checks import FINITE, VARIANCE
+from .statistics import normalize_with_stats
 
 __all__ = ['MABN']
 
@@ -98,7 +99,7 @@ class _MABNFunction(torch.autograd.Function):
 
 
 @MODELS.register_module()
-class MABN(GuardedNormMixin, _BatchNorm):
+class MABN(NormBase):
     r"""Moving Average Batch Normalization, for NCHW inputs.
 
     No centering: weight centralization of the producing conv (:class:`CenConv2d`) keeps
@@ -142,28 +143,43 @@ class MABN(GuardedNormMixin, _BatchNorm):
     resumed run continues exactly.
 
     Args:
-        num_features (int): C of the NCHW input.
-        buffer_size (int): SMA window m in iterations. Default 16: the official detection
-            setting, batch 2 per GPU emulating batch 32 (``real_B / B``).
-        momentum (float, optional): weight of the new value in the EMA of R, in PyTorch's
-            convention. Default 0.02, which is the official code's keep factor 0.98. ``None``
-            gives a cumulative average, as in ``nn.BatchNorm2d``.
-        warmup_iters (int): iterations during which the current-batch chi2 and Psi are used
-            instead of the SMA (the weights move fast early on, so old statistics are stale).
-            Default 100 (official).
-        renorm_hold_iters (int): r is fixed to 1 for ``t <= max(renorm_hold_iters,
-            warmup_iters)``, until R is a meaningful EMA. Default 1000 (hard-coded in the
-            official layer; the ImageNet variant uses 100).
-        r_max (float): r is clipped to ``[1 / r_max, r_max]`` afterwards. Default 5 (official).
-        eps (float): added to the statistic inside the square root. Default 1e-5.
-        affine (bool): learnable per-channel gamma and beta. Default True.
-        track_running_stats (bool): must be True; R is part of the method, not an option.
+        num_features (int): ``C`` from an expected input of size ``(N, C, H, W)``.
+        buffer_size (int): the SMA window ``m`` in iterations. Default: 16, the official
+            detection setting (batch 2 per GPU emulating batch 32, ``real_B / B``).
+        momentum (float, optional): weight of the new value in the EMA of ``R`` (PyTorch's
+            convention); ``None`` for a cumulative average. Default: 0.02, the official
+            code's keep factor 0.98.
+        warmup_iters (int): iterations ``T_w`` during which the current-batch ``χ²`` and
+            ``Ψ`` are used instead of the SMA: early weights move fast, so old statistics are
+            stale. Default: 100 (official).
+        renorm_hold_iters (int): ``r`` is fixed to 1 for ``t <= max(T_r, T_w)`` until ``R``
+            is a meaningful EMA. Default: 1000 (hard-coded in the official layer; its
+            ImageNet variant uses 100).
+        r_max (float): ``r`` is clipped to ``[1 / r_max, r_max]`` afterwards, so that a stale
+            ``R`` cannot rescale the output arbitrarily. Default: 5 (official).
+        eps (float): added to the statistic inside the square root, for numerical stability.
+            Default: 1e-5.
+        affine (bool): learn per-channel ``γ`` and ``β``. Default: ``True``.
+        track_running_stats (bool): must be ``True``: ``R`` is part of the method (renorm
+            and inference), not an option. Default: ``True``.
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`, the output of a :class:`CenConv2d` (see Notes).
+        - Output: :math:`(N, C, H, W)` (same shape as input).
+
+    Examples::
+
+        >>> from mmnorm_plugin.models.layers import CenConv2d
+        >>> conv, mabn = CenConv2d(3, 8, 3, padding=1, bias=False), MABN(8, buffer_size=4)
+        >>> mabn(conv(torch.randn(2, 3, 16, 16))).sum().backward()  # Psi is written here
+        >>> mabn.num_batches_tracked, mabn.psi_history.shape
+        (tensor(1), torch.Size([4, 8]))
+        >>> # in an mmdet config: norm_cfg = dict(type='MABN'), conv_cfg = dict(type='CenConv2d')
 
     Notes:
         * Weight centralization of the producing conv is part of the method (without it
-          E[x] != 0 and the second moment overstates the variance). The official maintainer
-          reports a small drop without it. Pretrained backbones need weight-centralized
-          weights: see :mod:`mmnorm_plugin.converters.mabn`.
+          E[x] != 0 and the second moment overstates the variance). Pretrained backbones need
+          weight-centralized weights: see :mod:`mmnorm_plugin.converters.mabn`.
         * Psi is produced in backward, at the slot decided in forward. A training-mode
           forward with no backward through this layer leaves that slot holding the Psi of
           m iterations earlier; a second backward through the same graph does not write it
@@ -175,8 +191,9 @@ class MABN(GuardedNormMixin, _BatchNorm):
           GPUs (two all-reduces of ``C`` numbers) would be an estimator the paper neither
           derives nor measures. mmengine's ``sync_bn='torch'`` would turn MABN into
           ``nn.SyncBatchNorm``: our ``tools/train.py`` refuses it, and once the plugin is
-          imported mmengine's Runner keeps MABN (with a warning). DDP must keep ``broadcast_buffers=False`` (mmengine's default), otherwise
-          rank 0's ring buffers overwrite the other ranks' at every forward.
+          imported mmengine's Runner keeps MABN (with a warning). DDP must keep
+          ``broadcast_buffers=False`` (mmengine's default), otherwise rank 0's ring buffers
+          overwrite the other ranks' at every forward.
         * Loading a plain BN state dict (strict or not): a non-zero ``running_mean`` cannot
           be represented (MABN never centers) and is reset to 0 with a warning; the missing
           ring buffers are not an error: the window restarts empty and the iteration counter
@@ -185,7 +202,7 @@ class MABN(GuardedNormMixin, _BatchNorm):
           another ``buffer_size`` (the warning names both sizes); R and the affine parameters
           are kept. Convert BN checkpoints with ``tools/model_converters/resnet_to_mabn.py``
           instead. A load that does not fit (other channel count, wrong shapes) raises before
-          anything is modified (:class:`~.functional.GuardedNormMixin`).
+          anything is modified (:class:`~.base.NormBase`).
         * Non-finite statistics (a NaN/Inf batch, an fp16 overflow in forward or backward)
           never enter the state: for the affected channels the window slot repeats the
           previous iteration's chi2 / Psi and R keeps its value, so the next finite batch
@@ -208,8 +225,6 @@ class MABN(GuardedNormMixin, _BatchNorm):
           scripted module refuses training mode (the training step is a custom autograd
           function, which TorchScript cannot compile).
     """
-
-    _abbr_ = 'bn'
 
     def __init__(self,
                  num_features: int,
@@ -250,11 +265,11 @@ class MABN(GuardedNormMixin, _BatchNorm):
         factory = dict(device=device, dtype=dtype)
         self.register_buffer('chi2_history', torch.zeros(buffer_size, num_features, **factory))
         self.register_buffer('psi_history', torch.zeros(buffer_size, num_features, **factory))
-        self._init_guard()
+        self._finish_init()
 
     _optional_state = ('num_batches_tracked', 'chi2_history', 'psi_history')
     # chi2 is a mean of squares; both rings only ever hold finite values
-    _state_rules = dict(GuardedNormMixin._state_rules, chi2_history=VARIANCE,
+    _state_rules = dict(NormBase._state_rules, chi2_history=VARIANCE,
                         psi_history=FINITE)
 
     def reset_running_stats(self) -> None:
@@ -287,7 +302,7 @@ class MABN(GuardedNormMixin, _BatchNorm):
         with torch.no_grad():
             # The iteration t, its ring slots and phases are device tensors: no host read,
             # and nothing torch.compile would specialize (recompile) on each iteration.
-            write_state(self, 'num_batches_tracked', self.num_batches_tracked + 1)
+            self._count_batch()
             t = self.num_batches_tracked
             m = self.buffer_size
             use_sma = (t > m) & (t >= self.warmup_iters)

@@ -9,8 +9,9 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmnorm_plugin.norms.bkn import (FUSED, GATED, NO_PRIOR, BatchKalmanNorm2d, GaussianState,
-                                     predict_conv_moments, rectified_gaussian_moments)
+from mmnorm_plugin.norms.bkn import FUSED, GATED, NO_PRIOR, BatchKalmanNorm2d
+from mmnorm_plugin.norms.bkn_prior import (GaussianState, predict_conv_moments,
+                                           rectified_gaussian_moments)
 
 
 def chain(norm, c_in=3, c=6, **kw):

@@ -94,7 +94,7 @@ def _rectified_composite(mean, var):
 
 
 def test_rectified_gaussian_moments_backward():
-    from mmnorm_plugin.norms.bkn import rectified_gaussian_moments
+    from mmnorm_plugin.norms.bkn_prior import rectified_gaussian_moments
     g = torch.Generator().manual_seed(0)
     mean = (torch.randn(12, generator=g, dtype=torch.float64) * 2).requires_grad_()
     var = (torch.rand(12, generator=g, dtype=torch.float64) * 3 + 0.05).requires_grad_()

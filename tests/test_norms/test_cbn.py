@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from mmnorm_plugin.norms.cbn import CBN
-from mmnorm_plugin.norms.functional import end_iteration, find_producing_conv
+from mmnorm_plugin.norms.conv_origin import find_producing_conv
+from mmnorm_plugin.norms.iteration_clock import end_iteration
 
 
 def _pair(cin=3, c=4, k=3, groups=1, bias=False, buffer_num=3, dtype=torch.float64, **kw):

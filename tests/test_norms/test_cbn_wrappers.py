@@ -15,7 +15,7 @@ from mmengine.registry import MODELS, init_default_scope
 
 import mmnorm_plugin  # noqa: F401
 from mmnorm_plugin.norms.cbn import CBN
-from mmnorm_plugin.norms.functional import end_iteration
+from mmnorm_plugin.norms.iteration_clock import end_iteration
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 DEMO = osp.join(ROOT, 'configs', 'demo', 'faster-rcnn_r18-w16_fpn_cbn_tiny-coco.py')

@@ -22,7 +22,7 @@ from mmnorm_plugin.models.layers.cen_conv import CenConv2d
 from mmnorm_plugin.norms.bgn import BGN, SyncBGN
 from mmnorm_plugin.norms.bkn import FUSED, BKN, SyncBKN
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN
-from mmnorm_plugin.norms.functional import tap_convolutions
+from mmnorm_plugin.norms.conv_origin import tap_convolutions
 from mmnorm_plugin.norms.mabn import MABN
 
 STEPS = 6  # compiled steps, after one eager step

@@ -14,7 +14,7 @@ import torch
 from mmengine.runner.checkpoint import load_state_dict as mmengine_load_state_dict
 from torch import nn
 
-from mmnorm_plugin.norms import functional
+from mmnorm_plugin.norms import input_checks, reporting
 from mmnorm_plugin.norms.bgn import BGN
 from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
 from mmnorm_plugin.norms.cbn import CBN
@@ -49,7 +49,7 @@ def _trained(name, c=8, steps=3):
 @pytest.fixture
 def fresh_warnings(monkeypatch):
     """warn_once remembers keys per process; start each test with none used."""
-    monkeypatch.setattr(functional, '_warned', set())
+    monkeypatch.setattr(reporting, '_warned', set())
 
 
 # ------------------------------------------------------------------ item 1: MABN non-finite
@@ -279,10 +279,10 @@ def test_eval_mode_torchscript_matches_eager(make):
 
 
 def test_check_nchw_message_matches_check_input_4d():
-    scripted = torch.jit.script(functional.check_nchw)
+    scripted = torch.jit.script(input_checks.check_nchw)
     for x in (torch.zeros(2, 4), torch.zeros(1, 3, 2, 2)):
         with pytest.raises(ValueError) as eager:
-            functional.check_input_4d(nn.BatchNorm2d(4), x)
+            input_checks.check_input_4d(nn.BatchNorm2d(4), x)
         with pytest.raises(Exception) as script:
             scripted(x, 4, 'BatchNorm2d')
         assert str(eager.value) in str(script.value)

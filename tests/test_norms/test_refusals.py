@@ -15,11 +15,11 @@ from mmengine.runner.checkpoint import load_state_dict as mmengine_load_state_di
 from torch import nn
 
 from mmnorm_plugin.models.layers import CenConv2d
-from mmnorm_plugin.norms import functional
+from mmnorm_plugin.norms import reporting
 from mmnorm_plugin.norms.bgn import BGN, SyncBGN
 from mmnorm_plugin.norms.bkn import BKN, SyncBKN
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN
-from mmnorm_plugin.norms.functional import end_iteration
+from mmnorm_plugin.norms.iteration_clock import end_iteration
 from mmnorm_plugin.norms.mabn import MABN
 
 C = 8
@@ -56,6 +56,12 @@ def _trained(name, steps=5):
 
 def _snapshot(layer):
     return {k: v.clone() for k, v in layer.state_dict().items()}
+
+
+def _mirrors(layer):
+    """The layer's Python state besides tensors (CBN's iteration clock)."""
+    return {k: v for k, v in vars(layer).items()
+            if k != 'training' and isinstance(v, (bool, int, float, str, type(None)))}
 
 
 def _assert_untouched(model, before, twin):
@@ -115,8 +121,41 @@ def _nan_mean(state):
     state['running_mean'] = torch.full_like(state['running_mean'], math.nan)
 
 
+def _meta_weight(state):
+    state['weight'] = torch.empty(C, device='meta')
+
+
+def _meta_bias(state):
+    state['bias'] = torch.empty(C, device='meta')
+
+
+def _overflowing_variance(state):
+    # finite in float64, inf once cast to the layer's float32
+    state['running_var'] = state['running_var'].double() * 1e300
+
+
+def _nan_weight(state):
+    state['weight'][0] = math.nan
+
+
+def _sparse_mean(state):
+    state['running_mean'] = state['running_mean'].to_sparse()
+
+
+def _complex_bias(state):
+    state['bias'] = state['bias'].to(torch.complex64)
+
+
 BAD_CHECKPOINTS = {
     'missing_running_var': (_missing_running_var, 'running_var'),
+    # issue 28: refused only after the other entries (and CBN's window) were copied, or not
+    # at all
+    'meta_weight': (_meta_weight, 'weight'),
+    'meta_bias': (_meta_bias, 'bias'),
+    'overflowing_variance': (_overflowing_variance, 'running_var'),
+    'nan_weight': (_nan_weight, 'weight'),
+    'sparse_mean': (_sparse_mean, 'running_mean'),
+    'complex_bias': (_complex_bias, 'bias'),
     'unexpected_key': (_unexpected_key, 'running_std'),
     'negative_count': (_negative_count, 'num_batches_tracked'),
     'float_count': (_float_count, 'num_batches_tracked'),
@@ -134,7 +173,7 @@ def test_refused_checkpoint_leaves_every_norm_untouched(name, bad, loader):
     strict); every norm accepted negative counters and variances."""
     model = _trained(name)
     twin = copy.deepcopy(model)
-    before = _snapshot(model[1])
+    before, mirrors = _snapshot(model[1]), _mirrors(model[1])
     state = {k: v.clone() for k, v in model[1].state_dict().items()}
     # entries that fit, which a partial load would have copied
     state['weight'] = torch.randn(C)
@@ -145,7 +184,87 @@ def test_refused_checkpoint_leaves_every_norm_untouched(name, bad, loader):
     message = _load(model[1], state, loader)
     if loader != 'mmengine_non_strict':
         assert key in message
+    assert _mirrors(model[1]) == mirrors
     _assert_untouched(model, before, twin)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_a_copy_that_fails_half_way_is_rolled_back(name, monkeypatch):
+    """Issue 28: validation cannot foresee every failure of torch's per-entry copy. Before: when
+    the third copy failed, the two entries copied before it (and the ones after it) stayed; now
+    the layer is put back as it was."""
+    model = _trained(name)
+    twin = copy.deepcopy(model)
+    before, mirrors = _snapshot(model[1]), _mirrors(model[1])
+    parameters = dict(model[1].named_parameters())
+    state = {k: v.clone() for k, v in model[1].state_dict().items()}
+    state['weight'], state['bias'] = torch.randn(C), torch.randn(C)
+    state['running_mean'] = torch.randn(state['running_mean'].shape)
+    state['running_var'] = torch.rand(state['running_var'].shape) + 0.5
+    calls = []
+    copy_ = torch.Tensor.copy_
+
+    def failing_copy(tensor, src, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError('simulated copy failure')
+        return copy_(tensor, src, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.Tensor, 'copy_', failing_copy)
+        with pytest.raises(RuntimeError, match='simulated copy failure'):
+            model[1].load_state_dict(state)
+    assert len(calls) >= 3
+    assert dict(model[1].named_parameters()) == parameters  # the very same objects
+    assert _mirrors(model[1]) == mirrors
+    _assert_untouched(model, before, twin)
+
+
+@pytest.mark.parametrize('version', ['5', 2.5, -1, True])
+@pytest.mark.parametrize('name', ['CBN', 'BGN'])
+def test_a_version_that_is_no_version_number_is_refused_in_one_line(name, version):
+    """Issue 28: a string version crashed inside torch (TypeError after validation); a float,
+    negative or bool version loaded."""
+    model = _trained(name)
+    twin = copy.deepcopy(model)
+    before = _snapshot(model[1])
+    state = model[1].state_dict()
+    state._metadata[''] = dict(state._metadata[''], version=version)
+    with pytest.raises(RuntimeError, match=r'\n\t\w+: state-dict metadata version .* is not a '
+                                           r'version number$'):
+        model[1].load_state_dict(state)
+    _assert_untouched(model, before, twin)
+
+
+@pytest.mark.parametrize('name', ['CBN', 'SyncCBN'])
+def test_a_window_entry_beyond_float32_is_refused(name):
+    """Issue 28: finiteness is checked as the layer will hold the values. Before: a float64
+    1e300 in hist_var passed the check and loaded as inf in the float32 window."""
+    model = _trained(name)
+    twin = copy.deepcopy(model)
+    before, mirrors = _snapshot(model[1]), _mirrors(model[1])
+    state = _snapshot(model[1])
+    state['running_mean'] = torch.randn(C)  # fits: a partial load would copy it
+    state['hist_var'] = state['hist_var'].double()
+    state['hist_var'][0, 0, 0] = 1e300
+    with pytest.raises(RuntimeError, match='hist_var: holds values beyond the range'):
+        model[1].load_state_dict(state)
+    assert _mirrors(model[1]) == mirrors
+    _assert_untouched(model, before, twin)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_assign_loads_the_checkpoint_tensors_themselves(name):
+    """load_state_dict(assign=True) keeps torch's meaning through the transaction: the layer
+    holds the checkpoint's tensors (parameters wrapped, requires_grad kept)."""
+    model = _trained(name)
+    state = {k: v.clone() for k, v in model[1].state_dict().items()}
+    fresh = copy.deepcopy(model[1])
+    fresh.load_state_dict(state, assign=True)
+    assert fresh.running_var is state['running_var']
+    assert fresh.weight.requires_grad and torch.equal(fresh.weight, state['weight'])
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, state[key]), key
 
 
 def _window_corruptions():
@@ -336,7 +455,7 @@ def test_window_of_an_older_version_gets_its_validity_mask():
 # ------------------------------------------------------------------ item 5: warning keys
 @pytest.fixture
 def fresh_warnings(monkeypatch):
-    monkeypatch.setattr(functional, '_warned', set())
+    monkeypatch.setattr(reporting, '_warned', set())
 
 
 def test_each_distinct_window_size_mismatch_is_reported(fresh_warnings):

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from mmnorm_plugin.norms import functional
+from mmnorm_plugin.norms import collectives
 from mmnorm_plugin.norms.bkn import FUSED, NO_PRIOR, BKN, SyncBKN
 
 # per-rank batch sizes of the scenarios run in one launch
@@ -82,7 +82,7 @@ def _rank_scenarios(rank, world):
                 # identical SGD step on every rank with the summed gradients (one test-side
                 # all-reduce, outside the logged phases)
                 flat = torch.cat([_grad(p).reshape(-1) for p in net.parameters()])
-                functional.all_reduce_sum(flat)
+                collectives.all_reduce_sum(flat)
                 _sgd(net, flat.split([p.numel() for p in net.parameters()]))
             out[name] = steps
 
@@ -185,7 +185,7 @@ def test_outside_a_group_it_is_bkn_bit_for_bit(monkeypatch):
             _sgd(net, [p.grad for p in net.parameters()])
         a, b = snaps
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert calls == [] and functional.sync_world_size() == 1
+    assert calls == [] and collectives.sync_world_size() == 1
     # an empty batch takes BKN's early return outside a group, a single value raises
     empty = torch.zeros(0, 6, 4, 4, dtype=torch.float64)
     assert nets[1][1](empty).shape == empty.shape

@@ -15,7 +15,7 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN
-from mmnorm_plugin.norms.functional import end_iteration
+from mmnorm_plugin.norms.iteration_clock import end_iteration
 
 ITERS = 6  # buffer_num 3: the window fills and wraps
 # (per-rank images, layer calls per iteration, CBN options)

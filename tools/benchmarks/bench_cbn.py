@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from mmnorm_plugin.norms.cbn import CBN
 from torch.nn.grad import conv2d_weight
 
-from mmnorm_plugin.norms.functional import find_producing_conv
+from mmnorm_plugin.norms.conv_origin import find_producing_conv
 from mmnorm_plugin.benchmarks.layer_benchmark import (DETECTION_SHAPES, buffer_bytes, compare_norms,
                                            format_rows)
 

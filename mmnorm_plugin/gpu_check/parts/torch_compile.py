@@ -6,7 +6,7 @@ from typing import Callable, List
 import torch
 from torch import nn
 
-from ...norms.functional import tap_convolutions
+from ...norms.conv_origin import tap_convolutions
 from ..cases import compare_runs, make_batches, norm_cases, small_net, train_steps
 from ..measure import error_text, exact_fp32, time_jobs
 from .base import TOLERANCES, Context, Part, cell, fmt_errs, problem, run_items, within, worst

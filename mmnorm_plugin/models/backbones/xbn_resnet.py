@@ -29,7 +29,7 @@ from mmengine.registry import MODELS as ROOT_MODELS
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...norms.functional import warn_once
+from ...norms.reporting import warn_once
 
 __all__ = [
     'DEFAULT_BFN_CFG', 'BFN_POSITIONS', 'build_bfn_layer', 'XBNBasicBlock', 'XBNBottleneck',

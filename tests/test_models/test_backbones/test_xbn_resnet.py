@@ -194,8 +194,8 @@ def test_num_groups_cap_and_clear_errors():
 
 
 def test_batch_statistics_bfn_warns(monkeypatch):
-    from mmnorm_plugin.norms import functional
-    monkeypatch.setattr(functional, '_warned', set())
+    from mmnorm_plugin.norms import reporting
+    monkeypatch.setattr(reporting, '_warned', set())
     with pytest.warns(UserWarning, match='not batch-free'):
         build_bfn_layer(dict(type='BN'), 8)
 

@@ -1,7 +1,8 @@
-"""The cross-rank moment pooling every synced layer uses (functional.all_reduce_moments)."""
+"""The cross-rank moment pooling every synced layer uses (collectives.all_reduce_moments)."""
 import torch
 
-from mmnorm_plugin.norms.functional import all_reduce_moments, batch_moments, sync_world_size
+from mmnorm_plugin.norms.collectives import all_reduce_moments, sync_world_size
+from mmnorm_plugin.norms.statistics import batch_moments
 
 SIZES = (3, 0)  # rank 1 has an empty batch
 
