@@ -16,18 +16,33 @@ Importing the package registers everything (configs do it with
   into their synced variants (and back) instead of silently into ``SyncBatchNorm`` (MABN, which
   has none, is kept; see :mod:`mmnorm_plugin.distributed.sync_bn`).
 
+Every change to another library's behaviour (the last two, CBN's optimizer-step hook, a
+warnings filter) is listed in :mod:`mmnorm_plugin.integration`, whose ``uninstall()`` restores
+the originals.
+
 Importing it does **not** change ``torch.load``: our tools open
 :func:`~mmnorm_plugin.checkpoint.loading.mmengine_checkpoint_loading` around their own loads (see
 :mod:`mmnorm_plugin.checkpoint.loading`); every other caller keeps torch's weights-only defaults.
 """
-from .version import __version__
-from . import norms  # noqa: F401  (registers the norm and conv layers)
-from . import models  # noqa: F401  (registers the backbones)
-from . import engine  # noqa: F401  (registers the runner hooks and the atomic file backend)
-from .validation.norm_cfg import install_build_validation, validate_norm_cfgs
-from .distributed.sync_bn import install_sync_bn_guard
+import importlib.util as _util
+import sys as _sys
 
-install_sync_bn_guard()
-install_build_validation()
+_missing = [m for m in ('torch', 'mmengine', 'mmcv', 'mmdet') if _util.find_spec(m) is None]
+if _missing:  # a Python without the stack: say how to get one, not just "No module named"
+    raise ModuleNotFoundError(
+        f"mmnorm_plugin needs {', '.join(_missing)}, which {_sys.executable} does not have: run "
+        '`make install` (or `bash tools/setup_env.sh`) in the checkout, then use '
+        '.venv/bin/python or `source .venv/bin/activate`', name=_missing[0])
+
+from . import integration  # noqa: E402
+from .version import __version__  # noqa: E402
+
+integration.filter_import_warnings()  # before anything imports mmengine
+from . import norms  # noqa: F401,E402  (registers the norm and conv layers)
+from . import models  # noqa: F401,E402  (registers the backbones)
+from . import engine  # noqa: F401,E402  (registers the runner hooks and the atomic file backend)
+from .validation.norm_cfg import validate_norm_cfgs  # noqa: E402
+
+integration.install()  # every change to another library's behaviour: mmnorm_plugin.integration
 
 __all__ = ['__version__', 'validate_norm_cfgs']

@@ -1,11 +1,8 @@
-"""The package layout: each folder one concern, no import cycle between them, old paths work."""
+"""The package layout: each folder one concern, no import cycle between them, no module too long."""
 import ast
-import importlib
 import os.path as osp
 import pkgutil
-import warnings
 
-import pytest
 
 import mmnorm_plugin
 
@@ -17,7 +14,7 @@ def _subpackage_imports():
     graph = {}
     for info in pkgutil.walk_packages([PKG], 'mmnorm_plugin.'):
         parts = info.name.split('.')
-        if len(parts) < 2 or parts[1] == 'utils':  # utils/: deprecated re-export shims
+        if len(parts) < 2:
             continue
         path = osp.join(PKG, *parts[1:]) + ('/__init__.py' if info.ispkg else '.py')
         tree = ast.parse(open(path).read())
@@ -56,30 +53,6 @@ def test_no_import_cycle_between_subpackages():
     for node in sorted(graph):
         if node not in state:
             visit(node, [node])
-
-
-@pytest.mark.parametrize('old, new, name', [
-    ('utils.tiny_coco', 'datasets.tiny_coco', 'make_tiny_coco'),
-    ('utils.benchmark', 'benchmarks.layer_benchmark', None),
-    ('utils.detector_benchmark', 'benchmarks.detector_benchmark', None),
-    ('utils.sync_count', 'benchmarks.sync_count', None),
-    ('utils.sync_bn', 'distributed.sync_bn', None),
-    ('utils.norm_cfg', 'validation.norm_cfg', 'validate_norm_cfgs'),
-    ('utils.checkpoint', 'checkpoint.loading', 'mmengine_checkpoint_loading'),
-    ('utils.checkpoint_safety', 'checkpoint.safety', None),
-])
-def test_old_import_paths_still_work_and_say_where_things_moved(old, new, name):
-    new_mod = importlib.import_module(f'mmnorm_plugin.{new}')
-    import sys
-    sys.modules.pop(f'mmnorm_plugin.{old}', None)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        old_mod = importlib.import_module(f'mmnorm_plugin.{old}')
-    assert any(new in str(w.message) for w in caught)
-    for public in new_mod.__all__:
-        assert getattr(old_mod, public) is getattr(new_mod, public)
-    if name:
-        assert name in new_mod.__all__
 
 
 def test_no_module_over_700_lines():

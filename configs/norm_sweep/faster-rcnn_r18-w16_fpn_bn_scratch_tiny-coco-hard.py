@@ -1,6 +1,6 @@
 # The norm_sweep study's scratch setting on the hard tiny set (a photometric stress test: every
 # stored image has its own synthetic gain, offset and colour cast, which rewards per-image
-# normalization; see mmnorm_plugin/utils/tiny_coco.py). Same model as configs/small_batch, on the
+# normalization; see mmnorm_plugin/datasets/tiny_coco.py). Same model as configs/small_batch, on the
 # sweep's budget: 5 epochs of the 240 images (1,200 steps at 1 image per batch, as on the photo
 # digits), LR x0.1 for the last epoch.
 _base_ = [

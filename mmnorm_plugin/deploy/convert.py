@@ -39,13 +39,10 @@ from typing import Any, Dict, Optional
 
 import torch
 from mmengine.logging import print_log
-from torch import Tensor, nn
+from torch import nn
 
 from ..models.layers.cen_conv import CenConv2d, fold_cen_conv
-from ..norms.bgn import BGN
-from ..norms.bkn import BatchKalmanNorm2d
-from ..norms.cbn import CBN
-from ..norms.mabn import MABN
+from ..norms.base import NormBase
 
 __all__ = ['PLUGIN_NORMS', 'PLUGIN_BACKBONES', 'equivalent_batchnorm', 'convert_norms_to_bn',
            'convert_config', 'convert_detector']
@@ -54,9 +51,9 @@ __all__ = ['PLUGIN_NORMS', 'PLUGIN_BACKBONES', 'equivalent_batchnorm', 'convert_
 PLUGIN_NORMS = ('CBN', 'MABN', 'BGN', 'BKN', 'SyncCBN', 'SyncBGN', 'SyncBKN')
 #: backbones whose GroupNorms have no BN equivalent (they keep the plugin)
 PLUGIN_BACKBONES = ('XBNResNet', 'XBNResNeXt')
-#: module classes of this package that conversion replaces (subclasses included: the synced
-#: variants)
-PLUGIN_CLASSES = (CBN, MABN, BGN, BatchKalmanNorm2d, CenConv2d)
+#: module classes of this package that conversion replaces: every norm (NormBase, the synced
+#: variants included) and the centred conv
+PLUGIN_CLASSES = (NormBase, CenConv2d)
 #: training-only hooks of this package, dropped from the converted config
 PLUGIN_HOOKS = ('CBNBurnInHook',)
 _PLUGIN_MODULE = 'mmnorm_plugin'
@@ -68,7 +65,7 @@ _BN_KEYS = ('type', 'requires_grad', 'eps', 'momentum', 'affine')
 @torch.no_grad()
 def equivalent_batchnorm(norm: nn.Module) -> nn.BatchNorm2d:
     """The eval-mode ``nn.BatchNorm2d`` computing ``norm``'s eval forward (same device/dtype)."""
-    if not isinstance(norm, (CBN, MABN, BGN, BatchKalmanNorm2d)):
+    if not isinstance(norm, NormBase):
         raise TypeError(f'not a plugin norm: {type(norm).__name__}')
     # the statistics with which its eval forward is F.batch_norm (NormBase.eval_statistics)
     mean, var = norm.eval_statistics()
@@ -93,7 +90,7 @@ def convert_norms_to_bn(module: nn.Module) -> nn.Module:
     The result computes the same eval function; call ``mmcv.cnn.fuse_conv_bn`` on it to fold.
     """
     module = fold_cen_conv(module)
-    if isinstance(module, (CBN, MABN, BGN, BatchKalmanNorm2d)):
+    if isinstance(module, NormBase):
         return equivalent_batchnorm(module)
     for name, child in module.named_children():
         new_child = convert_norms_to_bn(child)

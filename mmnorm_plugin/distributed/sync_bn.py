@@ -36,7 +36,8 @@ from torch import nn
 
 __all__ = ['SYNC_VARIANTS', 'NO_SYNC_REASON', 'check_sync_bn_cfg',
            'guarded_convert_sync_batchnorm', 'guarded_revert_sync_batchnorm',
-           'install_sync_bn_guard', 'plugin_norm_modules', 'synced_norm_modules']
+           'install_sync_bn_guard', 'uninstall_sync_bn_guard', 'plugin_norm_modules',
+           'synced_norm_modules']
 
 #: plugin norm type -> registered type of its cross-GPU synced variant (None: none)
 SYNC_VARIANTS: Dict[str, Optional[str]] = {
@@ -231,4 +232,17 @@ def install_sync_bn_guard() -> None:
                     return guarded_revert_sync_batchnorm(model, _revert)
                 guarded.__doc__ = guarded_revert_sync_batchnorm.__doc__
             guarded._mmnorm_guard = True
+            guarded.__wrapped__ = current
             setattr(module, name, guarded)
+
+
+def uninstall_sync_bn_guard() -> None:
+    """Undo :func:`install_sync_bn_guard`: each caller gets back the function the guard
+    replaced. Idempotent."""
+    import sys
+    for module_name, names in _CALLERS.items():
+        module = sys.modules.get(module_name)
+        for name in names if module is not None else ():
+            current = getattr(module, name, None)
+            if getattr(current, '_mmnorm_guard', False):
+                setattr(module, name, current.__wrapped__)

@@ -115,7 +115,7 @@ from .input_checks import check_input_4d, check_nchw
 from .reporting import warn_once
 from .statistics import batch_moments
 
-__all__ = ['BKN', 'BatchKalmanNorm2d', 'SyncBKN', 'NO_PRIOR', 'FUSED', 'GATED']
+__all__ = ['BKN', 'SyncBKN', 'NO_PRIOR', 'FUSED', 'GATED']
 
 # Prior status codes in the ``prior_status`` buffer (diagnostics, not persisted).
 NO_PRIOR, FUSED, GATED = 0, 1, 2
@@ -496,9 +496,6 @@ class BKN(NormBase):
         return y
 
 
-# The descriptive name, kept for imports; the class is named as it is registered, so that every
-# message (a wrong argument, a wrong input) says what the config says: 'BKN'.
-BatchKalmanNorm2d = BKN
 
 
 @MODELS.register_module('SyncBKN')

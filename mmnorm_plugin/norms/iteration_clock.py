@@ -10,7 +10,7 @@ import weakref
 
 import torch
 
-__all__ = ['listen_for_iteration_end', 'end_iteration']
+__all__ = ['listen_for_iteration_end', 'end_iteration', 'remove_step_hook']
 
 _iteration_listeners: 'weakref.WeakSet' = weakref.WeakSet()
 _optimizer_step_hook = None
@@ -39,6 +39,15 @@ def end_iteration() -> None:
     directly when the weights are updated by other means."""
     for layer in list(_iteration_listeners):
         layer._end_iteration()
+
+
+def remove_step_hook() -> None:
+    """Remove the ``torch.optim`` step post-hook (:mod:`mmnorm_plugin.integration`'s
+    ``uninstall``); the next layer that listens registers it again. Idempotent."""
+    global _optimizer_step_hook
+    if _optimizer_step_hook is not None:
+        _optimizer_step_hook.remove()
+        _optimizer_step_hook = None
 
 
 def _after_optimizer_step(optimizer, args, kwargs) -> None:

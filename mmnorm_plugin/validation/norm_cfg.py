@@ -33,7 +33,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
 __all__ = ['registered_norm_types', 'validate_norm_cfgs', 'iter_norm_cfgs', 'norm_cfg_types',
-           'accepted_norm_args', 'install_build_validation', 'PLUGIN_NORMS']
+           'accepted_norm_args', 'install_build_validation', 'uninstall_build_validation',
+           'PLUGIN_NORMS']
 
 _NORM_BASES = (_NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 PLUGIN_NORMS = ('CBN', 'MABN', 'BGN', 'BKN')
@@ -316,3 +317,16 @@ def install_build_validation() -> None:
         # a registry with a build function of its own keeps it
         if registry.build_func is model_build:
             registry.build_func = validating
+
+
+def uninstall_build_validation() -> None:
+    """Undo :func:`install_build_validation`: every registry under mmengine's root ``MODELS``
+    whose build function is the validating wrapper (children created since copied it) gets the
+    function it wrapped back. Idempotent."""
+    pending = [MODELS]
+    while pending:
+        registry = pending.pop()
+        pending.extend(registry.children.values())
+        build = registry.build_func
+        if getattr(build, '_mmnorm_validating', False):
+            registry.build_func = build.__wrapped__

@@ -17,7 +17,7 @@ import mmnorm_plugin  # noqa: F401
 from mmnorm_plugin.deploy import convert_config, convert_norms_to_bn, equivalent_batchnorm
 from mmnorm_plugin.models.layers.cen_conv import CenConv2d
 from mmnorm_plugin.norms.bgn import BGN
-from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
+from mmnorm_plugin.norms.bkn import BKN
 from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.mabn import MABN
 
@@ -29,7 +29,7 @@ NORMS = {
     'CBN-eps-outside': lambda c: CBN(c, buffer_num=2, eps=1e-2, eps_outside_sqrt=True),
     'MABN': lambda c: MABN(c, buffer_size=2, warmup_iters=1, renorm_hold_iters=1),
     'BGN': lambda c: BGN(c, num_groups=4),
-    'BKN': lambda c: BatchKalmanNorm2d(c),
+    'BKN': lambda c: BKN(c),
     # synced variants: outside a process group they train as their norm; eval is BN's
     'SyncCBN': lambda c: MODELS.get('SyncCBN')(c, buffer_num=2),
     'SyncBGN': lambda c: MODELS.get('SyncBGN')(c, num_groups=4),

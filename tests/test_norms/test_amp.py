@@ -12,7 +12,7 @@ from torch import nn
 
 from mmnorm_plugin.models.layers import CenConv2d
 from mmnorm_plugin.norms.bgn import BGN
-from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
+from mmnorm_plugin.norms.bkn import BKN
 from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.mabn import MABN
 
@@ -21,7 +21,7 @@ NORMS = [
     pytest.param(lambda c: MABN(c, buffer_size=2, warmup_iters=1, renorm_hold_iters=2),
                  CenConv2d, id='MABN+CenConv2d'),
     pytest.param(lambda c: BGN(c, num_groups=4), nn.Conv2d, id='BGN'),
-    pytest.param(lambda c: BatchKalmanNorm2d(c), nn.Conv2d, id='BKN'),
+    pytest.param(lambda c: BKN(c), nn.Conv2d, id='BKN'),
     pytest.param(lambda c: CBN(c, buffer_num=2, burnin_iters=1), nn.Conv2d, id='CBN'),
     pytest.param(nn.BatchNorm2d, nn.Conv2d, id='BN'),
 ]

@@ -9,7 +9,7 @@ from mmcv.cnn import build_norm_layer
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from mmnorm_plugin.norms.bkn import FUSED, GATED, NO_PRIOR, BatchKalmanNorm2d
+from mmnorm_plugin.norms.bkn import BKN, FUSED, GATED, NO_PRIOR
 from mmnorm_plugin.norms.bkn_prior import (GaussianState, predict_conv_moments,
                                            rectified_gaussian_moments)
 
@@ -34,11 +34,11 @@ def test_registration_and_bn_compat():
                                     dict(prior_mode='mc'), dict(prior_input='raw')])
 def test_bad_arguments(kwargs):
     with pytest.raises(ValueError):
-        BatchKalmanNorm2d(4, **kwargs)
+        BKN(4, **kwargs)
 
 
 def test_bad_input():
-    layer = BatchKalmanNorm2d(4)
+    layer = BKN(4)
     with pytest.raises(ValueError, match='4-D'):
         layer(torch.randn(2, 4))
     with pytest.raises(ValueError, match='channels'):
@@ -48,7 +48,7 @@ def test_bad_input():
 def test_p0_equals_bn_forward_backward_running_stats():
     torch.manual_seed(1)
     bn = chain(nn.BatchNorm2d)
-    bkn = chain(BatchKalmanNorm2d, prior_weight=0.0)
+    bkn = chain(BKN, prior_weight=0.0)
     bkn.load_state_dict(bn.state_dict())
     for model in (bn, bkn):  # non-trivial affine parameters
         for m in model.modules():
@@ -120,7 +120,7 @@ def test_official_sample_prior_is_unbiased_estimate_of_closed_form():
     stats = {}
     for mode in ('closed_form', 'sample'):
         torch.manual_seed(0)
-        model = chain(BatchKalmanNorm2d, prior_mode=mode)
+        model = chain(BKN, prior_mode=mode)
         torch.manual_seed(1)
         means, vars_ = [], []
         for _ in range(1 if mode == 'closed_form' else 300):
@@ -141,7 +141,7 @@ def test_chain_fusion_matches_formula():
     the 1st layer's fused stats (momentum=1 exposes the fused stats in the running buffers)."""
     torch.manual_seed(0)
     p = 0.7
-    model = chain(BatchKalmanNorm2d, prior_weight=p, momentum=1.0, gate_ratio=None,
+    model = chain(BKN, prior_weight=p, momentum=1.0, gate_ratio=None,
                   prior_input='estimated')
     x = torch.randn(2, 3, 8, 8)
     captured = {}
@@ -173,7 +173,7 @@ def test_chain_fusion_matches_formula():
 def test_gate_skips_fusion():
     torch.manual_seed(0)
     # the official prior (pre-normalization statistics) is the one a wild layer can blow up
-    model = chain(BatchKalmanNorm2d, prior_weight=0.9, gate_ratio=100.0, prior_input='estimated')
+    model = chain(BKN, prior_weight=0.9, gate_ratio=100.0, prior_input='estimated')
     x = torch.randn(2, 3, 8, 8)
     model(x)
     assert int(model[4].prior_status) == FUSED
@@ -192,7 +192,7 @@ def test_gate_skips_fusion():
 def test_chain_breaks_on_unknown_ops_and_new_forward():
     torch.manual_seed(0)
     conv1, conv2 = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1, bias=False)
-    n1, n2 = BatchKalmanNorm2d(4), BatchKalmanNorm2d(4)
+    n1, n2 = BKN(4), BKN(4)
     x = torch.randn(2, 3, 8, 8)
     a = F.relu(n1(conv1(x)))
     n2(conv2(a))
@@ -217,7 +217,7 @@ def test_chain_inside_mmdet_resnet():
     # 64x64: stage 4 is 2x2, more than one value per channel (1x1 raises, as BN does)
     model(torch.randn(1, 3, 64, 64))
     status = {name: int(m.prior_status) for name, m in model.named_modules()
-              if isinstance(m, BatchKalmanNorm2d)}
+              if isinstance(m, BKN)}
     assert status.pop('bn1') == NO_PRIOR  # stem: image input
     # after the stem max-pool a new chain starts (plain BN) ...
     assert status.pop('layer1.0.bn1') == NO_PRIOR
@@ -234,8 +234,8 @@ def test_residual_merge_state_is_sum():
     conv_a, conv_b = nn.Conv2d(3, 4, 1, bias=False), nn.Conv2d(3, 4, 1, bias=False)
     conv_c = nn.Conv2d(4, 4, 3, padding=1, bias=False)
     kw = dict(momentum=1.0, prior_input='estimated')  # the official prior: summed input stats
-    na, nb = BatchKalmanNorm2d(4, **kw), BatchKalmanNorm2d(4, **kw)
-    nc = BatchKalmanNorm2d(4, prior_weight=p, gate_ratio=None, **kw)
+    na, nb = BKN(4, **kw), BKN(4, **kw)
+    nc = BKN(4, prior_weight=p, gate_ratio=None, **kw)
     x = torch.randn(2, 3, 6, 6)
     ha, hb = conv_a(x), conv_b(x)
     s = F.relu(na(ha) + nb(hb))
@@ -253,7 +253,7 @@ def test_residual_merge_state_is_sum():
 def test_normalized_prior_input_propagates_output_distribution():
     torch.manual_seed(0)
     p = 0.5
-    model = chain(BatchKalmanNorm2d, prior_weight=p, momentum=1.0, gate_ratio=None,
+    model = chain(BKN, prior_weight=p, momentum=1.0, gate_ratio=None,
                   prior_input='normalized')
     with torch.no_grad():
         model[1].weight.uniform_(0.5, 2)
@@ -273,7 +273,7 @@ def test_normalized_prior_input_propagates_output_distribution():
 
 def test_prior_carries_gradients_to_weight_and_upstream_stats():
     torch.manual_seed(0)
-    model = chain(BatchKalmanNorm2d)
+    model = chain(BKN)
     x = torch.randn(2, 3, 8, 8)
     prior_mean, prior_var = model[4].predict(model[:4](x))
     g_w, g_w0 = torch.autograd.grad((prior_mean + prior_var).sum(),
@@ -285,7 +285,7 @@ def test_prior_carries_gradients_to_weight_and_upstream_stats():
 @pytest.mark.parametrize('prior_input', ['estimated', 'normalized'])
 def test_gradcheck_float64(prior_input):
     torch.manual_seed(0)
-    model = chain(BatchKalmanNorm2d, c=3, prior_weight=0.6, gate_ratio=None,
+    model = chain(BKN, c=3, prior_weight=0.6, gate_ratio=None,
                   prior_input=prior_input, track_running_stats=False).double()
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     w = model[3].weight
@@ -303,7 +303,7 @@ def test_gradcheck_float64(prior_input):
 
 def test_empty_input():
     torch.manual_seed(0)
-    model = chain(BatchKalmanNorm2d)
+    model = chain(BKN)
     before = copy.deepcopy(model.state_dict())
     y = model(torch.zeros(0, 3, 8, 8))
     assert y.shape == (0, 6, 4, 4)
@@ -315,7 +315,7 @@ def test_empty_input():
 
 def test_eval_is_running_stats_only():
     torch.manual_seed(0)
-    model = chain(BatchKalmanNorm2d)
+    model = chain(BKN)
     for _ in range(3):
         model(torch.randn(2, 3, 8, 8))
     model.eval()
@@ -338,7 +338,7 @@ def _train_step(model, opt, x):
 
 def test_resume_reproduces_next_step():
     torch.manual_seed(0)
-    model = chain(BatchKalmanNorm2d)
+    model = chain(BKN)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     xs = [torch.randn(2, 3, 8, 8) for _ in range(3)]
     _train_step(model, opt, xs[0])
@@ -349,7 +349,7 @@ def test_resume_reproduces_next_step():
     buf.seek(0)
     ckpt = torch.load(buf)
     torch.manual_seed(123)
-    fresh = chain(BatchKalmanNorm2d)
+    fresh = chain(BKN)
     fresh.load_state_dict(ckpt['model'])
     fresh_opt = torch.optim.SGD(fresh.parameters(), lr=0.1, momentum=0.9)
     fresh_opt.load_state_dict(ckpt['opt'])

@@ -15,7 +15,7 @@ from torch import nn
 
 from mmnorm_plugin.models.layers import CenConv2d
 from mmnorm_plugin.norms.bgn import BGN
-from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
+from mmnorm_plugin.norms.bkn import BKN
 from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.mabn import MABN
 
@@ -29,7 +29,7 @@ NORMS = [
     pytest.param(lambda c: MABN(c, buffer_size=RING, warmup_iters=2, renorm_hold_iters=3),
                  CenConv2d, 0.02, id='MABN'),
     pytest.param(lambda c: BGN(c, num_groups=4), nn.Conv2d, 0.0, id='BGN'),
-    pytest.param(lambda c: BatchKalmanNorm2d(c), nn.Conv2d, 0.0, id='BKN'),
+    pytest.param(lambda c: BKN(c), nn.Conv2d, 0.0, id='BKN'),
     # CBN: the windows of the RING steps after the bad one hold one batch fewer, so the weights
     # move slightly differently from then on (measured max |difference| 0.035 on outputs)
     pytest.param(lambda c: CBN(c, buffer_num=RING, burnin_iters=2), nn.Conv2d, 0.05, id='CBN'),

@@ -16,14 +16,14 @@ from torch import nn
 
 from mmnorm_plugin.norms import input_checks, reporting
 from mmnorm_plugin.norms.bgn import BGN
-from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
+from mmnorm_plugin.norms.bkn import BKN
 from mmnorm_plugin.norms.cbn import CBN
 from mmnorm_plugin.norms.mabn import MABN
 
 NORMS = {
     'MABN': lambda c: MABN(c, buffer_size=3, warmup_iters=2, renorm_hold_iters=4),
     'BGN': lambda c: BGN(c, num_groups=2),
-    'BKN': lambda c: BatchKalmanNorm2d(c),
+    'BKN': lambda c: BKN(c),
 }
 
 
@@ -218,7 +218,7 @@ def test_mabn_counter_selects_the_slot_after_a_user_write():
 # ------------------------------------------------------ item 6: one value per statistic
 @pytest.mark.parametrize('layer, shape', [
     (BGN(4, num_groups=4), (1, 4, 1, 1)),  # N*C/G*H*W == 1
-    (BatchKalmanNorm2d(4), (1, 4, 1, 1)),
+    (BKN(4), (1, 4, 1, 1)),
     (MABN(4), (1, 4, 1, 1)),
 ])
 def test_one_value_per_statistic_raises_like_bn(layer, shape):
@@ -233,7 +233,7 @@ def test_one_value_per_statistic_raises_like_bn(layer, shape):
 @pytest.mark.parametrize('layer, shape', [
     (BGN(4, num_groups=2), (1, 4, 1, 1)),  # 2 channels per group
     (BGN(4, num_groups=4), (2, 4, 1, 1)),
-    (BatchKalmanNorm2d(4), (1, 4, 1, 2)),
+    (BKN(4), (1, 4, 1, 2)),
 ])
 def test_two_values_per_statistic_train(layer, shape):
     layer(torch.randn(shape, requires_grad=True)).sum().backward()

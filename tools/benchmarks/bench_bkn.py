@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from mmnorm_plugin.norms.bkn import BatchKalmanNorm2d
+from mmnorm_plugin.norms.bkn import BKN
 from mmnorm_plugin.benchmarks.layer_benchmark import compare_norms, format_rows
 
 
@@ -46,7 +46,7 @@ def main():
     parser.add_argument('--batch', type=int, default=2, help='backbone images per batch')
     args = parser.parse_args()
     candidates = {'BN': lambda c: nn.BatchNorm2d(c),
-                  'BKN (no predecessor)': lambda c: BatchKalmanNorm2d(c)}
+                  'BKN (no predecessor)': lambda c: BKN(c)}
     rows = compare_norms(candidates, [(2, 64, 56, 56), (2, 256, 14, 14), (1, 256, 7, 7)],
                          iters=args.iters)
     print(format_rows(rows))

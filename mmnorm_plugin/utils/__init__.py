@@ -1,1 +1,0 @@
-"""Deprecated import paths kept for users and configs (each module re-exports its new home)."""
