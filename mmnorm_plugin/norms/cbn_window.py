@@ -215,7 +215,9 @@ class CrossIterationWindow:
             derivative_at = (at[0], slice(None), slot)
             write_state(self, 'hist_mean_grad', d_mean.unsqueeze(0), derivative_at)
             write_state(self, 'hist_var_grad', d_var.unsqueeze(0), derivative_at)
-            # computed exactly as the later ⟨D, W_t⟩, so unchanged weights compensate by 0
+            # the same product as the later ⟨D, W_t⟩, so unchanged weights compensate by 0 up to
+            # float rounding (the later one runs over all k slots, a different BLAS kernel:
+            # docs/cbn_trajectory.md)
             c, p = weight.shape
             g = d_mean.shape[0]
             mean_proj = torch.bmm(weight.reshape(g, c // g, p),
