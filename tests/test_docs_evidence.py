@@ -55,8 +55,9 @@ def test_no_docstring_or_comment_of_the_package_types_a_result():
                                  recursive=True)):
         with open(path) as f:
             source = f.read()
-        texts = [n.value for n in ast.walk(ast.parse(source))
-                 if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+        texts = [ast.get_docstring(n) or '' for n in ast.walk(ast.parse(source))
+                 if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef,
+                                   ast.AsyncFunctionDef))]
         texts += [line.split('#', 1)[1] for line in source.splitlines() if '#' in line]
         # ``literals`` in a docstring show a format (``41.2 ± 1.3 (n=5)``), not a result
         texts = [re.sub(r'``.*?``', '', t, flags=re.S) for t in texts]
