@@ -292,7 +292,8 @@ def materialize(obj, where: str = 'checkpoint'):
     Containers are edited in place (tuples rebuilt when a child changed). Refusals raise
     ``pickle.UnpicklingError`` naming the entry (``checkpoint['meta']['x']``).
     """
-    done: Dict[int, Tuple[Any, int]] = {}  # id -> (result, size of its tree expansion)
+    # id -> (the object, kept alive so that its id is not reused; result; size of its tree)
+    done: Dict[int, Tuple[Any, Any, int]] = {}
     on_path = set()
     total = [0]
 
@@ -301,7 +302,7 @@ def materialize(obj, where: str = 'checkpoint'):
             _refuse(f'refused {path}: nested deeper than {MAX_DEPTH} levels')
         key = id(value)
         if key in done:
-            result, size = done[key]
+            _, result, size = done[key]
             total[0] += size
             if total[0] > MAX_NODES:
                 _refuse(f'refused {where}: more than {MAX_NODES} objects when expanded')
@@ -317,7 +318,7 @@ def materialize(obj, where: str = 'checkpoint'):
             result = convert(value, path, depth)
         finally:
             on_path.discard(key)
-        done[key] = (result, total[0] - before)
+        done[key] = (value, result, total[0] - before)
         return result
 
     def convert(value, path, depth):
