@@ -540,13 +540,12 @@ def run(examples: int, targets, seed: int = 0) -> dict:
     report = {}
     for name in targets:
         test = TARGETS[name]
-        configured = settings(max_examples=examples, derandomize=True, database=None,
+        configured = settings(max_examples=examples, derandomize=not seed, database=None,
                               deadline=None, suppress_health_check=list(HealthCheck),
                               print_blob=True)(test)
-        if seed:
+        if seed:  # another fixed stream of inputs
             from hypothesis import seed as hypothesis_seed
-            configured = hypothesis_seed(seed)(settings(configured, derandomize=False)(
-                configured))
+            configured = hypothesis_seed(seed)(configured)
         start = time.time()
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
