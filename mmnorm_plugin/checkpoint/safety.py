@@ -34,6 +34,7 @@ import os
 import os.path as osp
 import pickle
 import re
+import struct
 import zipfile
 from typing import Dict, List, Optional, Tuple
 
@@ -323,7 +324,12 @@ def checked_zip(data: bytes) -> Tuple[bytes, Optional[str]]:
     file has no CRCs and is returned as it is.
     """
     buffer = io.BytesIO(data)
-    is_zip = zipfile.is_zipfile(buffer)
+    try:
+        is_zip = zipfile.is_zipfile(buffer)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, struct.error) as err:
+        # e.g. a damaged zip64 end record ("zipfiles that span multiple disks...")
+        return data, (f'its zip directory is damaged ({_first_sentence(err)}): the file is '
+                      'truncated or damaged')
     if data[:4] != _ZIP_MAGIC and not is_zip:
         if data[:1] == b'\x80' and data[2:14] == _LEGACY_MAGIC:  # torch < 1.6 format
             return data, None

@@ -348,6 +348,17 @@ def test_a_flipped_byte_in_meta_is_caught_by_the_zip_crc(tmp_path):
     assert problem and 'CRC-32' in problem and '/data.pkl' in problem, problem
 
 
+def test_a_damaged_zip64_directory_is_reported_as_damage(tmp_path):
+    # found by the fuzz harness (--seed 1): zipfile.is_zipfile itself raises for it
+    path = _save(_runner_checkpoint(), tmp_path / 'iter_3.pth')
+    data = bytearray(open(path, 'rb').read())
+    at = data.rindex(b'PK\x06\x07')  # zip64 end-of-directory locator: number of disks
+    data[at + 16:at + 20] = struct.pack('<I', 2)
+    open(path, 'wb').write(bytes(data))
+    problem = cs.checkpoint_problem(path)
+    assert problem and 'zip directory is damaged' in problem and '\n' not in problem, problem
+
+
 def test_a_file_changed_in_place_with_its_mtime_restored_is_hashed_again(
         tmp_path, overwrite_tensor_bytes):
     """Before: verification was cached by (path, size, mtime, inode)."""
