@@ -383,7 +383,7 @@ def _first_sentence(err: BaseException) -> str:
 
 
 def load_checkpoint_bytes_checked(data: bytes, path: str, map_location='cpu',
-                                  verify: bool = True):
+                                  verify: bool = True, trusted: Optional[bool] = None):
     """Load checkpoint ``data`` (the bytes of ``path``) and check it; returns
     ``(checkpoint, status)`` with ``status`` one of :data:`STATUS_TEXT`'s keys.
 
@@ -391,12 +391,14 @@ def load_checkpoint_bytes_checked(data: bytes, path: str, map_location='cpu',
     (``verify``) its sections differ from its recorded checksum;
     :class:`~mmnorm_plugin.checkpoint.loading.RefusedCheckpoint` when the weights-only load
     refuses what an intact file holds (the user's decision, not damage to walk back from).
+    ``trusted``: see :func:`~mmnorm_plugin.checkpoint.loading.load_checkpoint_bytes`.
     """
     from .loading import load_checkpoint_bytes
     digest = hashlib.sha256(data).hexdigest()
     view, crc = checked_zip(data)
     try:
-        checkpoint = load_checkpoint_bytes(view, path, map_location=map_location)
+        checkpoint = load_checkpoint_bytes(view, path, map_location=map_location,
+                                           trusted=trusted)
     except pickle.UnpicklingError as err:
         if crc:  # damage, not a decision: a flipped bit in a global's name is refused too
             raise DamagedCheckpoint.of(path, f'{crc} ({_first_sentence(err)})') from None
@@ -431,7 +433,8 @@ def load_checkpoint_file(path: str, map_location='cpu'):
 _statuses: Dict[str, str] = {}
 
 
-def load_verified_checkpoint(path: str, map_location='cpu', return_status: bool = False):
+def load_verified_checkpoint(path: str, map_location='cpu', return_status: bool = False,
+                             trusted: Optional[bool] = None):
     """Load ``path`` and check its recorded checksum, if it has one.
 
     The file is read once; its zip CRCs and checksum are checked on the object loaded from
@@ -439,12 +442,13 @@ def load_verified_checkpoint(path: str, map_location='cpu', return_status: bool 
     changed; :class:`~mmnorm_plugin.checkpoint.loading.RefusedCheckpoint` (a
     ``pickle.UnpicklingError``) from an intact file whose content the weights-only load
     refuses: that is a decision for the user (``--unsafe-load PATH``), not damage to walk
-    back from. ``return_status``: return ``(checkpoint, status)``.
+    back from. ``return_status``: return ``(checkpoint, status)``. ``trusted`` (default: the
+    user named ``path`` with ``--unsafe-load``): load with the full pickle machinery.
     """
     if not osp.isfile(osp.expanduser(path)):
         raise DamagedCheckpoint.of(path, 'no such file')
     checkpoint, status = load_checkpoint_bytes_checked(read_checkpoint(path), path,
-                                                       map_location)
+                                                       map_location, trusted=trusted)
     return (checkpoint, status) if return_status else checkpoint
 
 

@@ -38,7 +38,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 from mmengine.runner import CheckpointLoader
 
-from ..checkpoint.loading import drop_executable_meta
+from ..checkpoint.loading import drop_executable_meta, is_trusted
 from ..checkpoint.safety import STATUS_TEXT, load_verified_checkpoint
 
 __all__ = ['GUARDED_PREFIX', 'guarded', 'unguarded', 'load_from_guarded',
@@ -113,8 +113,10 @@ def load_from_guarded(filename: str, map_location=None):
     """
     name = unguarded(filename)
     path = _local_file(name)
-    checkpoint, status = load_verified_checkpoint(path, map_location=map_location,
-                                                  return_status=True)
+    # --unsafe-load may name the downloaded file or the URL it came from
+    checkpoint, status = load_verified_checkpoint(
+        path, map_location=map_location, return_status=True,
+        trusted=is_trusted(path) or is_trusted(name))
     print_log(f'checkpoint {path}: {STATUS_TEXT[status]}', logger='current')
     for line in drop_executable_meta(checkpoint, path):
         print_log(line, logger='current')

@@ -308,6 +308,32 @@ def test_trust_is_for_the_named_file_only(tmp_path):
     assert 'system' in str(err.value) and f'--unsafe-load {payload}' in str(err.value)
 
 
+def test_unsafe_load_of_a_url_trusts_that_download_only(tmp_path, monkeypatch):
+    import functools
+    import http.server
+
+    from mmnorm_plugin.checkpoint.loading import RefusedCheckpoint, trusted_checkpoints
+    from mmnorm_plugin.engine import guarded
+    _save(dict(meta=dict(args=argparse.Namespace(a=1))), tmp_path / 'foreign.pth', checksum=False)
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    for key in ('http_proxy', 'HTTP_PROXY'):
+        monkeypatch.delenv(key, raising=False)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f'http://127.0.0.1:{server.server_address[1]}/foreign.pth'
+    try:
+        with pytest.raises(RefusedCheckpoint, match='the global argparse.Namespace'):
+            CheckpointLoader.load_checkpoint(guarded(url), map_location='cpu')
+        with trusted_checkpoints([url]):
+            checkpoint = CheckpointLoader.load_checkpoint(guarded(url), map_location='cpu')
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert checkpoint['meta']['args'].a == 1
+
+
 @pytest.mark.parametrize('obj, refused', [
     (argparse.Namespace(a=1), 'the global argparse.Namespace'),
     (np.array(['a'], dtype=object), "numpy.dtype('O8'"),
