@@ -66,6 +66,15 @@ cbn-gradient-control: install
 test-fast:
 	bash tools/run_tests.sh -m "not slow"
 
+# Property-based fuzzing of every checkpoint loader (docs/checkpoint_safety.md): hostile
+# pickles, containers, config text, records and damaged bytes; derandomized, so the same
+# FUZZ_EXAMPLES tries the same inputs. CI runs 300 per target (tests/test_checkpoint).
+FUZZ_EXAMPLES ?= 3000
+.PHONY: fuzz
+fuzz:
+	bash -c 'source tools/python_env.sh --run && OMP_NUM_THREADS=1 "$$PY" \
+	  tests/test_checkpoint/fuzz_checkpoint_loaders.py --examples $(FUZZ_EXAMPLES) $(FUZZ_ARGS)'
+
 # The norm_sweep grid (docs/study_norm_sweep_grid.md, records docs/norm_sweep_*): every norm at 1
 # and 2 images per batch and BN at 8, 5 paired seeds, on the neutral set from scratch. Resumable:
 # rerun to continue; records under work_dirs/norm_sweep/. About 2.3-3 min per arm-seed on one

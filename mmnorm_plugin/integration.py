@@ -38,8 +38,10 @@ no extension point does the job.
 
 Registered, not patched: the norm and conv layers in mmengine's root ``MODELS``, the XBN
 backbones in mmdet's ``MODELS``, the runner hooks in ``HOOKS``, the file backend
-``'atomic_local'``. mmengine cannot unregister a name, so these stay after :func:`uninstall`
-(all are names no other library uses).
+``'atomic_local'`` and the checkpoint scheme ``mmnorm-guarded://`` of mmengine's
+``CheckpointLoader`` (:mod:`.engine.guarded_loading`: only paths our tools rewrite to it load
+through it). mmengine cannot unregister a name, so these stay after :func:`uninstall` (all are
+names no other library uses).
 """
 import warnings
 from typing import Dict

@@ -24,10 +24,15 @@ back past checkpoints that do not load or verify. A damaged checkpoint named exp
 rank that loses another one stops with one line too
 (:func:`~mmnorm_plugin.apis.dist.lost_peer_message`).
 
-Checkpoints (``--resume``, ``load_from``, ``tools/test.py``'s checkpoint) are loaded inside
-:func:`~mmnorm_plugin.checkpoint.loading.mmengine_checkpoint_loading`: torch's weights-only
-unpickler with exactly what a Runner checkpoint needs, for this run only. A file that needs more
-stops the run with one line naming ``--unsafe-load``, which the user types to trust it.
+Every checkpoint the run loads (``--resume``, auto-resume, ``load_from``, ``tools/test.py``'s
+checkpoint, ``init_cfg`` ``Pretrained`` files) goes through the ``mmnorm-guarded://`` loader of
+:mod:`~mmnorm_plugin.engine.guarded_loading` (the config gets
+:class:`~mmnorm_plugin.engine.GuardedCheckpointLoadHook`): bytes read once, zip CRCs and
+checksum verified on what is loaded, torch's weights-only unpickler with validating stand-ins
+for old-format objects, one load at a time, and ``meta`` text mmengine would execute removed
+first (see ``docs/checkpoint_safety.md``). A file that needs more stops the run with one line
+naming it and what was refused; ``--unsafe-load PATH`` trusts that one file (repeatable), never
+the other loads of the run.
 
 mmdet's ``main`` then reads the config itself. It is handed a ``Config`` whose ``fromfile``
 adds ``custom_imports=dict(imports=['mmnorm_plugin'], allow_failed_imports=False)`` to configs
@@ -90,6 +95,15 @@ def add_plugin_import(cfg: Config) -> Config:
     return cfg
 
 
+def add_guarded_loading(cfg: Config) -> Config:
+    """Make the Runner load every checkpoint through the guarded loader
+    (:class:`~mmnorm_plugin.engine.GuardedCheckpointLoadHook`)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'GuardedCheckpointLoadHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='GuardedCheckpointLoadHook')]
+    return cfg
+
+
 def add_weights_only_checkpoints(cfg: Config) -> Config:
     """Make the Runner write checkpoints that load with torch's weights-only default and no
     allow-list (:class:`~mmnorm_plugin.engine.WeightsOnlyCheckpointHook`)."""
@@ -109,7 +123,8 @@ class _PluginConfig:
     def fromfile(self, *args, **kwargs) -> Config:
         from ..engine.safe_checkpoint import use_safe_checkpoint_hook
         from .dist import set_default_dist_timeout, use_cpu_ddp
-        cfg = add_weights_only_checkpoints(add_plugin_import(Config.fromfile(*args, **kwargs)))
+        cfg = add_guarded_loading(add_weights_only_checkpoints(
+            add_plugin_import(Config.fromfile(*args, **kwargs))))
         use_safe_checkpoint_hook(cfg)
         if self.distributed:
             set_default_dist_timeout(cfg)
@@ -168,12 +183,38 @@ def _pop_flag(argv: List[str], flag: str) -> bool:
     return found
 
 
+def _pop_unsafe_load(argv: List[str]) -> List[str]:
+    """The files named by ``--unsafe-load PATH`` / ``--unsafe-load=PATH`` (removed from
+    ``argv``); the bare flag of earlier versions ends the run with one line."""
+    from ..checkpoint.loading import UNSAFE_LOAD_FLAG as flag
+    paths, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(flag + '='):
+            paths.append(arg[len(flag) + 1:])
+            del argv[i]
+        elif arg == flag:
+            if i + 1 == len(argv) or argv[i + 1].startswith('-') or not argv[i + 1]:
+                raise SystemExit(
+                    f'{flag} takes the checkpoint to trust: {flag} PATH (repeat it for more '
+                    'files). It trusts that file only, not every load of the run.')
+            paths.append(argv[i + 1])
+            del argv[i:i + 2]
+        else:
+            i += 1
+    for path in paths:
+        if '://' not in path and not osp.isfile(osp.expanduser(path)):
+            raise SystemExit(f'{flag} {path}: no such file')
+    return paths
+
+
 @contextlib.contextmanager
-def _checkpoint_loading(unsafe: bool):
-    """Our loads' allow-list for the block; a refused or damaged file ends the run in one line."""
-    from ..checkpoint.loading import mmengine_checkpoint_loading, unsafe_load_message
+def _checkpoint_loading(trusted: Sequence[str]):
+    """The files the user trusts, for the block; a refused or damaged file ends the run in one
+    line (the loads themselves lock and scope their allow-list one at a time)."""
+    from ..checkpoint.loading import trusted_checkpoints, unsafe_load_message
     from ..checkpoint.safety import DamagedCheckpoint
-    with mmengine_checkpoint_loading(unsafe=unsafe):
+    with trusted_checkpoints(trusted):
         try:
             yield
         except pickle.UnpicklingError as err:
@@ -212,12 +253,11 @@ def _check_paths_exist(name: str, args) -> None:
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     """Check the config named on the command line, then run mmdet's tool ``name``."""
     import mmnorm_plugin  # noqa: F401  (registrations)
-    from ..checkpoint.loading import UNSAFE_LOAD_FLAG
     from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
     allow_mismatch = _pop_flag(sys.argv, ALLOW_MISMATCH) if name == 'test' else False
-    unsafe_load = _pop_flag(sys.argv, UNSAFE_LOAD_FLAG)
+    trusted = _pop_unsafe_load(sys.argv)
     tool = load_mmdet_tool(name)
     args = tool['parse_args']()
     _check_paths_exist(name, args)
@@ -245,7 +285,7 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     lost_peers = (_lost_peers_end_the_run(dist_timeout_s(cfg)) if distributed
                   else contextlib.nullcontext())
     try:
-        with lost_peers, _checkpoint_loading(unsafe_load):
+        with lost_peers, _checkpoint_loading(trusted):
             if name == 'test' and 'model' in cfg:
                 import torch.distributed as dist
                 rank = dist.get_rank() if dist.is_initialized() else 0
