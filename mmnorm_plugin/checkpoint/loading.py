@@ -26,7 +26,7 @@ torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 ca
 
 :func:`compare_checkpoint_with_model` backs ``tools/test.py``'s check that a checkpoint fits
 the config it is evaluated with (mmengine loads non-strictly and only logs the mismatch, so a
-wrong pairing evaluates a half-random model: mAP 0.005 instead of an error).
+wrong pairing evaluates a half-random model: an mAP near zero instead of an error).
 """
 import contextlib
 import io

@@ -41,7 +41,7 @@ from mmengine.runner import CheckpointLoader
 from ..checkpoint.loading import drop_executable_meta, is_trusted
 from ..checkpoint.safety import STATUS_TEXT, load_verified_checkpoint
 
-__all__ = ['GUARDED_PREFIX', 'guarded', 'unguarded', 'load_from_guarded',
+__all__ = ['GUARDED_PREFIX', 'guarded', 'unguarded', 'load_from_guarded', 'guard_init_cfgs',
            'GuardedCheckpointLoadHook']
 
 GUARDED_PREFIX = 'mmnorm-guarded://'
@@ -140,6 +140,21 @@ def _guard_init_cfg(cfg: Any) -> Any:
     return out
 
 
+def guard_init_cfgs(model) -> List[str]:
+    """Point the ``checkpoint`` of every ``Pretrained`` ``init_cfg`` of ``model``'s modules at
+    the guarded scheme (in memory), so that ``model.init_weights()`` loads through
+    :func:`load_from_guarded`; returns the changed ``init_cfg`` entries as text."""
+    changed = []
+    for module in model.modules():
+        init_cfg = getattr(module, 'init_cfg', None)
+        if init_cfg:
+            new = _guard_init_cfg(init_cfg)
+            if new != init_cfg:
+                module.init_cfg = new
+                changed.append(str(new))
+    return changed
+
+
 @HOOKS.register_module()
 class GuardedCheckpointLoadHook(Hook):
     """Route every checkpoint load of the Runner through :func:`load_from_guarded`.
@@ -161,12 +176,6 @@ class GuardedCheckpointLoadHook(Hook):
                 runner._load_from = guarded(load_from)
                 guarded_files.append(runner._load_from)
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
-        for module in model.modules():
-            init_cfg = getattr(module, 'init_cfg', None)
-            if init_cfg:
-                new = _guard_init_cfg(init_cfg)
-                if new != init_cfg:
-                    module.init_cfg = new
-                    guarded_files.append(str(new))
+        guarded_files += guard_init_cfgs(model)
         if guarded_files:
             runner.logger.debug(f'GuardedCheckpointLoadHook: guarded {guarded_files}')
