@@ -299,7 +299,6 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     scope = cfg.get('default_scope', 'mmdet')
-    _check_data_exists(name, cfg)
     distributed = args.launcher != 'none'
     if 'model' in cfg:
         validate_norm_cfgs(cfg.model, scope=scope)
@@ -328,6 +327,8 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
                                                 allow_mismatch)
                 if message and rank == 0:
                     warnings.warn(message)
+            # after the config's own errors, which a user fixes first and which need no data
+            _check_data_exists(name, cfg)
             tool['main']()
     finally:
         if cpu_dist:
