@@ -6,6 +6,7 @@
 #   TORCH_VARIANT=cu126 bash tools/setup_env.sh      # a CUDA build of torch instead
 #   MMNORM_EXTRAS=analysis bash tools/setup_env.sh   # + seaborn, psutil, scikit-learn
 #   MMNORM_EXTRAS=deploy bash tools/setup_env.sh     # + onnx, onnxruntime, onnxscript (ONNX export)
+#   MMNORM_EXTRAS=pretrain bash tools/setup_env.sh   # + mmpretrain, torchvision of torch's build
 #
 # Where it installs (tools/python_env.sh): $PYTHON if set; else the active venv/conda env; else
 # a virtual environment .venv in the checkout, created here (MMNORM_VENV=DIR for another one,
@@ -90,8 +91,30 @@ else
   "$PY" -c 'import mmcv._ext' || { echo "mmcv installed without compiled ops" >&2; exit 1; }
 fi
 
+# mmpretrain imports torchvision, which must be the build of the installed torch (a PyPI
+# torchvision is a CUDA build: next to a CPU torch it does not import). Same sources as torch:
+# for cpu/cuXXX the exact local version from pip's sources or $MMNORM_WHEELS, else PyTorch's
+# index; for pypi the plain release from the configured index.
+case ",$extras," in *,pretrain,*)
+  if "$PY" -c 'import sys, torchvision; sys.exit(torchvision.__version__.split("+")[0] != "0.28.0")' 2>/dev/null; then
+    log "torchvision 0.28.0 present"
+  elif [ "$variant" = pypi ]; then
+    log "installing torchvision 0.28.0 from the configured index"
+    pip_install "torchvision==0.28.0"
+  else
+    log "installing torchvision 0.28.0+$variant"
+    tv_links=()
+    [ -d "$wheels" ] && tv_links=(--find-links "$wheels")
+    if ! pip_install "${tv_links[@]}" "torchvision==0.28.0+$variant" 2>/dev/null; then
+      index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$variant}
+      log "not in pip's configured sources: using $index"
+      pip_install "torchvision==0.28.0+$variant" --extra-index-url "$index"
+    fi
+  fi ;;
+esac
+
 reqs=(-r "$here/requirements/runtime.txt" -r "$here/requirements/tests.txt")
-for extra in analysis deploy; do  # MMNORM_EXTRAS=analysis,deploy: both
+for extra in analysis deploy pretrain; do  # MMNORM_EXTRAS=analysis,deploy: both
   case ",$extras," in *,"$extra",*) reqs+=(-r "$here/requirements/$extra.txt") ;; esac
 done
 pip_install "${reqs[@]}"
