@@ -36,14 +36,6 @@ DETECTORS = {
 }
 
 
-def _mmpretrain_or_skip():
-    try:
-        from mmpretrain.utils import register_all_modules
-        register_all_modules(False)
-    except ImportError as err:  # e.g. a torchvision that is not the build of this torch
-        pytest.skip(f'mmpretrain does not import ({err}): `MMNORM_EXTRAS=pretrain make install`')
-
-
 def test_configs_found():
     assert len(CONFIGS) >= 11, CONFIGS
     assert {osp.basename(c).split('_')[1] for c in CONFIGS} <= set(DETECTORS) == set(LAYERS)
@@ -51,8 +43,7 @@ def test_configs_found():
 
 @pytest.mark.slow  # 11 ResNet-50s built, stepped twice and loaded (50-100 s on 2 busy cores)
 @pytest.mark.parametrize('config', CONFIGS)
-def test_config_trains_a_step_and_its_backbone_loads_into_the_detector(config):
-    _mmpretrain_or_skip()
+def test_config_trains_a_step_and_its_backbone_loads_into_the_detector(config, mmpretrain):
     from mmpretrain.registry import MODELS
     from mmpretrain.structures import DataSample
 

@@ -74,7 +74,9 @@ ALLOW_MISMATCH = '--allow-checkpoint-mismatch'
 #: ``default_scope`` -> the package whose ``.mim/tools`` run configs of that scope; configs of
 #: any other scope (or none) run mmdet's, as before.
 TOOL_PACKAGES = {'mmdet': 'mmdet', 'mmpretrain': 'mmpretrain'}
-_INSTALL = {'mmdet': 'pip install mmdet==3.3.0', 'mmpretrain': 'pip install -e .[pretrain]'}
+_INSTALL = {'mmdet': 'pip install mmdet==3.3.0',
+            # not `pip install .[pretrain]`: torchvision must be the build of the installed torch
+            'mmpretrain': 'MMNORM_EXTRAS=pretrain make install'}
 
 
 def tool_package(scope: Optional[str]) -> str:
@@ -102,7 +104,7 @@ def load_mmdet_tool(name: str, scope: Optional[str] = 'mmdet') -> Dict[str, Call
     if not osp.isfile(path):
         raise FileNotFoundError(
             f'{path} does not exist: {package} {module.__version__} was installed without its '
-            f'tools (install the PyPI wheel: `{_INSTALL[package]}`).')
+            f'tools (install its PyPI wheel: `{_INSTALL[package]}`).')
     return runpy.run_path(path, run_name=f'{package}_tools_{name}')
 
 

@@ -78,8 +78,7 @@ def _coco_2017_layout(tmp, root):
 
 
 @pytest.fixture(scope='module')
-def workdir(tmp_path_factory):
-    pytest.importorskip('mmpretrain')
+def workdir(tmp_path_factory, mmpretrain):
     tmp = tmp_path_factory.mktemp('pretrain')
     make_photo_digit_crops_imagenet(str(tmp / 'data' / 'imagenet'), num_train=16, num_val=11)
     _coco_2017_layout(tmp, tmp / 'data' / 'coco')
@@ -117,7 +116,8 @@ def test_newcomer_commands_train_a_bgn_classifier_then_a_detector_from_it(workdi
 
     log = _run([osp.join(ROOT, detect[1]), osp.join(ROOT, detect[2]), *detect[3:],
                 *DETECTOR_TINY], cwd=workdir)
-    assert f'load backbone. in model from: {CLASSIFIER_WORK_DIR}/epoch_1.pth' in log
+    # through our guarded loader, which verified the classifier's checksum
+    assert f'load backbone. in model from: mmnorm-guarded://{CLASSIFIER_WORK_DIR}/epoch_1.pth' in log
     assert f'checkpoint {CLASSIFIER_WORK_DIR}/epoch_1.pth: checksum verified' in log
     # mmengine's load_state_dict(strict=False) names what it could not match
     assert 'missing keys in source state_dict' not in log
@@ -139,10 +139,9 @@ def test_tools_test_evaluates_the_classifier(workdir):
     assert 0.0 <= metrics['accuracy/top1'] <= 100.0 and 'accuracy/top5' in metrics
 
 
-def test_mmpretrains_own_train_tool_runs_a_config_through_custom_imports(workdir):
+def test_mmpretrains_own_train_tool_runs_a_config_through_custom_imports(workdir, mmpretrain):
     """No plugin tool involved: the config's custom_imports registers the norms and the
     cross-scope backbone (mmdet.XBNResNet) for mmpretrain's tools/train.py."""
-    import mmpretrain
     tool = osp.join(osp.dirname(mmpretrain.__file__), '.mim', 'tools', 'train.py')
     work_dir = workdir / 'mmpretrain_xbn'
     log = _run([tool, osp.join(ROOT, 'configs', 'pretrain', 'resnet50_xbn-p2_8xb32_in1k.py'),
