@@ -92,9 +92,11 @@ else
 fi
 
 # mmpretrain imports torchvision, which must be the build of the installed torch (a PyPI
-# torchvision is a CUDA build: next to a CPU torch it does not import). Same sources as torch:
-# for cpu/cuXXX the exact local version from pip's sources or $MMNORM_WHEELS, else PyTorch's
-# index; for pypi the plain release from the configured index.
+# torchvision is a CUDA build: next to a CPU torch `import torchvision` raises). Same sources as
+# torch: for cpu/cuXXX the exact local version from pip's sources or $MMNORM_WHEELS, else
+# PyTorch's index; for pypi the plain release from the configured index. Where none has it,
+# mmpretrain is installed without it (its configs load, its modules do not import, and the
+# tests that need them skip, saying so): never a torchvision of another build.
 case ",$extras," in *,pretrain,*)
   if "$PY" -c 'import sys, torchvision; sys.exit(torchvision.__version__.split("+")[0] != "0.28.0")' 2>/dev/null; then
     log "torchvision 0.28.0 present"
@@ -105,10 +107,12 @@ case ",$extras," in *,pretrain,*)
     log "installing torchvision 0.28.0+$variant"
     tv_links=()
     [ -d "$wheels" ] && tv_links=(--find-links "$wheels")
-    if ! pip_install "${tv_links[@]}" "torchvision==0.28.0+$variant" 2>/dev/null; then
-      index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$variant}
-      log "not in pip's configured sources: using $index"
-      pip_install "torchvision==0.28.0+$variant" --extra-index-url "$index"
+    index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$variant}
+    if ! pip_install "${tv_links[@]}" "torchvision==0.28.0+$variant" 2>/dev/null &&
+       ! { log "not in pip's configured sources: using $index";
+           pip_install "torchvision==0.28.0+$variant" --extra-index-url "$index" 2>/dev/null; }; then
+      log "WARNING: torchvision==0.28.0+$variant is in none of pip's sources, $wheels or" \
+        "$index: mmpretrain will not import and its tests skip (add that wheel to $wheels)"
     fi
   fi ;;
 esac
