@@ -97,12 +97,18 @@ fi
 # PyTorch's index; for pypi the plain release from the configured index. Where none has it,
 # mmpretrain is installed without it (its configs load, its modules do not import, and the
 # tests that need them skip, saying so): never a torchvision of another build.
+tv_ok() { "$PY" -c 'import sys, torchvision; sys.exit(torchvision.__version__.split("+")[0] != "0.28.0")' 2>/dev/null; }
 case ",$extras," in *,pretrain,*)
-  if "$PY" -c 'import sys, torchvision; sys.exit(torchvision.__version__.split("+")[0] != "0.28.0")' 2>/dev/null; then
+  if tv_ok; then
     log "torchvision 0.28.0 present"
   elif [ "$variant" = pypi ]; then
     log "installing torchvision 0.28.0 from the configured index"
     pip_install "torchvision==0.28.0"
+    if ! tv_ok; then  # the index's torch was a local build (e.g. +cpu from find-links)
+      "$PY" -m pip uninstall -q -y torchvision
+      log "WARNING: the index's torchvision 0.28.0 does not import next to torch" \
+        "$("$PY" -c 'import torch; print(torch.__version__)'): removed; mmpretrain's tests skip"
+    fi
   else
     log "installing torchvision 0.28.0+$variant"
     tv_links=()
