@@ -1,6 +1,6 @@
 """Which state-dict entries are training-only norm state (CBN windows, MABN rings).
 
-Used by the release converter (:mod:`mmnorm_plugin.converters.release`, which strips them) and
+Used by the release converter (:mod:`mmnorm_plugin.model_converters.release`, which strips them) and
 by ``tools/test.py``'s checkpoint check (:mod:`mmnorm_plugin.checkpoint.loading`, which does not
 compare them); kept here so that neither imports the other.
 """

@@ -248,7 +248,7 @@ def compare_checkpoint_with_model(model, checkpoint: dict, model_cfg=None) -> di
     checkpoint, checkpoint keys the model does not have, ``(key, ckpt shape, model shape)``
     mismatches, and the differing leaves of the checkpoint's saved ``meta['cfg'].model`` vs
     ``model_cfg`` (read as literals: nothing in the text runs). Training-only norm state
-    (CBN windows, MABN rings: see :mod:`mmnorm_plugin.converters.release`) and
+    (CBN windows, MABN rings: see :mod:`mmnorm_plugin.model_converters.release`) and
     ``num_batches_tracked`` are not compared: a stripped checkpoint, or a CBN checkpoint under
     its BN twin config, is a match.
     """

@@ -179,7 +179,7 @@ class MABN(NormBase):
     Notes:
         * Weight centralization of the producing conv is part of the method (without it
           E[x] != 0 and the second moment overstates the variance). Pretrained backbones need
-          weight-centralized weights: see :mod:`mmnorm_plugin.converters.mabn`.
+          weight-centralized weights: see :mod:`mmnorm_plugin.model_converters.mabn`.
         * Psi is produced in backward, at the slot decided in forward. A training-mode
           forward with no backward through this layer leaves that slot holding the Psi of
           m iterations earlier; a second backward through the same graph does not write it

@@ -214,7 +214,7 @@ def test_importing_the_plugin_leaves_torch_load_unchanged():
                     torch.serialization._default_to_weights_only(None),
                     os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'))
         before = state()
-        import mmnorm_plugin, mmnorm_plugin.apis, mmnorm_plugin.converters
+        import mmnorm_plugin, mmnorm_plugin.apis, mmnorm_plugin.model_converters
         print(before == state(), before[1])
     ''')
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,

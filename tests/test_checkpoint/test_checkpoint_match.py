@@ -9,7 +9,7 @@ from mmengine.registry import init_default_scope
 
 import mmnorm_plugin  # noqa: F401
 from mmnorm_plugin.apis import check_test_checkpoint
-from mmnorm_plugin.converters.release import strip_training_state
+from mmnorm_plugin.model_converters.release import strip_training_state
 from mmnorm_plugin.checkpoint.loading import CheckpointMismatch
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

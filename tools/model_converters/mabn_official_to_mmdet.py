@@ -1,6 +1,6 @@
 """Convert an official MABN checkpoint (megvii-model/MABN) to mmdet ResNet + MABN keys.
 
-A thin CLI over :func:`mmnorm_plugin.converters.mabn.convert_official_mabn` (see its docstring
+A thin CLI over :func:`mmnorm_plugin.model_converters.mabn.convert_official_mabn` (see its docstring
 for the key mapping and the buffer semantics). The detection code's layout
 (``module.backbone.body.stem.conv1.weight``, ``...layer1.0.bn1.buffer_x2``) gives a caffe-style
 (stride in the 1x1) backbone for ``configs/mabn/*r50-caffe*``; the ImageNet code's layout
@@ -25,7 +25,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import torch  # noqa: E402
 
-from mmnorm_plugin.converters.mabn import convert_official_mabn  # noqa: E402
+from mmnorm_plugin.model_converters.mabn import convert_official_mabn  # noqa: E402
 from mmnorm_plugin.checkpoint.loading import load_foreign_checkpoint  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Convert a BatchNorm ResNet checkpoint for a CenConv2d + MABN ResNet (MABN fine-tune configs).
 
-A thin CLI over :func:`mmnorm_plugin.converters.mabn.convert_resnet_to_mabn` (see its docstring
+A thin CLI over :func:`mmnorm_plugin.model_converters.mabn.convert_resnet_to_mabn` (see its docstring
 for what is done to the weights and BN statistics, and the caveat: the published MABN fine-tune
 started from an ImageNet model *trained* with weight centralization + MABN).
 
@@ -24,7 +24,7 @@ from mmengine.runner import CheckpointLoader  # noqa: E402
 from mmnorm_plugin.checkpoint.loading import (RefusedCheckpoint,  # noqa: E402
                                               trusted_checkpoints)
 from mmnorm_plugin.checkpoint.safety import DamagedCheckpoint  # noqa: E402
-from mmnorm_plugin.converters.mabn import convert_resnet_to_mabn  # noqa: E402
+from mmnorm_plugin.model_converters.mabn import convert_resnet_to_mabn  # noqa: E402
 from mmnorm_plugin.engine.guarded_loading import guarded  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """Strip training-only state from a checkpoint for release / evaluation (the resume file stays).
 
-A thin CLI over :func:`mmnorm_plugin.converters.release.strip_checkpoint_file` (its module
+A thin CLI over :func:`mmnorm_plugin.model_converters.release.strip_checkpoint_file` (its module
 docstring lists what is removed and why evaluation does not need it): CBN windows and
 counters, MABN rings, optimizer, schedulers, message hub, EMA copy.
 
@@ -23,7 +23,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 from mmnorm_plugin.checkpoint.loading import (RefusedCheckpoint,  # noqa: E402
                                               trusted_checkpoints)
 from mmnorm_plugin.checkpoint.safety import DamagedCheckpoint  # noqa: E402
-from mmnorm_plugin.converters.release import strip_checkpoint_file  # noqa: E402
+from mmnorm_plugin.model_converters.release import strip_checkpoint_file  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -1,6 +1,6 @@
 """Convert an official XBNBlock ImageNet checkpoint (huangleiBuaa/XBNBlock) to XBNResNet keys.
 
-A thin CLI over :func:`mmnorm_plugin.converters.xbn.convert_official_xbn`: renames the
+A thin CLI over :func:`mmnorm_plugin.model_converters.xbn.convert_official_xbn`: renames the
 batch-free norms (``bn*`` without running statistics -> ``gn*``), strips ``module.``, drops the
 classifier, then builds the backbone the checkpoint describes and prints which keys load.
 
@@ -19,7 +19,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
 import torch  # noqa: E402
 
-from mmnorm_plugin.converters.xbn import (checkpoint_key_report,  # noqa: E402
+from mmnorm_plugin.model_converters.xbn import (checkpoint_key_report,  # noqa: E402
                                           convert_official_xbn, format_key_report,
                                           infer_backbone_cfg)
 from mmnorm_plugin.checkpoint.loading import load_foreign_checkpoint  # noqa: E402

@@ -256,7 +256,7 @@ _BACKBONE_DOC = """
     * Parameter names follow mmdet/torchvision (``conv1``, ``bn1``, ``layer1.0.bn1``, ...); the
       BFN is named by its type (``gn1`` for the stem, ``layerX.Y.gn2`` for P2), so a BN
       checkpoint loads into every BN part and reports the BFN keys as missing and its ``bn2``
-      keys as unexpected (see :func:`mmnorm_plugin.converters.xbn.checkpoint_key_report`);
+      keys as unexpected (see :func:`mmnorm_plugin.model_converters.xbn.checkpoint_key_report`);
       official XBNBlock checkpoints are converted by
       ``tools/model_converters/xbn_official_to_mmdet.py``.
 """

@@ -9,7 +9,7 @@ from mmcv.cnn import build_conv_layer, build_norm_layer
 from torch import nn
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.converters.release import (strip_checkpoint_file, strip_training_state,
+from mmnorm_plugin.model_converters.release import (strip_checkpoint_file, strip_training_state,
                                               training_only_keys)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

@@ -13,7 +13,7 @@ import torch
 from mmdet.models.backbones import ResNet
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.converters.mabn import convert_official_mabn
+from mmnorm_plugin.model_converters.mabn import convert_official_mabn
 from mmnorm_plugin.norms.mabn import MABN
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))

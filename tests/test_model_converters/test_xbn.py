@@ -5,7 +5,7 @@ from mmdet.registry import MODELS
 from torch import nn
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.converters.xbn import (checkpoint_key_report, convert_official_xbn,
+from mmnorm_plugin.model_converters.xbn import (checkpoint_key_report, convert_official_xbn,
                                           format_key_report, infer_backbone_cfg,
                                           unwrap_state_dict)
 

@@ -7,7 +7,7 @@ import torch
 from mmdet.models.backbones import ResNet
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.converters.mabn import convert_resnet_to_mabn
+from mmnorm_plugin.model_converters.mabn import convert_resnet_to_mabn
 from mmnorm_plugin.models.layers import CenConv2d
 from mmnorm_plugin.norms.mabn import MABN
 
