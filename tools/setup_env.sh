@@ -6,6 +6,7 @@
 #   TORCH_VARIANT=cu126 bash tools/setup_env.sh      # a CUDA build of torch instead
 #   MMNORM_EXTRAS=analysis bash tools/setup_env.sh   # + seaborn, psutil, scikit-learn
 #   MMNORM_EXTRAS=deploy bash tools/setup_env.sh     # + onnx, onnxruntime, onnxscript (ONNX export)
+#   MMNORM_EXTRAS=seg bash tools/setup_env.sh        # + mmsegmentation 1.2.2 (configs/seg)
 #
 # Where it installs (tools/python_env.sh): $PYTHON if set; else the active venv/conda env; else
 # a virtual environment .venv in the checkout, created here (MMNORM_VENV=DIR for another one,
@@ -91,7 +92,7 @@ else
 fi
 
 reqs=(-r "$here/requirements/runtime.txt" -r "$here/requirements/tests.txt")
-for extra in analysis deploy; do  # MMNORM_EXTRAS=analysis,deploy: both
+for extra in analysis deploy seg; do  # MMNORM_EXTRAS=analysis,deploy: both
   case ",$extras," in *,"$extra",*) reqs+=(-r "$here/requirements/$extra.txt") ;; esac
 done
 pip_install "${reqs[@]}"
