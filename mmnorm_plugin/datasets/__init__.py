@@ -1,4 +1,6 @@
-"""Generated COCO-format sets for the studies (see each module)."""
+"""Generated COCO-format sets for the studies, and the neutral set's semantic maps (see each
+module)."""
 from .photo_digits import make_photo_digits
+from .photo_digits_seg import make_photo_digits_seg, write_semantic_maps
 
-__all__ = ['make_photo_digits']
+__all__ = ['make_photo_digits', 'make_photo_digits_seg', 'write_semantic_maps']
