@@ -19,7 +19,7 @@ from mmnorm_plugin.datasets.photo_digits_seg import make_photo_digits_seg  # noq
 from mmnorm_plugin.norms.cbn import CBN, SyncCBN  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-TINY = osp.join(ROOT, 'configs', 'seg', 'pspnet_r18-w16-d8_cbn-all_1xb2-300i_photo-digits-64x64.py')
+TINY = osp.join(ROOT, 'configs', 'seg', 'pspnet_r18-w16-d8_cbn-all_1xb2-600i_photo-digits-64x64.py')
 PARTS = ('backbone', 'decode_head', 'auxiliary_head')
 
 
