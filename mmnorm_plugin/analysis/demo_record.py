@@ -138,7 +138,8 @@ def summary(record: Dict) -> str:
     m = record['metrics']
     return (f"`make demo` prints bbox mAP {m['coco/bbox_mAP']:.3f} (AP50 "
             f"{m['coco/bbox_mAP_50']:.3f}) for `{osp.basename(record['config'])}`: seed "
-            f"{record['seed']}, {record['threads']} CPU threads, recorded at commit "
+            f"{record['seed']}, {record['threads']} CPU thread"
+            f"{'s' if record['threads'] > 1 else ''}, recorded at commit "
             f"{record['commit'][:7]} "
             f"(`{record['command']}`; the test suite checks that the code still computes the "
             f"same first {record['fingerprint']['images']} iterations).")

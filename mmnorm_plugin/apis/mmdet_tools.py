@@ -3,7 +3,13 @@
 The pip wheel of mmdet ships its tools under ``mmdet/.mim/tools``; running them (rather than
 keeping copies) keeps our CLI identical to mmdet's — ``--work-dir``, ``--amp``,
 ``--auto-scale-lr``, ``--resume``, ``--cfg-options``, ``--launcher``, ``--out``, ``--show-dir``,
-``--tta`` ... — for every mmdet release we support.
+``--tta`` ... — for every mmdet release we support. A config whose ``default_scope`` names
+another OpenMMLab codebase in :data:`TOOL_PACKAGES` (``'mmpretrain'``: the ImageNet configs of
+``configs/pretrain``; ``'mmseg'``: the segmentation configs of ``configs/seg``) runs that
+codebase's own tools the same way (``mmpretrain/.mim/tools``, ``mmseg/.mim/tools``, with their
+flags, e.g. mmpretrain's ``--no-validate``, mmseg's ``--show-dir``), with every check and hook
+below. The codebase is read
+from the config named first on the command line, as every tool's usage line puts it.
 
 Before handing over, a config, checkpoint or ``--resume`` path that does not exist ends the run
 with one line, and the config (with ``--cfg-options``) is loaded once and checked:
@@ -47,6 +53,7 @@ unrelated code in the same process; swapping the name in the tool's own namespac
 """
 import contextlib
 import copy
+import importlib
 import os.path as osp
 import pickle
 import runpy
@@ -61,24 +68,47 @@ from ..validation.norm_cfg import norm_cfg_types, validate_norm_cfgs
 from ..distributed.sync_bn import check_sync_bn_cfg
 
 __all__ = ['load_mmdet_tool', 'run_mmdet_tool', 'add_plugin_import', 'check_test_checkpoint',
-           'PLUGIN_IMPORT']
+           'tool_package', 'PLUGIN_IMPORT', 'TOOL_PACKAGES']
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
 PLUGIN_IMPORT = dict(imports=['mmnorm_plugin'], allow_failed_imports=False)
 ALLOW_MISMATCH = '--allow-checkpoint-mismatch'
+#: ``default_scope`` -> the package whose ``.mim/tools`` run configs of that scope; configs of
+#: any other scope (or none) run mmdet's, as before.
+TOOL_PACKAGES = {'mmdet': 'mmdet', 'mmpretrain': 'mmpretrain', 'mmseg': 'mmseg'}
+_INSTALL = {'mmdet': 'pip install mmdet==3.3.0',
+            # not `pip install .[pretrain]`: torchvision must be the build of the installed torch
+            'mmpretrain': 'MMNORM_EXTRAS=pretrain make install',
+            'mmseg': 'MMNORM_EXTRAS=seg make install'}
 
 
-def load_mmdet_tool(name: str) -> Dict[str, Callable]:
-    """Return the namespace (``parse_args``, ``main``...) of ``mmdet/.mim/tools/<name>.py``.
+def tool_package(scope: Optional[str]) -> str:
+    """The package whose tools run a config of ``default_scope`` ``scope``."""
+    return TOOL_PACKAGES.get(scope or 'mmdet', 'mmdet')
+
+
+def load_mmdet_tool(name: str, scope: Optional[str] = 'mmdet') -> Dict[str, Callable]:
+    """Return the namespace (``parse_args``, ``main``...) of ``<package>/.mim/tools/<name>.py``,
+    the package being mmdet or, for a config of ``default_scope`` ``scope``, the codebase of
+    :data:`TOOL_PACKAGES`.
 
     ``main.__globals__`` is the namespace ``main`` really reads (runpy returns a copy).
     """
-    path = osp.join(MMDET_TOOLS, f'{name}.py')
+    package = tool_package(scope)
+    try:
+        module = importlib.import_module(package)
+        # what the tool's Runner imports for the scope (mmpretrain needs torchvision there)
+        importlib.import_module(f'{package}.utils').register_all_modules(False)
+    except ImportError as err:
+        raise ImportError(f'{name}.py: configs of default_scope={scope!r} run in {package}, '
+                          f'which does not import ({err}); install it: '
+                          f'`{_INSTALL[package]}`') from err
+    path = osp.join(osp.dirname(module.__file__), '.mim', 'tools', f'{name}.py')
     if not osp.isfile(path):
         raise FileNotFoundError(
-            f'{path} does not exist: mmdet {mmdet.__version__} was installed without its '
-            'tools (install the PyPI wheel `pip install mmdet==3.3.0`).')
-    return runpy.run_path(path, run_name=f'mmdet_tools_{name}')
+            f'{path} does not exist: {package} {module.__version__} was installed without its '
+            f'tools (install its PyPI wheel: `{_INSTALL[package]}`).')
+    return runpy.run_path(path, run_name=f'{package}_tools_{name}')
 
 
 def add_plugin_import(cfg: Config) -> Config:
@@ -236,6 +266,15 @@ def _lost_peers_end_the_run(timeout_s: float):
         raise SystemExit(message) from err
 
 
+def _scope_named_first(argv: Sequence[str]) -> Optional[str]:
+    """``default_scope`` of the config the command line names first (every tool's usage line
+    puts CONFIG first); ``'mmdet'`` when that is not a file (the tool's checks then say so)."""
+    first = next((a for a in argv if not a.startswith('-')), None)
+    if first is None or not osp.isfile(first):
+        return 'mmdet'
+    return Config.fromfile(first).get('default_scope', 'mmdet')
+
+
 def _check_paths_exist(name: str, args) -> None:
     """End the run with one line for a mistyped path (mmengine would raise it from deep in
     ``Config.fromfile`` or the Runner's checkpoint loading, a long traceback for a typo)."""
@@ -250,21 +289,64 @@ def _check_paths_exist(name: str, args) -> None:
             raise SystemExit(f'{name}.py: {what} not found: {path}')
 
 
+#: the project's generated sets, by the folder name of their data_root
+_OUR_SETS = {'tiny_coco': 'make data', 'tiny_coco_hard': 'make data', 'photo_digits': 'make data'}
+
+
+def _annotation_files(dataset) -> List[str]:
+    """The annotation files a dataset config reads (wrappers such as RepeatDataset and
+    ConcatDataset included)."""
+    if isinstance(dataset, (list, tuple)):
+        return [f for d in dataset for f in _annotation_files(d)]
+    if not isinstance(dataset, dict):
+        return []
+    if 'dataset' in dataset or 'datasets' in dataset:
+        return _annotation_files(dataset.get('dataset', dataset.get('datasets')))
+    ann_file = dataset.get('ann_file')
+    if not isinstance(ann_file, str) or not ann_file or '://' in ann_file:
+        return []
+    return [osp.join(dataset.get('data_root') or '', ann_file)]
+
+
+def _check_data_exists(name: str, cfg) -> None:
+    """End the run with one line naming a missing annotation file, and the command that
+    generates it for the project's own sets, before the Runner starts (mmengine would raise a
+    bare FileNotFoundError after hundreds of log lines)."""
+    loaders = ['train_dataloader', 'val_dataloader'] if name == 'train' else ['test_dataloader']
+    for loader in loaders:
+        for path in _annotation_files((cfg.get(loader) or {}).get('dataset')):
+            if osp.isfile(path):
+                continue
+            root = osp.basename(osp.normpath(osp.dirname(osp.dirname(path))))
+            hint = (f'`{_OUR_SETS[root]}` generates it' if root in _OUR_SETS else
+                    "check the config's data_root and ann_file (COCO: docs/coco.md)")
+            raise SystemExit(f'{name}.py: {loader} reads {path}, which does not exist: {hint}')
+
+
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Check the config named on the command line, then run mmdet's tool ``name``."""
+    """Check the config named on the command line, then run the tool ``name`` of its codebase
+    (mmdet's; mmpretrain's or mmseg's for their ``default_scope``, see :data:`TOOL_PACKAGES`)."""
     import mmnorm_plugin  # noqa: F401  (registrations)
     from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
     allow_mismatch = _pop_flag(sys.argv, ALLOW_MISMATCH) if name == 'test' else False
     trusted = _pop_unsafe_load(sys.argv)
-    tool = load_mmdet_tool(name)
+    package = tool_package(_scope_named_first(sys.argv[1:]))
+    try:
+        tool = load_mmdet_tool(name, package)
+    except ImportError as err:
+        raise SystemExit(str(err)) from err
     args = tool['parse_args']()
     _check_paths_exist(name, args)
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     scope = cfg.get('default_scope', 'mmdet')
+    if tool_package(scope) != package:  # options before CONFIG, or --cfg-options default_scope
+        raise SystemExit(f'{name}.py: {args.config} runs in {tool_package(scope)} '
+                         f"(default_scope={scope!r}) but was read as {package}'s: name the "
+                         f'config first, `{name}.py CONFIG [options]`')
     distributed = args.launcher != 'none'
     if 'model' in cfg:
         validate_norm_cfgs(cfg.model, scope=scope)
@@ -293,6 +375,8 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
                                                 allow_mismatch)
                 if message and rank == 0:
                     warnings.warn(message)
+            # after the config's own errors, which a user fixes first and which need no data
+            _check_data_exists(name, cfg)
             tool['main']()
     finally:
         if cpu_dist:

@@ -38,6 +38,15 @@ def _commands():
     return lines
 
 
+def test_readme_gives_the_tested_commands():
+    text = open(osp.join(ROOT, 'README.md')).read()
+    tested = r'<!-- tested: tests/test_tools/test_mmseg_tools_e2e.py -->\s*```shell\n(.*?)```'
+    blocks = re.findall(tested, text, re.S)
+    assert len(blocks) == 1, blocks
+    readme = [line.strip() for line in blocks[0].splitlines() if line.strip()]
+    assert readme == [line for line in _commands() if line.startswith('python tools/')]
+
+
 def test_the_page_runs_both_tool_pairs():
     lines = _commands()
     assert lines[0].startswith('MMSEG_TOOLS=')
