@@ -295,31 +295,42 @@ _OUR_SETS = {'tiny_coco': 'make data', 'tiny_coco_hard': 'make data', 'photo_dig
 
 def _annotation_files(dataset) -> List[str]:
     """The annotation files a dataset config reads (wrappers such as RepeatDataset and
-    ConcatDataset included)."""
+    ConcatDataset included); for a set listed from its folders (no ``ann_file``: mmseg's
+    ``BaseSegDataset``), the folders of ``data_prefix``, each ending in a separator."""
     if isinstance(dataset, (list, tuple)):
         return [f for d in dataset for f in _annotation_files(d)]
     if not isinstance(dataset, dict):
         return []
     if 'dataset' in dataset or 'datasets' in dataset:
         return _annotation_files(dataset.get('dataset', dataset.get('datasets')))
+    root = dataset.get('data_root') or ''
     ann_file = dataset.get('ann_file')
+    if ann_file == '' or (ann_file is None and 'data_prefix' in dataset):
+        prefix = dataset.get('data_prefix')
+        folders = prefix.values() if isinstance(prefix, dict) else [prefix]
+        return [osp.join(root, f, '') for f in folders
+                if isinstance(f, str) and '://' not in root + f]
     if not isinstance(ann_file, str) or not ann_file or '://' in ann_file:
         return []
-    return [osp.join(dataset.get('data_root') or '', ann_file)]
+    return [osp.join(root, ann_file)]
 
 
 def _check_data_exists(name: str, cfg) -> None:
-    """End the run with one line naming a missing annotation file, and the command that
-    generates it for the project's own sets, before the Runner starts (mmengine would raise a
-    bare FileNotFoundError after hundreds of log lines)."""
+    """End the run with one line naming a missing annotation file (or image/label folder), and
+    the command that generates it for the project's own sets, before the Runner starts (mmengine
+    would raise a bare FileNotFoundError after hundreds of log lines)."""
     loaders = ['train_dataloader', 'val_dataloader'] if name == 'train' else ['test_dataloader']
     for loader in loaders:
         for path in _annotation_files((cfg.get(loader) or {}).get('dataset')):
-            if osp.isfile(path):
+            if osp.exists(path):  # a folder's trailing separator: a file there is not it
                 continue
-            root = osp.basename(osp.normpath(osp.dirname(osp.dirname(path))))
-            hint = (f'`{_OUR_SETS[root]}` generates it' if root in _OUR_SETS else
-                    "check the config's data_root and ann_file (COCO: docs/coco.md)")
+            ours = [part for part in osp.normpath(path).split(osp.sep) if part in _OUR_SETS]
+            if ours:
+                hint = f'`{_OUR_SETS[ours[-1]]}` generates it'
+            elif path.endswith(osp.sep):
+                hint = "check the config's data_root and data_prefix"
+            else:
+                hint = "check the config's data_root and ann_file (COCO: docs/coco.md)"
             raise SystemExit(f'{name}.py: {loader} reads {path}, which does not exist: {hint}')
 
 

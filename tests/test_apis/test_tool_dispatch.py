@@ -67,3 +67,27 @@ def test_a_codebase_that_does_not_import_says_how_to_install_it(monkeypatch):
         "train.py: configs of default_scope='mmpretrain' run in mmpretrain, which does not "
         "import (No module named 'torchvision'); install it: "
         '`MMNORM_EXTRAS=pretrain make install`')
+
+
+def test_a_missing_folder_of_a_folder_listed_set_is_named(tmp_path, monkeypatch):
+    """mmseg's sets have no annotation file: the image and label folders are what must exist."""
+    pytest.importorskip('mmseg', reason='mmsegmentation is the .[seg] extra')
+    from mmengine.config import Config
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(SEGMENTOR)
+    with pytest.raises(SystemExit) as err:
+        mmdet_tools._check_data_exists('test', cfg)
+    assert str(err.value) == (
+        'test.py: test_dataloader reads data/cityscapes/leftImg8bit/val/, which does not exist: '
+        "check the config's data_root and data_prefix")
+    (tmp_path / 'data' / 'cityscapes' / 'leftImg8bit' / 'val').mkdir(parents=True)
+    with pytest.raises(SystemExit) as err:
+        mmdet_tools._check_data_exists('test', cfg)
+    assert 'reads data/cityscapes/gtFine/val/, which does not exist' in str(err.value)
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine').mkdir()
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine' / 'val').write_text('a file, not the folder')
+    with pytest.raises(SystemExit):
+        mmdet_tools._check_data_exists('test', cfg)
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine' / 'val').unlink()
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine' / 'val').mkdir()
+    mmdet_tools._check_data_exists('test', cfg)  # both folders there: the Runner's turn
