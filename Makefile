@@ -10,6 +10,7 @@ data:
 	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco'
 	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco_hard --variant hard'
 	bash -c 'source tools/python_env.sh && "$$PY" -c "from mmnorm_plugin.datasets import make_photo_digits as m; m(\"data/photo_digits\")"'
+	bash -c 'source tools/python_env.sh && "$$PY" -c "from mmnorm_plugin.datasets import write_semantic_maps as w; w(\"data/photo_digits\")"'
 	bash -c 'source tools/python_env.sh && "$$PY" -c "from mmnorm_plugin.datasets import make_photo_digit_crops_imagenet as m; m(\"data/photo_digit_crops_in1k\")"'
 
 demo:

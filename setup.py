@@ -24,6 +24,7 @@ setup(
     extras_require={'tests': read_requirements('requirements/tests.txt'),
                     'analysis': read_requirements('requirements/analysis.txt'),
                     'deploy': read_requirements('requirements/deploy.txt'),
+                    'seg': read_requirements('requirements/seg.txt'),
                     'pretrain': read_requirements('requirements/pretrain.txt')},
     license='Apache-2.0',
     zip_safe=False,

@@ -7,6 +7,7 @@
 #   MMNORM_EXTRAS=analysis bash tools/setup_env.sh   # + seaborn, psutil, scikit-learn
 #   MMNORM_EXTRAS=deploy bash tools/setup_env.sh     # + onnx, onnxruntime, onnxscript (ONNX export)
 #   MMNORM_EXTRAS=pretrain bash tools/setup_env.sh   # + mmpretrain, torchvision of torch's build
+#   MMNORM_EXTRAS=seg bash tools/setup_env.sh        # + mmsegmentation 1.2.2 (configs/seg)
 #
 # Where it installs (tools/python_env.sh): $PYTHON if set; else the active venv/conda env; else
 # a virtual environment .venv in the checkout, created here (MMNORM_VENV=DIR for another one,
@@ -124,7 +125,7 @@ case ",$extras," in *,pretrain,*)
 esac
 
 reqs=(-r "$here/requirements/runtime.txt" -r "$here/requirements/tests.txt")
-for extra in analysis deploy pretrain; do  # MMNORM_EXTRAS=analysis,deploy: both
+for extra in analysis deploy pretrain seg; do  # MMNORM_EXTRAS=analysis,deploy: both
   case ",$extras," in *,"$extra",*) reqs+=(-r "$here/requirements/$extra.txt") ;; esac
 done
 pip_install "${reqs[@]}"

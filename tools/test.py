@@ -1,5 +1,6 @@
 """Evaluate a checkpoint: the CLI of mmdet 3.3's tools/test.py, with mmnorm_plugin loaded (for a
-config of default_scope='mmpretrain', e.g. configs/pretrain, mmpretrain 1.2's tools/test.py).
+config of default_scope='mmpretrain', e.g. configs/pretrain, mmpretrain 1.2's tools/test.py;
+of default_scope='mmseg', e.g. configs/seg, mmseg 1.2's).
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl] [--show]
         [--show-dir DIR] [--cfg-options k=v ...] [--launcher ...] [--tta]

@@ -1,5 +1,6 @@
 """Train a detector: the CLI of mmdet 3.3's tools/train.py, with mmnorm_plugin loaded (for a
-config of default_scope='mmpretrain', e.g. configs/pretrain, mmpretrain 1.2's tools/train.py).
+config of default_scope='mmpretrain', e.g. configs/pretrain, mmpretrain 1.2's tools/train.py;
+of default_scope='mmseg', e.g. configs/seg, mmseg 1.2's).
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr]
         [--resume [CHECKPOINT]] [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]

@@ -5,8 +5,10 @@ keeping copies) keeps our CLI identical to mmdet's — ``--work-dir``, ``--amp``
 ``--auto-scale-lr``, ``--resume``, ``--cfg-options``, ``--launcher``, ``--out``, ``--show-dir``,
 ``--tta`` ... — for every mmdet release we support. A config whose ``default_scope`` names
 another OpenMMLab codebase in :data:`TOOL_PACKAGES` (``'mmpretrain'``: the ImageNet configs of
-``configs/pretrain``) runs that codebase's own tools the same way (``mmpretrain/.mim/tools``,
-with its flags, e.g. ``--no-validate``), with every check and hook below. The codebase is read
+``configs/pretrain``; ``'mmseg'``: the segmentation configs of ``configs/seg``) runs that
+codebase's own tools the same way (``mmpretrain/.mim/tools``, ``mmseg/.mim/tools``, with their
+flags, e.g. mmpretrain's ``--no-validate``, mmseg's ``--show-dir``), with every check and hook
+below. The codebase is read
 from the config named first on the command line, as every tool's usage line puts it.
 
 Before handing over, a config, checkpoint or ``--resume`` path that does not exist ends the run
@@ -73,10 +75,11 @@ PLUGIN_IMPORT = dict(imports=['mmnorm_plugin'], allow_failed_imports=False)
 ALLOW_MISMATCH = '--allow-checkpoint-mismatch'
 #: ``default_scope`` -> the package whose ``.mim/tools`` run configs of that scope; configs of
 #: any other scope (or none) run mmdet's, as before.
-TOOL_PACKAGES = {'mmdet': 'mmdet', 'mmpretrain': 'mmpretrain'}
+TOOL_PACKAGES = {'mmdet': 'mmdet', 'mmpretrain': 'mmpretrain', 'mmseg': 'mmseg'}
 _INSTALL = {'mmdet': 'pip install mmdet==3.3.0',
             # not `pip install .[pretrain]`: torchvision must be the build of the installed torch
-            'mmpretrain': 'MMNORM_EXTRAS=pretrain make install'}
+            'mmpretrain': 'MMNORM_EXTRAS=pretrain make install',
+            'mmseg': 'MMNORM_EXTRAS=seg make install'}
 
 
 def tool_package(scope: Optional[str]) -> str:
@@ -292,37 +295,48 @@ _OUR_SETS = {'tiny_coco': 'make data', 'tiny_coco_hard': 'make data', 'photo_dig
 
 def _annotation_files(dataset) -> List[str]:
     """The annotation files a dataset config reads (wrappers such as RepeatDataset and
-    ConcatDataset included)."""
+    ConcatDataset included); for a set listed from its folders (no ``ann_file``: mmseg's
+    ``BaseSegDataset``), the folders of ``data_prefix``, each ending in a separator."""
     if isinstance(dataset, (list, tuple)):
         return [f for d in dataset for f in _annotation_files(d)]
     if not isinstance(dataset, dict):
         return []
     if 'dataset' in dataset or 'datasets' in dataset:
         return _annotation_files(dataset.get('dataset', dataset.get('datasets')))
+    root = dataset.get('data_root') or ''
     ann_file = dataset.get('ann_file')
+    if ann_file == '' or (ann_file is None and 'data_prefix' in dataset):
+        prefix = dataset.get('data_prefix')
+        folders = prefix.values() if isinstance(prefix, dict) else [prefix]
+        return [osp.join(root, f, '') for f in folders
+                if isinstance(f, str) and '://' not in root + f]
     if not isinstance(ann_file, str) or not ann_file or '://' in ann_file:
         return []
-    return [osp.join(dataset.get('data_root') or '', ann_file)]
+    return [osp.join(root, ann_file)]
 
 
 def _check_data_exists(name: str, cfg) -> None:
-    """End the run with one line naming a missing annotation file, and the command that
-    generates it for the project's own sets, before the Runner starts (mmengine would raise a
-    bare FileNotFoundError after hundreds of log lines)."""
+    """End the run with one line naming a missing annotation file (or image/label folder), and
+    the command that generates it for the project's own sets, before the Runner starts (mmengine
+    would raise a bare FileNotFoundError after hundreds of log lines)."""
     loaders = ['train_dataloader', 'val_dataloader'] if name == 'train' else ['test_dataloader']
     for loader in loaders:
         for path in _annotation_files((cfg.get(loader) or {}).get('dataset')):
-            if osp.isfile(path):
+            if osp.exists(path):  # a folder's trailing separator: a file there is not it
                 continue
-            root = osp.basename(osp.normpath(osp.dirname(osp.dirname(path))))
-            hint = (f'`{_OUR_SETS[root]}` generates it' if root in _OUR_SETS else
-                    "check the config's data_root and ann_file (COCO: docs/coco.md)")
+            ours = [part for part in osp.normpath(path).split(osp.sep) if part in _OUR_SETS]
+            if ours:
+                hint = f'`{_OUR_SETS[ours[-1]]}` generates it'
+            elif path.endswith(osp.sep):
+                hint = "check the config's data_root and data_prefix"
+            else:
+                hint = "check the config's data_root and ann_file (COCO: docs/coco.md)"
             raise SystemExit(f'{name}.py: {loader} reads {path}, which does not exist: {hint}')
 
 
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     """Check the config named on the command line, then run the tool ``name`` of its codebase
-    (mmdet's; mmpretrain's for ``default_scope='mmpretrain'``, see :data:`TOOL_PACKAGES`)."""
+    (mmdet's; mmpretrain's or mmseg's for their ``default_scope``, see :data:`TOOL_PACKAGES`)."""
     import mmnorm_plugin  # noqa: F401  (registrations)
     from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
     if argv is not None:

@@ -1,5 +1,5 @@
 """Our tools/train.py and tools/test.py run the tools of the config's codebase: mmdet's, or
-mmpretrain's for default_scope='mmpretrain' (mmnorm_plugin.apis.mmdet_tools)."""
+mmpretrain's or mmseg's for their default_scope (mmnorm_plugin.apis.mmdet_tools)."""
 import importlib
 import os.path as osp
 
@@ -11,10 +11,13 @@ from mmnorm_plugin.apis.mmdet_tools import load_mmdet_tool, run_mmdet_tool, tool
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 CLASSIFIER = osp.join(ROOT, 'configs', 'pretrain', 'resnet50_bgn_8xb2-acc16_in1k.py')
 DETECTOR = osp.join(ROOT, 'configs', 'bgn', 'faster-rcnn_r50_fpn_bgn-all_8xb2-1x_coco.py')
+SEGMENTOR = osp.join(ROOT, 'configs', 'seg',
+                     'pspnet_r50-d8_cbn-all_4xb2-80k_cityscapes-512x1024.py')
 
 
 def test_the_scope_picks_the_package():
     assert tool_package('mmpretrain') == 'mmpretrain'
+    assert tool_package('mmseg') == 'mmseg'
     assert tool_package('mmdet') == tool_package(None) == tool_package('mmfoo') == 'mmdet'
     assert mmdet_tools._scope_named_first([CLASSIFIER, '--work-dir', 'x']) == 'mmpretrain'
     assert mmdet_tools._scope_named_first([DETECTOR]) == 'mmdet'
@@ -26,6 +29,16 @@ def test_an_mmpretrain_config_gets_mmpretrains_tools(mmpretrain):
     for name in ('train', 'test'):
         tool = load_mmdet_tool(name, 'mmpretrain')
         assert tool['__file__'].endswith(osp.join('mmpretrain', '.mim', 'tools', f'{name}.py'))
+        assert tool['main'].__globals__ is not load_mmdet_tool(name)['main'].__globals__
+
+
+def test_an_mmseg_config_gets_mmsegs_tools():
+    pytest.importorskip('mmseg', reason='mmsegmentation is the .[seg] extra')
+    # the scope comes from the mmseg:: base the config inherits
+    assert mmdet_tools._scope_named_first([SEGMENTOR, '--work-dir', 'x']) == 'mmseg'
+    for name in ('train', 'test'):
+        tool = load_mmdet_tool(name, 'mmseg')
+        assert tool['__file__'].endswith(osp.join('mmseg', '.mim', 'tools', f'{name}.py'))
         assert tool['main'].__globals__ is not load_mmdet_tool(name)['main'].__globals__
 
 
@@ -54,3 +67,27 @@ def test_a_codebase_that_does_not_import_says_how_to_install_it(monkeypatch):
         "train.py: configs of default_scope='mmpretrain' run in mmpretrain, which does not "
         "import (No module named 'torchvision'); install it: "
         '`MMNORM_EXTRAS=pretrain make install`')
+
+
+def test_a_missing_folder_of_a_folder_listed_set_is_named(tmp_path, monkeypatch):
+    """mmseg's sets have no annotation file: the image and label folders are what must exist."""
+    pytest.importorskip('mmseg', reason='mmsegmentation is the .[seg] extra')
+    from mmengine.config import Config
+    monkeypatch.chdir(tmp_path)
+    cfg = Config.fromfile(SEGMENTOR)
+    with pytest.raises(SystemExit) as err:
+        mmdet_tools._check_data_exists('test', cfg)
+    assert str(err.value) == (
+        'test.py: test_dataloader reads data/cityscapes/leftImg8bit/val/, which does not exist: '
+        "check the config's data_root and data_prefix")
+    (tmp_path / 'data' / 'cityscapes' / 'leftImg8bit' / 'val').mkdir(parents=True)
+    with pytest.raises(SystemExit) as err:
+        mmdet_tools._check_data_exists('test', cfg)
+    assert 'reads data/cityscapes/gtFine/val/, which does not exist' in str(err.value)
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine').mkdir()
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine' / 'val').write_text('a file, not the folder')
+    with pytest.raises(SystemExit):
+        mmdet_tools._check_data_exists('test', cfg)
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine' / 'val').unlink()
+    (tmp_path / 'data' / 'cityscapes' / 'gtFine' / 'val').mkdir()
+    mmdet_tools._check_data_exists('test', cfg)  # both folders there: the Runner's turn

@@ -5,6 +5,7 @@ bare ``MODELS.build`` used to fail with mmcv's ``Cannot find None in registry``,
 class's ``TypeError`` or a BGN error without a config path; they now give the messages of
 :func:`mmnorm_plugin.validate_norm_cfgs`.
 """
+import importlib.util
 import os.path as osp
 import subprocess
 import sys
@@ -198,6 +199,14 @@ def test_mmdets_shipped_tools_report_the_config_path(tmp_path, tool):
     ('train', [osp.join(ROOT, 'configs', 'baselines', 'faster-rcnn_r50_fpn_bn_8xb2-1x_coco.py')],
      'train.py: train_dataloader reads data/coco/annotations/instances_train2017.json, which '
      "does not exist: check the config's data_root and ann_file (COCO: docs/coco.md)"),
+    # mmseg's sets are listed from folders (no annotation file): the folder is named
+    pytest.param(
+        'train', [osp.join(ROOT, 'configs', 'seg', 'pspnet_r18-w16-d8_cbn-all_1xb2-600i_'
+                           'photo-digits-64x64.py')],
+        'train.py: train_dataloader reads data/photo_digits/train/, which does not exist: '
+        '`make data` generates it',
+        marks=pytest.mark.skipif(importlib.util.find_spec('mmseg') is None,
+                                 reason='mmsegmentation is the .[seg] extra')),
 ])
 def test_our_tools_report_a_missing_path_in_one_line(tmp_path, tool, args, line):
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', f'{tool}.py'), *args],
