@@ -107,10 +107,12 @@ class _PluginConfig:
         self.cpu_dist = cpu_dist
 
     def fromfile(self, *args, **kwargs) -> Config:
+        from ..engine.compile_norms import use_compile_norms_hook
         from ..engine.safe_checkpoint import use_safe_checkpoint_hook
         from .dist import set_default_dist_timeout, use_cpu_ddp
         cfg = add_weights_only_checkpoints(add_plugin_import(Config.fromfile(*args, **kwargs)))
         use_safe_checkpoint_hook(cfg)
+        use_compile_norms_hook(cfg)  # a no-op unless the run sets `compile`
         if self.distributed:
             set_default_dist_timeout(cfg)
         if self.cpu_dist:
