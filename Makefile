@@ -10,6 +10,7 @@ data:
 	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco'
 	bash -c 'source tools/python_env.sh && "$$PY" tools/misc/make_tiny_coco.py --out-dir data/tiny_coco_hard --variant hard'
 	bash -c 'source tools/python_env.sh && "$$PY" -c "from mmnorm_plugin.datasets import make_photo_digits as m; m(\"data/photo_digits\")"'
+	bash -c 'source tools/python_env.sh && "$$PY" -c "from mmnorm_plugin.datasets import make_photo_digit_crops_imagenet as m; m(\"data/photo_digit_crops_in1k\")"'
 
 demo:
 	bash tools/run_demo.sh
@@ -65,6 +66,15 @@ cbn-gradient-control: install
 
 test-fast:
 	bash tools/run_tests.sh -m "not slow"
+
+# Property-based fuzzing of every checkpoint loader (docs/checkpoint_safety.md): hostile
+# pickles, containers, config text, records and damaged bytes; derandomized, so the same
+# FUZZ_EXAMPLES tries the same inputs. CI runs 300 per target (tests/test_checkpoint).
+FUZZ_EXAMPLES ?= 3000
+.PHONY: fuzz
+fuzz:
+	bash -c 'source tools/python_env.sh --run && OMP_NUM_THREADS=1 "$$PY" \
+	  tests/test_checkpoint/fuzz_checkpoint_loaders.py --examples $(FUZZ_EXAMPLES) $(FUZZ_ARGS)'
 
 # The norm_sweep grid (docs/study_norm_sweep_grid.md, records docs/norm_sweep_*): every norm at 1
 # and 2 images per batch and BN at 8, 5 paired seeds, on the neutral set from scratch. Resumable:

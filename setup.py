@@ -23,7 +23,8 @@ setup(
     install_requires=read_requirements('requirements/runtime.txt'),
     extras_require={'tests': read_requirements('requirements/tests.txt'),
                     'analysis': read_requirements('requirements/analysis.txt'),
-                    'deploy': read_requirements('requirements/deploy.txt')},
+                    'deploy': read_requirements('requirements/deploy.txt'),
+                    'pretrain': read_requirements('requirements/pretrain.txt')},
     license='Apache-2.0',
     zip_safe=False,
 )

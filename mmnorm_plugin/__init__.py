@@ -8,8 +8,10 @@ Importing the package registers everything (configs do it with
   root ``MODELS`` registry, where ``mmcv.cnn.build_norm_layer``/``build_conv_layer`` find them
   from any default scope (mmdet, mmseg, mmpretrain or none);
 * backbones ``XBNResNet`` and ``XBNResNeXt`` in ``mmdet.registry.MODELS``;
-* runner hooks ``SafeCheckpointHook``, ``WeightsOnlyCheckpointHook``, ``CBNBurnInHook`` and
-  ``PreciseNormHook`` in mmengine's ``HOOKS``, and the file backend ``'atomic_local'``;
+* runner hooks ``SafeCheckpointHook``, ``WeightsOnlyCheckpointHook``,
+  ``GuardedCheckpointLoadHook``, ``CBNBurnInHook`` and ``PreciseNormHook`` in mmengine's
+  ``HOOKS``, the file backend ``'atomic_local'`` and the checkpoint scheme
+  ``mmnorm-guarded://``;
 * a check of every ``norm_cfg`` before a model is built (:func:`validate_norm_cfgs`, run by the
   model registries' build function);
 * guards around mmengine's ``sync_bn`` conversion and its revert, which turn the plugin norms
@@ -20,9 +22,10 @@ Every change to another library's behaviour (the last two, CBN's optimizer-step 
 warnings filter) is listed in :mod:`mmnorm_plugin.integration`, whose ``uninstall()`` restores
 the originals.
 
-Importing it does **not** change ``torch.load``: our tools open
-:func:`~mmnorm_plugin.checkpoint.loading.mmengine_checkpoint_loading` around their own loads (see
-:mod:`mmnorm_plugin.checkpoint.loading`); every other caller keeps torch's weights-only defaults.
+Importing it does **not** change ``torch.load``: our tools load checkpoints one at a time
+through :mod:`mmnorm_plugin.checkpoint.loading` and the ``mmnorm-guarded://`` scheme it adds to
+mmengine's ``CheckpointLoader`` (:mod:`mmnorm_plugin.engine.guarded_loading`; other names load
+as before); every other caller keeps torch's weights-only defaults (docs/checkpoint_safety.md).
 """
 import importlib.util as _util
 import sys as _sys

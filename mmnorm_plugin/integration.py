@@ -34,12 +34,21 @@ no extension point does the job.
  5     the ``Config`` name in *our* runpy copy of      configs are checked and converted before
        mmdet's ``tools/train.py``/``test.py``          mmdet's ``main`` runs; mmdet's modules are
        (:mod:`.apis.mmdet_tools`)                      untouched, so nothing to undo here.
+ 6     in runs of our tools only, hooks that change    checkpoints load through the guarded
+       what a Runner loads and saves:                  scheme (never executing file content) and
+       ``GuardedCheckpointLoadHook`` rewrites          are written atomically with a checksum;
+       ``runner._load_from`` and ``Pretrained``        mmengine has no public way to choose the
+       names in memory, ``SafeCheckpointHook``         loader of a Runner's loads, nor to write a
+       subclasses ``CheckpointHook``                   checkpoint through a temporary file. Added
+       (:mod:`.engine`)                                to the config by our tools, nothing global.
 =====  ==============================================  ==========================================
 
 Registered, not patched: the norm and conv layers in mmengine's root ``MODELS``, the XBN
 backbones in mmdet's ``MODELS``, the runner hooks in ``HOOKS``, the file backend
-``'atomic_local'``. mmengine cannot unregister a name, so these stay after :func:`uninstall`
-(all are names no other library uses).
+``'atomic_local'`` and the checkpoint scheme ``mmnorm-guarded://`` of mmengine's
+``CheckpointLoader`` (:mod:`.engine.guarded_loading`: only paths our tools rewrite to it load
+through it). mmengine cannot unregister a name, so these stay after :func:`uninstall` (all are
+names no other library uses).
 """
 import warnings
 from typing import Dict

@@ -90,3 +90,16 @@ def overwrite_tensor_bytes():
         return record.filename
 
     return overwrite
+
+
+@pytest.fixture(scope='session')
+def mmpretrain():
+    """mmpretrain with all its modules registered; skips where it does not import (the
+    ``pretrain`` extra is missing, or torchvision is not the build of the installed torch)."""
+    try:
+        import mmpretrain as package
+        from mmpretrain.utils import register_all_modules
+        register_all_modules(False)
+    except ImportError as err:
+        pytest.skip(f'mmpretrain does not import ({err}): `MMNORM_EXTRAS=pretrain make install`')
+    return package

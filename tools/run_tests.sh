@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source tools/python_env.sh
 # the extras whose tests would otherwise skip: the small-batch study's tests use scikit-learn,
-# the ONNX export test onnx/onnxscript/onnxruntime (about 120 MB of wheels, ~15 s to install)
-MMNORM_EXTRAS=${MMNORM_EXTRAS:-analysis,deploy} bash tools/setup_env.sh
+# the ONNX export test onnx/onnxscript/onnxruntime (about 120 MB of wheels, ~15 s to install),
+# the ImageNet configs and the pretrain -> detect path mmpretrain (+ torchvision of torch's build)
+MMNORM_EXTRAS=${MMNORM_EXTRAS:-analysis,deploy,pretrain} bash tools/setup_env.sh
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 "$PY" -m pytest -q --durations=15 "$@"

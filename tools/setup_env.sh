@@ -6,6 +6,7 @@
 #   TORCH_VARIANT=cu126 bash tools/setup_env.sh      # a CUDA build of torch instead
 #   MMNORM_EXTRAS=analysis bash tools/setup_env.sh   # + seaborn, psutil, scikit-learn
 #   MMNORM_EXTRAS=deploy bash tools/setup_env.sh     # + onnx, onnxruntime, onnxscript (ONNX export)
+#   MMNORM_EXTRAS=pretrain bash tools/setup_env.sh   # + mmpretrain, torchvision of torch's build
 #
 # Where it installs (tools/python_env.sh): $PYTHON if set; else the active venv/conda env; else
 # a virtual environment .venv in the checkout, created here (MMNORM_VENV=DIR for another one,
@@ -90,8 +91,40 @@ else
   "$PY" -c 'import mmcv._ext' || { echo "mmcv installed without compiled ops" >&2; exit 1; }
 fi
 
+# mmpretrain imports torchvision, which must be the build of the installed torch (a PyPI
+# torchvision is a CUDA build: next to a CPU torch `import torchvision` raises). Same sources as
+# torch: for cpu/cuXXX the exact local version from pip's sources or $MMNORM_WHEELS, else
+# PyTorch's index; for pypi the plain release from the configured index. Where none has it,
+# mmpretrain is installed without it (its configs load, its modules do not import, and the
+# tests that need them skip, saying so): never a torchvision of another build.
+tv_ok() { "$PY" -c 'import sys, torchvision; sys.exit(torchvision.__version__.split("+")[0] != "0.28.0")' 2>/dev/null; }
+case ",$extras," in *,pretrain,*)
+  if tv_ok; then
+    log "torchvision 0.28.0 present"
+  elif [ "$variant" = pypi ]; then
+    log "installing torchvision 0.28.0 from the configured index"
+    pip_install "torchvision==0.28.0"
+    if ! tv_ok; then  # the index's torch was a local build (e.g. +cpu from find-links)
+      "$PY" -m pip uninstall -q -y torchvision
+      log "WARNING: the index's torchvision 0.28.0 does not import next to torch" \
+        "$("$PY" -c 'import torch; print(torch.__version__)'): removed; mmpretrain's tests skip"
+    fi
+  else
+    log "installing torchvision 0.28.0+$variant"
+    tv_links=()
+    [ -d "$wheels" ] && tv_links=(--find-links "$wheels")
+    index=${TORCH_INDEX_URL:-https://download.pytorch.org/whl/$variant}
+    if ! pip_install "${tv_links[@]}" "torchvision==0.28.0+$variant" 2>/dev/null &&
+       ! { log "not in pip's configured sources: using $index";
+           pip_install "torchvision==0.28.0+$variant" --extra-index-url "$index" 2>/dev/null; }; then
+      log "WARNING: torchvision==0.28.0+$variant is in none of pip's sources, $wheels or" \
+        "$index: mmpretrain will not import and its tests skip (add that wheel to $wheels)"
+    fi
+  fi ;;
+esac
+
 reqs=(-r "$here/requirements/runtime.txt" -r "$here/requirements/tests.txt")
-for extra in analysis deploy; do  # MMNORM_EXTRAS=analysis,deploy: both
+for extra in analysis deploy pretrain; do  # MMNORM_EXTRAS=analysis,deploy: both
   case ",$extras," in *,"$extra",*) reqs+=(-r "$here/requirements/$extra.txt") ;; esac
 done
 pip_install "${reqs[@]}"

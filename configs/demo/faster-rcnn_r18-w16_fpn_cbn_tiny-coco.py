@@ -5,10 +5,8 @@
 # batch on the hard set, where BN is starved). Window: the current batch + 3 compensated past
 # batches. Burn-in as in the paper's detection setup (plain BN for 8 of 12 epochs, CBN from the
 # first LR drop on): here plain BN until the first LR step at iteration 1125 of 1500. The layer's
-# defaults otherwise: exact gradient, window running statistics. Measured with the official
-# gradient and running statistics (grad_through_compensation=False, running_stats='batch'; see
-# docs/demo.md): with CBN from iteration 100 instead, bbox mAP fell from 0.885 to 0.782 (weights
-# still move fast early, where a first-order compensation of old statistics is least accurate).
+# defaults otherwise: exact gradient, window running statistics. Burn-in exists because the
+# weights move fast early, where a first-order compensation of old statistics is least accurate.
 # BN twin: faster-rcnn_r18-w16_fpn_bn_tiny-coco.py.
 _base_ = './faster-rcnn_r18-w16_fpn_bn_tiny-coco.py'
 norm_cfg = dict(type='CBN', requires_grad=True, buffer_num=3, burnin_iters=1125)

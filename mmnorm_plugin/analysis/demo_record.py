@@ -2,7 +2,7 @@
 
 ``make demo`` trains one config with a fixed seed on CPU, so with unchanged code it prints the
 same COCO metrics every time. :func:`record_demo` runs it the way ``tools/run_demo.sh`` does
-(``tools/train.py`` then ``tools/test.py``, its two threads) and writes
+(``tools/train.py`` then ``tools/test.py``, one thread) and writes
 ``docs/evidence/demo.json``:
 the config, the metrics, the provenance of the code at the start, and a *fingerprint* —
 the per-iteration losses of a short run of the same config (:func:`fingerprint`: the first
@@ -39,8 +39,9 @@ _FINGERPRINT_OPTIONS = [f'train_dataloader.dataset.indices={FINGERPRINT_IMAGES}'
 
 
 #: torch threads of the demo (tools/run_demo.sh's default): a float sum split over another
-#: number of threads rounds differently, and this training amplifies rounding
-THREADS = 2
+#: number of threads rounds differently, and this training amplifies rounding; one thread also
+#: keeps a busy machine from oversubscribing its cores
+THREADS = 1
 
 
 def _python_env() -> Dict[str, str]:
@@ -137,7 +138,8 @@ def summary(record: Dict) -> str:
     m = record['metrics']
     return (f"`make demo` prints bbox mAP {m['coco/bbox_mAP']:.3f} (AP50 "
             f"{m['coco/bbox_mAP_50']:.3f}) for `{osp.basename(record['config'])}`: seed "
-            f"{record['seed']}, {record['threads']} CPU threads, recorded at commit "
+            f"{record['seed']}, {record['threads']} CPU thread"
+            f"{'s' if record['threads'] > 1 else ''}, recorded at commit "
             f"{record['commit'][:7]} "
             f"(`{record['command']}`; the test suite checks that the code still computes the "
             f"same first {record['fingerprint']['images']} iterations).")

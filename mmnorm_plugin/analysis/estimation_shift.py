@@ -198,7 +198,8 @@ def measure_config(cfg, checkpoint: Optional[str], num_batches: int = 50,
     """Estimation shift of a detector built from an mmengine ``Config``.
 
     The model is built with ``mmdet.registry.MODELS`` (after ``register_all_modules``), its
-    weights come from ``checkpoint`` (``mmengine.runner.load_checkpoint``) or, when
+    weights come from ``checkpoint`` (``mmengine.runner.load_checkpoint`` through the guarded
+    scheme of :mod:`mmnorm_plugin.engine.guarded_loading`) or, when
     ``checkpoint`` is None, from the config's own ``init_cfg`` (e.g. a pretrained backbone),
     and the first ``num_batches`` batches of ``cfg.<split>_dataloader`` (built with
     ``Runner.build_dataloader``) go through ``model.test_step``.
@@ -209,14 +210,17 @@ def measure_config(cfg, checkpoint: Optional[str], num_batches: int = 50,
     from mmdet.utils import register_all_modules
     from mmengine.runner import Runner, load_checkpoint
 
+    from ..engine.guarded_loading import guard_init_cfgs, guarded
     register_all_modules(init_default_scope=True)
     if num_batches < 1:
         raise ValueError(f'num_batches must be >= 1, got {num_batches}')
     model = MODELS.build(cfg.model)
+    # every file loads as our tools load it: weights-only, CRCs and checksum verified
     if checkpoint is None:
+        guard_init_cfgs(model)
         model.init_weights()
     else:
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        load_checkpoint(model, guarded(checkpoint), map_location='cpu')
     model.to(device)
     loader_cfg = cfg.get(f'{split}_dataloader')
     if loader_cfg is None:

@@ -100,6 +100,8 @@ _DIST_SOURCES = ('gloo', 'NCCL', 'c10d', 'ProcessGroup')
 # ... that mean a peer died (its sockets closed) or stopped answering (the timeout ran out)
 _PEER_LOST = ('closed by peer', 'reset by peer', 'Broken pipe', 'Timed out', 'timed out',
               'timing out', 'communicator was aborted')
+# gloo's words for a pair it closed after an earlier timeout; they name no source
+_GLOO_PEER_LOST = ('timeout caused pair closure',)
 
 
 def lost_peer_message(err: BaseException, timeout_s: float) -> Optional[str]:
@@ -107,7 +109,8 @@ def lost_peer_message(err: BaseException, timeout_s: float) -> Optional[str]:
     text = str(err)
     from_dist = (isinstance(err, getattr(torch_dist, 'DistError', ()))
                  or any(source in text for source in _DIST_SOURCES))
-    if not (from_dist and any(marker in text for marker in _PEER_LOST)):
+    if not ((from_dist and any(marker in text for marker in _PEER_LOST))
+            or any(marker in text for marker in _GLOO_PEER_LOST)):
         return None
     # gloo prefixes its source position: "[.../gloo/transport/tcp/pair.cc:553] Connection ..."
     detail = re.sub(r'^\[[^\]]*\]\s*', '', text.strip().splitlines()[0] if text.strip() else '')

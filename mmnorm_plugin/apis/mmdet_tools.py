@@ -3,7 +3,11 @@
 The pip wheel of mmdet ships its tools under ``mmdet/.mim/tools``; running them (rather than
 keeping copies) keeps our CLI identical to mmdet's — ``--work-dir``, ``--amp``,
 ``--auto-scale-lr``, ``--resume``, ``--cfg-options``, ``--launcher``, ``--out``, ``--show-dir``,
-``--tta`` ... — for every mmdet release we support.
+``--tta`` ... — for every mmdet release we support. A config whose ``default_scope`` names
+another OpenMMLab codebase in :data:`TOOL_PACKAGES` (``'mmpretrain'``: the ImageNet configs of
+``configs/pretrain``) runs that codebase's own tools the same way (``mmpretrain/.mim/tools``,
+with its flags, e.g. ``--no-validate``), with every check and hook below. The codebase is read
+from the config named first on the command line, as every tool's usage line puts it.
 
 Before handing over, a config, checkpoint or ``--resume`` path that does not exist ends the run
 with one line, and the config (with ``--cfg-options``) is loaded once and checked:
@@ -24,10 +28,15 @@ back past checkpoints that do not load or verify. A damaged checkpoint named exp
 rank that loses another one stops with one line too
 (:func:`~mmnorm_plugin.apis.dist.lost_peer_message`).
 
-Checkpoints (``--resume``, ``load_from``, ``tools/test.py``'s checkpoint) are loaded inside
-:func:`~mmnorm_plugin.checkpoint.loading.mmengine_checkpoint_loading`: torch's weights-only
-unpickler with exactly what a Runner checkpoint needs, for this run only. A file that needs more
-stops the run with one line naming ``--unsafe-load``, which the user types to trust it.
+Every checkpoint the run loads (``--resume``, auto-resume, ``load_from``, ``tools/test.py``'s
+checkpoint, ``init_cfg`` ``Pretrained`` files) goes through the ``mmnorm-guarded://`` loader of
+:mod:`~mmnorm_plugin.engine.guarded_loading` (the config gets
+:class:`~mmnorm_plugin.engine.GuardedCheckpointLoadHook`): bytes read once, zip CRCs and
+checksum verified on what is loaded, torch's weights-only unpickler with validating stand-ins
+for old-format objects, one load at a time, and ``meta`` text mmengine would execute removed
+first (see ``docs/checkpoint_safety.md``). A file that needs more stops the run with one line
+naming it and what was refused; ``--unsafe-load PATH`` trusts that one file (repeatable), never
+the other loads of the run.
 
 mmdet's ``main`` then reads the config itself. It is handed a ``Config`` whose ``fromfile``
 adds ``custom_imports=dict(imports=['mmnorm_plugin'], allow_failed_imports=False)`` to configs
@@ -42,6 +51,7 @@ unrelated code in the same process; swapping the name in the tool's own namespac
 """
 import contextlib
 import copy
+import importlib
 import os.path as osp
 import pickle
 import runpy
@@ -56,24 +66,46 @@ from ..validation.norm_cfg import norm_cfg_types, validate_norm_cfgs
 from ..distributed.sync_bn import check_sync_bn_cfg
 
 __all__ = ['load_mmdet_tool', 'run_mmdet_tool', 'add_plugin_import', 'check_test_checkpoint',
-           'PLUGIN_IMPORT']
+           'tool_package', 'PLUGIN_IMPORT', 'TOOL_PACKAGES']
 
 MMDET_TOOLS = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools')
 PLUGIN_IMPORT = dict(imports=['mmnorm_plugin'], allow_failed_imports=False)
 ALLOW_MISMATCH = '--allow-checkpoint-mismatch'
+#: ``default_scope`` -> the package whose ``.mim/tools`` run configs of that scope; configs of
+#: any other scope (or none) run mmdet's, as before.
+TOOL_PACKAGES = {'mmdet': 'mmdet', 'mmpretrain': 'mmpretrain'}
+_INSTALL = {'mmdet': 'pip install mmdet==3.3.0',
+            # not `pip install .[pretrain]`: torchvision must be the build of the installed torch
+            'mmpretrain': 'MMNORM_EXTRAS=pretrain make install'}
 
 
-def load_mmdet_tool(name: str) -> Dict[str, Callable]:
-    """Return the namespace (``parse_args``, ``main``...) of ``mmdet/.mim/tools/<name>.py``.
+def tool_package(scope: Optional[str]) -> str:
+    """The package whose tools run a config of ``default_scope`` ``scope``."""
+    return TOOL_PACKAGES.get(scope or 'mmdet', 'mmdet')
+
+
+def load_mmdet_tool(name: str, scope: Optional[str] = 'mmdet') -> Dict[str, Callable]:
+    """Return the namespace (``parse_args``, ``main``...) of ``<package>/.mim/tools/<name>.py``,
+    the package being mmdet or, for a config of ``default_scope`` ``scope``, the codebase of
+    :data:`TOOL_PACKAGES`.
 
     ``main.__globals__`` is the namespace ``main`` really reads (runpy returns a copy).
     """
-    path = osp.join(MMDET_TOOLS, f'{name}.py')
+    package = tool_package(scope)
+    try:
+        module = importlib.import_module(package)
+        # what the tool's Runner imports for the scope (mmpretrain needs torchvision there)
+        importlib.import_module(f'{package}.utils').register_all_modules(False)
+    except ImportError as err:
+        raise ImportError(f'{name}.py: configs of default_scope={scope!r} run in {package}, '
+                          f'which does not import ({err}); install it: '
+                          f'`{_INSTALL[package]}`') from err
+    path = osp.join(osp.dirname(module.__file__), '.mim', 'tools', f'{name}.py')
     if not osp.isfile(path):
         raise FileNotFoundError(
-            f'{path} does not exist: mmdet {mmdet.__version__} was installed without its '
-            'tools (install the PyPI wheel `pip install mmdet==3.3.0`).')
-    return runpy.run_path(path, run_name=f'mmdet_tools_{name}')
+            f'{path} does not exist: {package} {module.__version__} was installed without its '
+            f'tools (install its PyPI wheel: `{_INSTALL[package]}`).')
+    return runpy.run_path(path, run_name=f'{package}_tools_{name}')
 
 
 def add_plugin_import(cfg: Config) -> Config:
@@ -87,6 +119,15 @@ def add_plugin_import(cfg: Config) -> Config:
         imports = [imports] if isinstance(imports, str) else list(imports)
         if 'mmnorm_plugin' not in imports:
             custom['imports'] = imports + ['mmnorm_plugin']
+    return cfg
+
+
+def add_guarded_loading(cfg: Config) -> Config:
+    """Make the Runner load every checkpoint through the guarded loader
+    (:class:`~mmnorm_plugin.engine.GuardedCheckpointLoadHook`)."""
+    hooks = list(cfg.get('custom_hooks') or [])
+    if not any(h.get('type') == 'GuardedCheckpointLoadHook' for h in hooks):
+        cfg.custom_hooks = hooks + [dict(type='GuardedCheckpointLoadHook')]
     return cfg
 
 
@@ -110,7 +151,8 @@ class _PluginConfig:
         from ..engine.compile_norms import use_compile_norms_hook
         from ..engine.safe_checkpoint import use_safe_checkpoint_hook
         from .dist import set_default_dist_timeout, use_cpu_ddp
-        cfg = add_weights_only_checkpoints(add_plugin_import(Config.fromfile(*args, **kwargs)))
+        cfg = add_guarded_loading(add_weights_only_checkpoints(
+            add_plugin_import(Config.fromfile(*args, **kwargs))))
         use_safe_checkpoint_hook(cfg)
         use_compile_norms_hook(cfg)  # a no-op unless the run sets `compile`
         if self.distributed:
@@ -170,12 +212,38 @@ def _pop_flag(argv: List[str], flag: str) -> bool:
     return found
 
 
+def _pop_unsafe_load(argv: List[str]) -> List[str]:
+    """The files named by ``--unsafe-load PATH`` / ``--unsafe-load=PATH`` (removed from
+    ``argv``); the bare flag of earlier versions ends the run with one line."""
+    from ..checkpoint.loading import UNSAFE_LOAD_FLAG as flag
+    paths, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith(flag + '='):
+            paths.append(arg[len(flag) + 1:])
+            del argv[i]
+        elif arg == flag:
+            if i + 1 == len(argv) or argv[i + 1].startswith('-') or not argv[i + 1]:
+                raise SystemExit(
+                    f'{flag} takes the checkpoint to trust: {flag} PATH (repeat it for more '
+                    'files). It trusts that file only, not every load of the run.')
+            paths.append(argv[i + 1])
+            del argv[i:i + 2]
+        else:
+            i += 1
+    for path in paths:
+        if '://' not in path and not osp.isfile(osp.expanduser(path)):
+            raise SystemExit(f'{flag} {path}: no such file')
+    return paths
+
+
 @contextlib.contextmanager
-def _checkpoint_loading(unsafe: bool):
-    """Our loads' allow-list for the block; a refused or damaged file ends the run in one line."""
-    from ..checkpoint.loading import mmengine_checkpoint_loading, unsafe_load_message
+def _checkpoint_loading(trusted: Sequence[str]):
+    """The files the user trusts, for the block; a refused or damaged file ends the run in one
+    line (the loads themselves lock and scope their allow-list one at a time)."""
+    from ..checkpoint.loading import trusted_checkpoints, unsafe_load_message
     from ..checkpoint.safety import DamagedCheckpoint
-    with mmengine_checkpoint_loading(unsafe=unsafe):
+    with trusted_checkpoints(trusted):
         try:
             yield
         except pickle.UnpicklingError as err:
@@ -197,6 +265,15 @@ def _lost_peers_end_the_run(timeout_s: float):
         raise SystemExit(message) from err
 
 
+def _scope_named_first(argv: Sequence[str]) -> Optional[str]:
+    """``default_scope`` of the config the command line names first (every tool's usage line
+    puts CONFIG first); ``'mmdet'`` when that is not a file (the tool's checks then say so)."""
+    first = next((a for a in argv if not a.startswith('-')), None)
+    if first is None or not osp.isfile(first):
+        return 'mmdet'
+    return Config.fromfile(first).get('default_scope', 'mmdet')
+
+
 def _check_paths_exist(name: str, args) -> None:
     """End the run with one line for a mistyped path (mmengine would raise it from deep in
     ``Config.fromfile`` or the Runner's checkpoint loading, a long traceback for a typo)."""
@@ -211,22 +288,64 @@ def _check_paths_exist(name: str, args) -> None:
             raise SystemExit(f'{name}.py: {what} not found: {path}')
 
 
+#: the project's generated sets, by the folder name of their data_root
+_OUR_SETS = {'tiny_coco': 'make data', 'tiny_coco_hard': 'make data', 'photo_digits': 'make data'}
+
+
+def _annotation_files(dataset) -> List[str]:
+    """The annotation files a dataset config reads (wrappers such as RepeatDataset and
+    ConcatDataset included)."""
+    if isinstance(dataset, (list, tuple)):
+        return [f for d in dataset for f in _annotation_files(d)]
+    if not isinstance(dataset, dict):
+        return []
+    if 'dataset' in dataset or 'datasets' in dataset:
+        return _annotation_files(dataset.get('dataset', dataset.get('datasets')))
+    ann_file = dataset.get('ann_file')
+    if not isinstance(ann_file, str) or not ann_file or '://' in ann_file:
+        return []
+    return [osp.join(dataset.get('data_root') or '', ann_file)]
+
+
+def _check_data_exists(name: str, cfg) -> None:
+    """End the run with one line naming a missing annotation file, and the command that
+    generates it for the project's own sets, before the Runner starts (mmengine would raise a
+    bare FileNotFoundError after hundreds of log lines)."""
+    loaders = ['train_dataloader', 'val_dataloader'] if name == 'train' else ['test_dataloader']
+    for loader in loaders:
+        for path in _annotation_files((cfg.get(loader) or {}).get('dataset')):
+            if osp.isfile(path):
+                continue
+            root = osp.basename(osp.normpath(osp.dirname(osp.dirname(path))))
+            hint = (f'`{_OUR_SETS[root]}` generates it' if root in _OUR_SETS else
+                    "check the config's data_root and ann_file (COCO: docs/coco.md)")
+            raise SystemExit(f'{name}.py: {loader} reads {path}, which does not exist: {hint}')
+
+
 def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
-    """Check the config named on the command line, then run mmdet's tool ``name``."""
+    """Check the config named on the command line, then run the tool ``name`` of its codebase
+    (mmdet's; mmpretrain's for ``default_scope='mmpretrain'``, see :data:`TOOL_PACKAGES`)."""
     import mmnorm_plugin  # noqa: F401  (registrations)
-    from ..checkpoint.loading import UNSAFE_LOAD_FLAG
     from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
     allow_mismatch = _pop_flag(sys.argv, ALLOW_MISMATCH) if name == 'test' else False
-    unsafe_load = _pop_flag(sys.argv, UNSAFE_LOAD_FLAG)
-    tool = load_mmdet_tool(name)
+    trusted = _pop_unsafe_load(sys.argv)
+    package = tool_package(_scope_named_first(sys.argv[1:]))
+    try:
+        tool = load_mmdet_tool(name, package)
+    except ImportError as err:
+        raise SystemExit(str(err)) from err
     args = tool['parse_args']()
     _check_paths_exist(name, args)
     cfg = Config.fromfile(args.config)
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
     scope = cfg.get('default_scope', 'mmdet')
+    if tool_package(scope) != package:  # options before CONFIG, or --cfg-options default_scope
+        raise SystemExit(f'{name}.py: {args.config} runs in {tool_package(scope)} '
+                         f"(default_scope={scope!r}) but was read as {package}'s: name the "
+                         f'config first, `{name}.py CONFIG [options]`')
     distributed = args.launcher != 'none'
     if 'model' in cfg:
         validate_norm_cfgs(cfg.model, scope=scope)
@@ -247,7 +366,7 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     lost_peers = (_lost_peers_end_the_run(dist_timeout_s(cfg)) if distributed
                   else contextlib.nullcontext())
     try:
-        with lost_peers, _checkpoint_loading(unsafe_load):
+        with lost_peers, _checkpoint_loading(trusted):
             if name == 'test' and 'model' in cfg:
                 import torch.distributed as dist
                 rank = dist.get_rank() if dist.is_initialized() else 0
@@ -255,6 +374,8 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
                                                 allow_mismatch)
                 if message and rank == 0:
                     warnings.warn(message)
+            # after the config's own errors, which a user fixes first and which need no data
+            _check_data_exists(name, cfg)
             tool['main']()
     finally:
         if cpu_dist:

@@ -1,129 +1,207 @@
-"""Load mmengine Runner checkpoints under torch's weights-only unpickler, in our own tools only.
+"""Load checkpoints weights-only, one load at a time, trusting only named files; never run text.
 
 torch >= 2.6 loads with ``weights_only=True`` by default, and mmengine 0.10.7 calls
-``torch.load`` without the argument, so resuming and ``tools/test.py`` fail on the Runner's own
-checkpoints: their ``message_hub`` holds ``HistoryBuffer`` objects with numpy arrays, and each
-buffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``.
+``torch.load`` without the argument, so mmengine's own Runner checkpoints (a ``MessageHub`` of
+``HistoryBuffer`` objects holding numpy arrays) do not load. Our tools load them through
+:func:`load_checkpoint_bytes`:
 
-Two rules keep this safe:
-
-* **Nothing is allow-listed at import.** Importing the plugin never changes how anybody else's
-  ``torch.load`` behaves. The allow-list is active only inside :func:`mmengine_checkpoint_loading`,
-  a context our tools open around their own loads, and it is restored exactly on exit.
-* **No general attribute access.** ``builtins.getattr`` itself is never allow-listed: a
-  weights-only file that may call ``getattr`` reaches any module's globals through a function
-  torch already trusts (``torch.serialization._get_layout.__globals__``) and can rewrite
-  ``torch.serialization`` (e.g. turn off the weights-only default for the whole process).
-  The name ``builtins.getattr`` is mapped to :func:`_history_buffer_statistic` instead, which
-  returns ``HistoryBuffer.<name>`` for a registered statistics method and refuses everything
-  else.
-
-A checkpoint that needs more than this is refused by torch; our tools turn that into a one-line
-message naming ``--unsafe-load`` (:data:`UNSAFE_LOAD_FLAG`), which a user must type to load a file
-they trust with the full pickle machinery, for that run only.
+* **Per load, nothing callable from numpy or mmengine.** :func:`mmengine_checkpoint_loading` is
+  open around the ``torch.load`` call only, under one process-wide lock; it binds the names old
+  Runner checkpoints use to the validating stand-ins of
+  :mod:`~mmnorm_plugin.checkpoint.legacy_objects` (never to ``HistoryBuffer``, numpy's
+  ``_reconstruct`` or ``getattr`` themselves) and removes on exit exactly the entries it added
+  (entries others added before or meanwhile stay). Another thread's ``torch.load`` that runs
+  while a load of ours is in progress can meet those stand-ins, which refuse anything but a
+  buffer's or numeric array's own state. Importing the plugin changes nothing.
+* **Trust names one file.** ``--unsafe-load PATH`` (:data:`UNSAFE_LOAD_FLAG`,
+  :func:`trusted_checkpoints`) lets exactly that file load with the full pickle machinery
+  (``weights_only=False`` passed to that call; ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` is never
+  set). Every other load of the run stays weights-only.
+* **One line per refusal**, naming the file and what was refused
+  (:class:`RefusedCheckpoint`).
+* **Text is data.** :func:`compare_checkpoint_with_model` reads the saved config
+  (``meta['cfg']``) with :func:`~mmnorm_plugin.checkpoint.config_text.literal_assignments`, and
+  :func:`drop_executable_meta` removes what mmengine would execute (``meta['config']``, which
+  ``Runner.resume`` passes to ``Config.fromstring``) before the Runner sees a checkpoint.
 
 :func:`compare_checkpoint_with_model` backs ``tools/test.py``'s check that a checkpoint fits
 the config it is evaluated with (mmengine loads non-strictly and only logs the mismatch, so a
-wrong pairing evaluates a half-random model: mAP 0.005 instead of an error).
+wrong pairing evaluates a half-random model: an mAP near zero instead of an error).
 """
 import contextlib
-import os
+import io
+import os.path as osp
 import pickle
-import types
-from typing import Iterator, List
+import re
+import threading
+from typing import Iterable, Iterator, List, Optional
 
 import torch
 
-__all__ = ['mmengine_checkpoint_globals', 'mmengine_checkpoint_loading', 'UNSAFE_LOAD_FLAG',
-           'unsafe_load_message', 'CheckpointMismatch', 'compare_checkpoint_with_model',
-           'config_differences', 'format_mismatch', 'load_foreign_checkpoint']
+from .legacy_objects import legacy_globals, materialize
+
+__all__ = ['mmengine_checkpoint_loading', 'UNSAFE_LOAD_FLAG', 'unsafe_load_message',
+           'RefusedCheckpoint', 'load_checkpoint_bytes', 'trusted_checkpoints', 'is_trusted',
+           'drop_executable_meta', 'EXECUTED_META_KEYS', 'CheckpointMismatch',
+           'compare_checkpoint_with_model', 'config_differences', 'format_mismatch',
+           'load_foreign_checkpoint']
 
 UNSAFE_LOAD_FLAG = '--unsafe-load'
-_BUILTIN_STATISTICS = ('min', 'max', 'current', 'mean')
+#: ``meta`` entries mmengine 0.10.7 executes as Python on the paths our tools drive
+#: (``Runner.resume``: ``Config.fromstring(meta['config'])`` to compare GPU counts)
+EXECUTED_META_KEYS = ('config',)
 
-
-def load_foreign_checkpoint(path: str, trust_pickle: bool = False):
-    """``torch.load`` a checkpoint from elsewhere (an official release) for conversion.
-
-    Weights-only unless ``trust_pickle`` (which runs pickled code: trusted files only); a file
-    that pickles objects fails with a ``SystemExit`` naming the switch.
-    """
-    try:
-        return torch.load(path, map_location='cpu', weights_only=not trust_pickle)
-    except pickle.UnpicklingError as err:
-        raise SystemExit(f'{path} pickles non-tensor objects ({err}); rerun with '
-                         '--trust-pickle if you trust the file') from err
-
-
-def _history_buffer_statistic(owner, name):
-    """``getattr`` restricted to what a pickled ``HistoryBuffer`` asks for.
-
-    Stands in for ``builtins.getattr`` during our loads: returns ``HistoryBuffer.<name>`` when
-    ``owner`` is the ``HistoryBuffer`` class and ``name`` one of its registered statistics
-    methods; anything else (a module, a function's ``__globals__``, a dunder) is refused.
-    """
-    from mmengine.logging.history_buffer import HistoryBuffer
-    if owner is HistoryBuffer and type(name) is str:
-        # the built-in four are put into _statistics_methods by the first __init__ only
-        method = (HistoryBuffer._statistics_methods.get(name)
-                  or (vars(HistoryBuffer).get(name) if name in _BUILTIN_STATISTICS else None))
-        if isinstance(method, types.FunctionType):
-            return method
-    raise pickle.UnpicklingError(
-        f'refused getattr({type(owner).__name__} object, {name!r}): a checkpoint may only name '
-        "HistoryBuffer's statistics methods")
-
-
-def mmengine_checkpoint_globals() -> List[object]:
-    """The non-tensor globals pickled into an mmengine 0.10.x Runner checkpoint.
-
-    numpy's array reconstruction and numeric dtypes, ``HistoryBuffer``, and ``builtins.getattr``
-    bound to :func:`_history_buffer_statistic` (never to ``getattr`` itself).
-    """
-    import numpy as np
-    from mmengine.logging.history_buffer import HistoryBuffer
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct, scalar
-    except ImportError:  # numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar
-    dtype_classes = [type(np.dtype(t)) for t in (
-        'bool', 'int8', 'int16', 'int32', 'int64', 'uint8', 'float16', 'float32', 'float64')]
-    return [np.ndarray, np.dtype, _reconstruct, scalar, HistoryBuffer, *dtype_classes,
-            (_history_buffer_statistic, 'builtins.getattr')]
+# serializes our loads: the allow-list entries are process-wide, so two loads of ours must not
+# add and remove them under each other
+_LOCK = threading.RLock()
+_trusted: frozenset = frozenset()
 
 
 @contextlib.contextmanager
-def mmengine_checkpoint_loading(unsafe: bool = False) -> Iterator[None]:
-    """Within the block, ``torch.load`` accepts mmengine Runner checkpoints.
+def mmengine_checkpoint_loading() -> Iterator[None]:
+    """Within the block (keep it around one ``torch.load``), the weights-only unpickler reads
+    old-format mmengine Runner checkpoints through validating stand-ins.
 
-    On exit the process's allow-list is restored exactly (entries a caller had added before
-    stay, ours go). ``unsafe=True`` (the user typed :data:`UNSAFE_LOAD_FLAG`) additionally lets
-    ``torch.load`` calls without an explicit ``weights_only`` unpickle anything, for the block
-    only: trusted files only.
+    Holds the loading lock for the block; on exit removes exactly the allow-list entries it
+    added. Arrays outside a ``HistoryBuffer`` come back as recipes unless the result goes
+    through :func:`~mmnorm_plugin.checkpoint.legacy_objects.materialize`
+    (:func:`load_checkpoint_bytes` does both).
     """
-    before = list(torch.serialization.get_safe_globals())
-    env_before = os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD')
-    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
-    if unsafe:
-        os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = '1'
+    with _LOCK:
+        present = torch.serialization.get_safe_globals()
+        added = [entry for entry in legacy_globals() if entry not in present]
+        with torch.serialization.safe_globals(added):  # removes exactly `added` on exit
+            yield
+
+
+class RefusedCheckpoint(pickle.UnpicklingError):
+    """A checkpoint the weights-only load refused; the message is one line naming the file,
+    what was refused and the flag that would trust the file."""
+
+    def __init__(self, path: str, refused: str, flag: str = UNSAFE_LOAD_FLAG):
+        self.path, self.refused, self.flag = path, refused, flag
+        super().__init__(f'checkpoint {path}: refused {refused}. If you trust this file, rerun '
+                         f'with {flag} {path} (that runs any code stored in it).')
+
+
+_TORCH_REFUSALS = (  # torch's messages (2.6-2.13) -> what was refused
+    (r'Unsupported global: GLOBAL (\S+) was not an allowed global', 'the global {}'),
+    (r'Trying to load unsupported GLOBAL (\S+) whose module', 'the global {} (blocked module)'),
+    (r'Trying to call reduce for unrecognized function ([^\n]+?)(?: which belongs to|\n|$)',
+     'a call of {}'),
+    (r'Can only create new object for [^\n]* but got ([^\n]+)', 'a new object of {}'),
+    (r'Can only build [^\n]* but got ([^\n]+)', 'a BUILD of {}'),
+    (r'(?:^|\n)\s*refused ([^\n]+)', '{}'),  # the stand-ins of legacy_objects
+)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    text = re.sub(r'\x1b\[[0-9;]*m', '', text)
+    text = ' '.join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def refused_what(err: BaseException) -> str:
+    """What a weights-only refusal refused (``the global argparse.Namespace``), in one line."""
+    text = str(err)
+    for pattern, form in _TORCH_REFUSALS:
+        match = re.search(pattern, text)
+        if match:
+            return _one_line(form.format(match.group(1).strip()))
+    if 'WeightsUnpickler error:' in text:
+        text = text.split('WeightsUnpickler error:', 1)[1]
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return _one_line(lines[0] if lines else type(err).__name__)
+
+
+def unsafe_load_message(err: BaseException, what: str = 'a checkpoint') -> str:
+    """One line for a weights-only refusal of a load our tools did not make themselves."""
+    if isinstance(err, RefusedCheckpoint):
+        return str(err)
+    return (f'{what}: refused {refused_what(err)}. If you trust the file, rerun with '
+            f'{UNSAFE_LOAD_FLAG} PATH naming it (that runs any code stored in it).')
+
+
+def _keys(path: str) -> set:
+    keys = {str(path)}
+    if '://' not in str(path):
+        keys.add(osp.realpath(osp.expanduser(str(path))))
+    return keys
+
+
+@contextlib.contextmanager
+def trusted_checkpoints(paths: Iterable[str]) -> Iterator[None]:
+    """Within the block, :func:`load_checkpoint_bytes` loads exactly these files (or URLs)
+    with the full pickle machinery (the user typed ``--unsafe-load PATH``). Restores the set
+    exactly on exit."""
+    global _trusted
+    new = set().union(*(_keys(p) for p in paths)) if paths else set()
+    with _LOCK:
+        added = new - _trusted
+        _trusted = _trusted | added
     try:
         yield
     finally:
-        torch.serialization.clear_safe_globals()
-        torch.serialization.add_safe_globals(before)
-        if unsafe:
-            if env_before is None:
-                os.environ.pop('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', None)
-            else:
-                os.environ['TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD'] = env_before
+        with _LOCK:
+            _trusted = _trusted - added
 
 
-def unsafe_load_message(err: BaseException, what: str = 'the checkpoint') -> str:
-    """One line for a checkpoint the weights-only unpickler refused."""
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return (f'{what} pickles objects that are not allowed in a weights-only load ({reason}). '
-            f'If you trust the file, rerun with {UNSAFE_LOAD_FLAG} (it can run code stored in '
-            'the file).')
+def is_trusted(path: str) -> bool:
+    """Whether the user trusted ``path`` (:func:`trusted_checkpoints`)."""
+    return bool(_keys(path) & _trusted)
+
+
+def load_checkpoint_bytes(data: bytes, path: str, map_location='cpu',
+                          trusted: Optional[bool] = None, flag: str = UNSAFE_LOAD_FLAG):
+    """Unpickle checkpoint ``data`` (the bytes of file ``path``) from memory.
+
+    Weights-only with the old-format stand-ins, then
+    :func:`~mmnorm_plugin.checkpoint.legacy_objects.materialize`; a refusal raises
+    :class:`RefusedCheckpoint` naming ``path`` and ``flag``. ``trusted`` (default:
+    :func:`is_trusted`) loads with ``weights_only=False`` instead: for files the user named.
+    Other errors (a malformed or truncated file) propagate as torch raises them.
+    """
+    if trusted is None:
+        trusted = is_trusted(path)
+    if trusted:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=False)
+    try:
+        with mmengine_checkpoint_loading():
+            checkpoint = torch.load(io.BytesIO(data), map_location=map_location,
+                                    weights_only=True)
+        return materialize(checkpoint)
+    except pickle.UnpicklingError as err:
+        raise RefusedCheckpoint(path, refused_what(err), flag) from None
+
+
+def load_foreign_checkpoint(path: str, trust_pickle: bool = False):
+    """Load a checkpoint from elsewhere (an official release) for conversion.
+
+    Weights-only unless ``trust_pickle`` (which runs pickled code: trusted files only); a
+    refused file ends the run with one line naming the file, what was refused and
+    ``--trust-pickle``.
+    """
+    with open(path, 'rb') as f:
+        data = f.read()
+    try:
+        return load_checkpoint_bytes(data, path, trusted=trust_pickle, flag='--trust-pickle')
+    except RefusedCheckpoint as err:
+        raise SystemExit(str(err)) from None
+
+
+def drop_executable_meta(checkpoint, path: str) -> List[str]:
+    """Remove the ``meta`` entries mmengine would execute (:data:`EXECUTED_META_KEYS`) from
+    ``checkpoint`` in place; returns one log line per entry removed."""
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    lines = []
+    if isinstance(meta, dict):
+        for key in EXECUTED_META_KEYS:
+            if key in meta:
+                del meta[key]
+                lines.append(f"checkpoint {path}: removed meta['{key}'] before the Runner reads "
+                             "it (mmengine would execute it as Python to compare GPU counts; "
+                             'that comparison is skipped)')
+    return lines
 
 
 class CheckpointMismatch(RuntimeError):
@@ -169,13 +247,16 @@ def compare_checkpoint_with_model(model, checkpoint: dict, model_cfg=None) -> di
     Returns ``dict(missing, unexpected, shapes, config)``: model keys absent from the
     checkpoint, checkpoint keys the model does not have, ``(key, ckpt shape, model shape)``
     mismatches, and the differing leaves of the checkpoint's saved ``meta['cfg'].model`` vs
-    ``model_cfg``. Training-only norm state (CBN windows, MABN rings: see
-    :mod:`mmnorm_plugin.converters.release`) and ``num_batches_tracked`` are not compared:
-    a stripped checkpoint, or a CBN checkpoint under its BN twin config, is a match.
+    ``model_cfg`` (read as literals: nothing in the text runs). Training-only norm state
+    (CBN windows, MABN rings: see :mod:`mmnorm_plugin.converters.release`) and
+    ``num_batches_tracked`` are not compared: a stripped checkpoint, or a CBN checkpoint under
+    its BN twin config, is a match.
     """
     from .keys import is_training_only_key
-    state = checkpoint.get('state_dict', checkpoint)
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else {}
+    state = state if isinstance(state, dict) else {}  # no weights at all: everything missing
+    state = {k[7:] if k.startswith('module.') else k: v
+             for k, v in ((str(k), v) for k, v in state.items())}
     own = model.state_dict()
     ckpt_keys, own_keys = set(state), set(own)
 
@@ -189,15 +270,21 @@ def compare_checkpoint_with_model(model, checkpoint: dict, model_cfg=None) -> di
               if relevant(k, own_keys) and hasattr(state[k], 'shape')
               and tuple(state[k].shape) != tuple(own[k].shape)]
     config = []
-    saved_cfg = (checkpoint.get('meta') or {}).get('cfg')
+    meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
+    saved_cfg = meta.get('cfg') if isinstance(meta, dict) else None
     if isinstance(saved_cfg, str) and model_cfg is not None:
+        # read as data, never executed (see config_text); a saved config that cannot be read
+        # must not block evaluation
+        from .config_text import NotLiteral, literal_assignments
         try:
-            from mmengine.config import Config
-            saved_model = Config.fromstring(saved_cfg, '.py').get('model')
-            if saved_model is not None:
-                config = config_differences(saved_model.to_dict(), _to_dict(model_cfg))
-        except Exception as err:  # an unparsable saved config must not block evaluation
-            config = [f'  (the saved config could not be parsed: {err})']
+            values, problems = literal_assignments(saved_cfg, names=['model'])
+        except NotLiteral as err:
+            values, problems = {}, [str(err)]
+        if isinstance(values.get('model'), dict):
+            config = config_differences(values['model'], _to_dict(model_cfg))
+        elif problems:
+            config = [f"  (the saved config's model is not a plain literal, not compared: "
+                      f'{problems[0]})']
     return dict(missing=missing, unexpected=unexpected, shapes=shapes, config=config)
 
 

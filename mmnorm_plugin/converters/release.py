@@ -84,14 +84,20 @@ def _nbytes(obj) -> int:
 
 
 def strip_checkpoint_file(src: str, dst: str) -> Dict[str, int]:
-    """Write the release form of checkpoint ``src`` to ``dst`` (a new file); return sizes."""
+    """Write the release form of checkpoint ``src`` to ``dst`` (a new file); return sizes.
+
+    ``src`` is loaded verified (:func:`~mmnorm_plugin.checkpoint.safety.load_verified_checkpoint`:
+    a damaged or refused file raises one line); ``dst`` records its own checksum.
+    """
     if os.path.abspath(src) == os.path.abspath(dst):
         raise ValueError('write the stripped checkpoint to a new file: the original is the '
                          'resume checkpoint and must stay complete')
-    from ..checkpoint.loading import mmengine_checkpoint_loading
-    with mmengine_checkpoint_loading():
-        checkpoint = torch.load(src, map_location='cpu', weights_only=True)
+    from ..checkpoint.safety import add_checksum, load_verified_checkpoint
+    # verified, weights-only; its saved config text is copied as data, never run
+    checkpoint = load_verified_checkpoint(src)
     release, removed = strip_training_state(checkpoint)
+    if isinstance(release.get('meta'), dict):  # the release file verifies when it is loaded
+        add_checksum(release)
     torch.save(release, dst)
     removed['file bytes before'] = os.path.getsize(src)
     removed['file bytes after'] = os.path.getsize(dst)

@@ -167,7 +167,6 @@ def convert_detector(config, checkpoint: str, out_config: str, out_checkpoint: s
     Returns ``dict(model=<converted model, BN form, eval>, config=<Config>,
     needs_plugin=<bool>, converted=<{module type: count}>)``.
     """
-    from mmdet.apis import init_detector
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.runner import save_checkpoint
@@ -175,7 +174,9 @@ def convert_detector(config, checkpoint: str, out_config: str, out_checkpoint: s
     cfg = config if isinstance(config, Config) else Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    model = init_detector(cfg, checkpoint, device=device)
+    # verified, weights-only, one-line refusals (mmdet's init_detector with a guarded name)
+    from ..apis.inference import init_detector_verified
+    model = init_detector_verified(cfg, checkpoint, device=device)
     counts: Dict[str, int] = {}
     for m in model.modules():
         if isinstance(m, PLUGIN_CLASSES):

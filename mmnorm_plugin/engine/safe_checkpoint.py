@@ -24,9 +24,9 @@ from mmengine.fileio import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
 from mmengine.registry import HOOKS
 
-from ..checkpoint.safety import (LAST_CHECKPOINT, DamagedCheckpoint, add_checksum,
-                                       atomic_write, checkpoint_problem, find_intact_checkpoint,
-                                       resume_candidates, stale_temporaries, was_verified)
+from ..checkpoint.safety import (LAST_CHECKPOINT, STATUS_TEXT, DamagedCheckpoint, add_checksum,
+                                 atomic_write, checkpoint_problem, find_intact_checkpoint,
+                                 resume_candidates, stale_temporaries, verification_status)
 
 __all__ = ['AtomicLocalBackend', 'SafeCheckpointHook', 'use_safe_checkpoint_hook',
            'ATOMIC_BACKEND']
@@ -68,7 +68,10 @@ class SafeCheckpointHook(CheckpointHook):
       checkpoints that do not load or verify, logging each with the reason, and resumes from
       the newest intact one; an explicit ``--resume PATH`` or ``load_from`` that is damaged
       stops the run with :class:`DamagedCheckpoint` (naming the newest intact alternative).
-      Checkpoints without a checksum (plain mmdet ones) load unverified.
+      Checkpoints without a checksum (plain mmdet ones) load unverified. This check only
+      chooses the file: the Runner's own load of it goes through
+      :class:`~mmnorm_plugin.engine.guarded_loading.GuardedCheckpointLoadHook`, which reads,
+      verifies and loads the same bytes again (a file changed in between is caught there).
     """
 
     def __init__(self, *args, **kwargs):
@@ -127,8 +130,7 @@ class SafeCheckpointHook(CheckpointHook):
         runner.logger.info(
             f'--resume: resuming from {chosen}'
             + (' (newest intact checkpoint)' if skipped else '')
-            + ('; checksum verified' if was_verified(chosen)
-               else '; it records no checksum, so it loads unverified'))
+            + f'; {STATUS_TEXT.get(verification_status(chosen), "not checked")}')
         return chosen
 
     # ---------------------------------------------------------------------------- saving

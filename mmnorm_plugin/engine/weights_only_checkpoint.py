@@ -10,9 +10,11 @@ unpickler, which is what a malicious file needs (see :mod:`mmnorm_plugin.checkpo
 checkpoint is written it replaces every ``HistoryBuffer`` by a tagged dict of tensors and every
 numpy value by a tensor or a Python number, so the file holds only tensors, containers, strings
 and numbers; after a checkpoint is loaded (``--resume``, ``load_from``) it restores the buffers,
-so the loss history and the runtime info resume exactly as mmengine saved them. Our
-``tools/train.py`` adds the hook to every config; a config can list it in ``custom_hooks``.
+so the loss history and the runtime info resume exactly as mmengine saved them, rebuilt from
+validated tensors only. Our ``tools/train.py`` adds the hook to every config; a config can list
+it in ``custom_hooks``.
 """
+import pickle
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,9 @@ import torch
 from mmengine.hooks import Hook
 from mmengine.logging import HistoryBuffer
 from mmengine.registry import HOOKS
+
+from ..checkpoint.legacy_objects import numeric_array, rebuild_history_buffer
+from ..checkpoint.loading import RefusedCheckpoint
 
 __all__ = ['WeightsOnlyCheckpointHook', 'to_weights_only', 'from_weights_only']
 
@@ -45,16 +50,28 @@ def to_weights_only(obj: Any) -> Any:
     return obj
 
 
-def from_weights_only(obj: Any) -> Any:
-    """Inverse of :func:`to_weights_only` (numpy scalars come back as Python numbers)."""
+def from_weights_only(obj: Any, where: str = 'checkpoint') -> Any:
+    """Inverse of :func:`to_weights_only` (numpy scalars come back as Python numbers).
+
+    The tagged dicts come from a file, so they are rebuilt only from validated data
+    (:func:`~mmnorm_plugin.checkpoint.legacy_objects.rebuild_history_buffer`: 1-d numeric
+    tensors of one length, an int ``max_length``; arrays numeric); anything else raises
+    ``pickle.UnpicklingError`` naming the entry (``where``).
+    """
     if isinstance(obj, dict):
-        if obj.get(_BUFFER_TAG) is True:
-            return HistoryBuffer(obj['log'].numpy(), obj['count'].numpy(), obj['max_length'])
-        if set(obj) == {_ARRAY_TAG}:
-            return obj[_ARRAY_TAG].numpy()
-        return type(obj)((k, from_weights_only(v)) for k, v in obj.items())
+        if _BUFFER_TAG in obj:
+            if obj.get(_BUFFER_TAG) is not True or set(obj) != {_BUFFER_TAG, 'log', 'count',
+                                                                 'max_length'}:
+                raise pickle.UnpicklingError(f'refused {where}: a malformed HistoryBuffer record '
+                                             f'(keys {sorted(map(str, obj))!s:.80})')
+            return rebuild_history_buffer(obj['log'], obj['count'], obj['max_length'], where)
+        if _ARRAY_TAG in obj:
+            if set(obj) != {_ARRAY_TAG}:
+                raise pickle.UnpicklingError(f'refused {where}: a malformed ndarray record')
+            return numeric_array(obj[_ARRAY_TAG], where)
+        return type(obj)((k, from_weights_only(v, f'{where}[{k!r:.40}]')) for k, v in obj.items())
     if isinstance(obj, (list, tuple)) and type(obj) in (list, tuple):
-        return type(obj)(from_weights_only(v) for v in obj)
+        return type(obj)(from_weights_only(v, f'{where}[{i}]') for i, v in enumerate(obj))
     return obj
 
 
@@ -76,6 +93,13 @@ class WeightsOnlyCheckpointHook(Hook):
                 checkpoint[key] = to_weights_only(checkpoint[key])
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        from .guarded_loading import unguarded
+        path = unguarded(getattr(runner, '_load_from', None) or 'checkpoint')
         for key in ('meta', 'message_hub'):
             if key in checkpoint:
-                checkpoint[key] = from_weights_only(checkpoint[key])
+                try:
+                    checkpoint[key] = from_weights_only(checkpoint[key], f'[{key!r}]')
+                except RefusedCheckpoint:
+                    raise
+                except pickle.UnpicklingError as err:
+                    raise RefusedCheckpoint(path, str(err).replace('refused ', '', 1)) from None

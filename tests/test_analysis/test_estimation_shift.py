@@ -128,3 +128,34 @@ def test_cli_on_tiny_coco(tmp_path):
     assert (out_dir / 'estimation_shift.png').stat().st_size > 0
     saved = json.loads((out_dir / 'estimation_shift.json').read_text())
     assert [r['name'] for r in saved] == names
+
+
+def test_a_checkpoint_loads_as_our_tools_load_it(tmp_path):
+    """measure_config's checkpoint, and a Pretrained file of the config, load through the
+    guarded scheme: a checkpoint whose tensors differ from its checksum is refused naming the
+    file (mmengine's own load_checkpoint would evaluate it silently)."""
+    import os.path as osp
+
+    import torch
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+
+    from mmnorm_plugin.analysis.estimation_shift import measure_config
+    from mmnorm_plugin.checkpoint.safety import add_checksum
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(root, 'configs', 'demo',
+                                   'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py'))
+    register_all_modules(init_default_scope=True)
+    state = MODELS.build(cfg.model).state_dict()
+    checkpoint = add_checksum(dict(state_dict=state, meta=dict()))
+    key = next(k for k in state if k.endswith('conv1.weight'))
+    checkpoint['state_dict'][key] = state[key] + 1  # changed after the checksum was taken
+    tampered = tmp_path / 'tampered.pth'
+    torch.save(checkpoint, tampered)
+    for ckpt, init_cfg in ((str(tampered), None),
+                           (None, dict(type='Pretrained', checkpoint=str(tampered)))):
+        cfg.model.init_cfg = init_cfg
+        with pytest.raises(Exception) as err:
+            measure_config(cfg, ckpt, num_batches=1)
+        assert str(tampered) in str(err.value)

@@ -22,8 +22,9 @@ from mmengine.runner import load_checkpoint
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmnorm_plugin  # noqa: F401
-from mmnorm_plugin.checkpoint.loading import (_history_buffer_statistic,
-                                            mmengine_checkpoint_loading, unsafe_load_message)
+from mmnorm_plugin.checkpoint.legacy_objects import _HistoryBufferRecipe, _statistic_name
+from mmnorm_plugin.checkpoint.loading import (load_checkpoint_bytes, mmengine_checkpoint_loading,
+                                              trusted_checkpoints, unsafe_load_message)
 
 
 def _runner_like_checkpoint(model):
@@ -80,11 +81,18 @@ def test_unexpected_pickled_objects_are_refused(tmp_path, payload):
 
 
 def test_unsafe_load_is_scoped_to_the_block(tmp_path):
+    # the trust is for the named file, inside the block, and never switches torch's default
     path = tmp_path / 'trusted.pth'
     torch.save(dict(state_dict={}, meta=dict(args=argparse.Namespace(a=1))), path)
-    with mmengine_checkpoint_loading(unsafe=True):
-        assert _load_checkpoint(str(path), map_location='cpu')['meta']['args'].a == 1
+    data = path.read_bytes()
+    with trusted_checkpoints([str(path)]):
+        assert load_checkpoint_bytes(data, str(path))['meta']['args'].a == 1
+        assert os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD') in (None, '', '0')
+        with pytest.raises(pickle.UnpicklingError):  # mmengine's own load: weights-only
+            _load_checkpoint(str(path), map_location='cpu')
     assert os.environ.get('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD') in (None, '', '0')
+    with pytest.raises(pickle.UnpicklingError):
+        load_checkpoint_bytes(data, str(path))
     with pytest.raises(pickle.UnpicklingError):
         _load_checkpoint(str(path), map_location='cpu')
 
@@ -104,12 +112,13 @@ def test_the_scope_restores_the_callers_allow_list_exactly():
 
 @pytest.mark.parametrize('owner, name', [
     (getattr, '__self__'), (torch.serialization._get_layout, '__globals__'),
-    (HistoryBuffer, '__init__'), (HistoryBuffer, '__class__'), (os, 'system'),
-    (HistoryBuffer, 1)])
+    (_HistoryBufferRecipe, '__init__'), (_HistoryBufferRecipe, '__class__'), (os, 'system'),
+    (_HistoryBufferRecipe, 1), (HistoryBuffer, 'mean')])
 def test_the_getattr_stand_in_serves_history_buffer_statistics_only(owner, name):
-    assert _history_buffer_statistic(HistoryBuffer, 'mean') is HistoryBuffer.mean
+    # it gives the name of a registered statistics method, never an attribute of anything
+    assert _statistic_name(_HistoryBufferRecipe, 'mean') == 'mean'
     with pytest.raises(pickle.UnpicklingError, match='refused getattr'):
-        _history_buffer_statistic(owner, name)
+        _statistic_name(owner, name)
 
 
 def _poison_pickle() -> bytes:

@@ -111,14 +111,17 @@ def test_mmdets_shipped_train_tool_runs_our_config(workdir):
 
 def test_our_test_tool_loads_a_plain_mmdet_checkpoint_and_refuses_foreign_objects(workdir):
     """A checkpoint written by mmdet's own train.py (no plugin hook) loads in tools/test.py
-    under the scoped allow-list; one that pickles anything else stops with one line naming
-    --unsafe-load, and loads once the user types it."""
+    (old-format objects rebuilt from validated data), saying it is unverified; one that
+    pickles anything else stops with one line naming the file, the refused global and
+    --unsafe-load, and loads once the user types --unsafe-load with its path."""
     train_dir = workdir / 'plain_mmdet'
     _run([osp.join(MMDET_TOOLS, 'train.py'), FASTER, '--work-dir', str(train_dir),
           *_short(1)], cwd=workdir)
     ckpt = train_dir / 'iter_1.pth'
-    _run([osp.join(ROOT, 'tools', 'test.py'), FASTER, str(ckpt), '--work-dir',
-          str(workdir / 'plain_test')], cwd=workdir)
+    proc = _run([osp.join(ROOT, 'tools', 'test.py'), FASTER, str(ckpt), '--work-dir',
+                 str(workdir / 'plain_test')], cwd=workdir)
+    assert f'checkpoint {ckpt}: it records no checksum, so it loads unverified' in \
+        proc.stdout + proc.stderr
     with mmengine_checkpoint_loading():
         checkpoint = torch.load(ckpt, map_location='cpu')
     checkpoint['meta']['extra'] = argparse.Namespace(note='foreign object')
@@ -132,5 +135,7 @@ def test_our_test_tool_loads_a_plain_mmdet_checkpoint_and_refuses_foreign_object
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert '--unsafe-load' in last and 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+    assert f'checkpoint {foreign}: refused the global argparse.Namespace' in last, last
+    # the trust names the file (issue 28: --unsafe-load PATH)
     _run([osp.join(ROOT, 'tools', 'test.py'), FASTER, str(foreign), '--unsafe-load',
-          '--work-dir', str(workdir / 'foreign_test')], cwd=workdir)
+          str(foreign), '--work-dir', str(workdir / 'foreign_test')], cwd=workdir)

@@ -191,6 +191,13 @@ def test_mmdets_shipped_tools_report_the_config_path(tmp_path, tool):
      'test.py: checkpoint not found: missing.pth'),
     ('train', [osp.join(DEMO, 'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py'), '--resume',
                'missing.pth'], 'train.py: checkpoint to resume not found: missing.pth'),
+    # a set that was never generated: named, with the command that makes it, before the Runner
+    ('train', [osp.join(DEMO, 'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py')],
+     'train.py: train_dataloader reads data/tiny_coco/annotations/instances_train.json, which '
+     'does not exist: `make data` generates it'),
+    ('train', [osp.join(ROOT, 'configs', 'baselines', 'faster-rcnn_r50_fpn_bn_8xb2-1x_coco.py')],
+     'train.py: train_dataloader reads data/coco/annotations/instances_train2017.json, which '
+     "does not exist: check the config's data_root and ann_file (COCO: docs/coco.md)"),
 ])
 def test_our_tools_report_a_missing_path_in_one_line(tmp_path, tool, args, line):
     proc = subprocess.run([sys.executable, osp.join(ROOT, 'tools', f'{tool}.py'), *args],

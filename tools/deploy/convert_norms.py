@@ -7,6 +7,8 @@ BNs into the convs after loading with ``mmcv.cnn.fuse_conv_bn`` (see docs/deploy
     python tools/deploy/convert_norms.py CONFIG CHECKPOINT OUT_DIR
     python tools/deploy/convert_norms.py CONFIG CHECKPOINT OUT_DIR --onnx [--onnx-shape 800 1344]
 
+CHECKPOINT is loaded through the verified, weights-only loader (docs/checkpoint_safety.md).
+
 ``--onnx`` also writes <name>_deploy_backbone_neck.onnx: the converted backbone + neck with the
 BNs folded, for one image of the given height and width (needs ``pip install -e .[deploy]``; see
 mmnorm_plugin/deploy/onnx.py).
@@ -14,12 +16,18 @@ mmnorm_plugin/deploy/onnx.py).
 import argparse
 import os
 import os.path as osp
+import sys
 
-from mmengine.config import DictAction
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-import mmnorm_plugin  # noqa: F401  (registers the layers the source config uses)
-from mmnorm_plugin.deploy import convert_detector, export_backbone_neck
-from mmnorm_plugin.deploy.onnx import check_export_deps
+from mmengine.config import DictAction  # noqa: E402
+
+import mmnorm_plugin  # noqa: F401,E402  (registers the layers the source config uses)
+from mmnorm_plugin.checkpoint.loading import (RefusedCheckpoint,  # noqa: E402
+                                              trusted_checkpoints)
+from mmnorm_plugin.checkpoint.safety import DamagedCheckpoint  # noqa: E402
+from mmnorm_plugin.deploy import convert_detector, export_backbone_neck  # noqa: E402
+from mmnorm_plugin.deploy.onnx import check_export_deps  # noqa: E402
 
 
 def main(argv=None):
@@ -33,6 +41,9 @@ def main(argv=None):
                         help='also export the converted backbone + neck to ONNX')
     parser.add_argument('--onnx-shape', nargs=2, type=int, default=[800, 1344],
                         metavar=('H', 'W'), help='input image size of the ONNX graph (padded)')
+    parser.add_argument('--unsafe-load', metavar='PATH', action='append', default=[],
+                        help='load this file with the full pickle machinery (runs code stored '
+                        'in it: trusted files only)')
     args = parser.parse_args(argv)
     if args.onnx:
         try:  # before the conversion, which takes a while
@@ -41,9 +52,14 @@ def main(argv=None):
             raise SystemExit(str(err))
     os.makedirs(args.out_dir, exist_ok=True)
     name = osp.splitext(osp.basename(args.config))[0] + '_deploy'
-    out = convert_detector(args.config, args.checkpoint, osp.join(args.out_dir, name + '.py'),
-                           osp.join(args.out_dir, name + '.pth'), device=args.device,
-                           cfg_options=args.cfg_options)
+    try:  # CHECKPOINT loads verified and weights-only; a refusal or damage is one line
+        with trusted_checkpoints(args.unsafe_load):
+            out = convert_detector(args.config, args.checkpoint,
+                                   osp.join(args.out_dir, name + '.py'),
+                                   osp.join(args.out_dir, name + '.pth'), device=args.device,
+                                   cfg_options=args.cfg_options)
+    except (DamagedCheckpoint, RefusedCheckpoint) as err:
+        raise SystemExit(str(err)) from None
     print(f'converted modules: {out["converted"]}; needs mmnorm_plugin: {out["needs_plugin"]}')
     if args.onnx:
         path = export_backbone_neck(out['model'],

@@ -8,16 +8,24 @@ started from an ImageNet model *trained* with weight centralization + MABN).
         checkpoints/resnet50_tv-mabn-wc.pth
     python tools/model_converters/resnet_to_mabn.py my_detector.pth backbone.pth --mean fold
 
-SRC is anything mmengine's CheckpointLoader reads (local path, http(s)://, torchvision://...).
+SRC is a local path or an http(s)://, torchvision:// or open-mmlab:// name, loaded through the
+verified, weights-only loader (docs/checkpoint_safety.md).
 """
 import argparse
 import os
 import os.path as osp
+import sys
 
-import torch
-from mmengine.runner import CheckpointLoader
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
 
-from mmnorm_plugin.converters.mabn import convert_resnet_to_mabn
+import torch  # noqa: E402
+from mmengine.runner import CheckpointLoader  # noqa: E402
+
+from mmnorm_plugin.checkpoint.loading import (RefusedCheckpoint,  # noqa: E402
+                                              trusted_checkpoints)
+from mmnorm_plugin.checkpoint.safety import DamagedCheckpoint  # noqa: E402
+from mmnorm_plugin.converters.mabn import convert_resnet_to_mabn  # noqa: E402
+from mmnorm_plugin.engine.guarded_loading import guarded  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -29,12 +37,19 @@ def parse_args(argv=None):
     parser.add_argument('--mean', choices=['drop', 'fold'], default='drop',
                         help="BN running_mean: drop it (default) or fold it into the bias")
     parser.add_argument('--eps', type=float, default=1e-5, help="the BN layers' eps")
+    parser.add_argument('--unsafe-load', metavar='PATH', action='append', default=[],
+                        help='load this file with the full pickle machinery (runs code stored '
+                        'in it: trusted files only)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    checkpoint = CheckpointLoader.load_checkpoint(args.src, map_location='cpu')
+    try:  # verified, weights-only (URLs too: mmengine would unpickle them fully)
+        with trusted_checkpoints(args.unsafe_load):
+            checkpoint = CheckpointLoader.load_checkpoint(guarded(args.src), map_location='cpu')
+    except (DamagedCheckpoint, RefusedCheckpoint) as err:
+        raise SystemExit(str(err)) from None
     state_dict = convert_resnet_to_mabn(checkpoint, centralize=not args.no_centralize,
                                         mean=args.mean, eps=args.eps)
     if osp.dirname(args.dst):

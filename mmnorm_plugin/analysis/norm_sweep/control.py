@@ -150,7 +150,8 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
     """One sentence: does this proxy reproduce BN's small-batch failure?"""
     n, ind, big = control['norm'], control['independent'], control['large']
     if not control['batches']:
-        return 'Positive control: not run.'
+        return ('Positive control: not run yet (no arm below the reference batch recorded; '
+                'runs in progress).')
     parts = []
     for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
         parts.append(f"at {b} image{'s' if int(b) > 1 else ''} per batch {n} loses "
