@@ -19,9 +19,10 @@ around them and they run eager. :class:`CompileNormsHook` does what they need in
 
 Without ``compile`` (absent, ``None`` or ``False``, as mmengine reads it) the hook does nothing.
 
-Where it comes from: our ``tools/train.py`` adds it to every config
-(:mod:`~mmnorm_plugin.apis.mmdet_tools`), so ``--cfg-options compile=True`` works as well as
-``compile=True`` in a config. Configs run by mmpretrain's or mmseg's own tools list it in
+Where it comes from: our ``tools/train.py`` adds it to the config of a run that sets
+``compile``, in the file or with ``--cfg-options compile=True``, whatever the config's scope
+(mmdet, mmpretrain, mmseg; :mod:`~mmnorm_plugin.apis.mmdet_tools`). Configs run by
+mmpretrain's or mmseg's own tools list it in
 ``custom_hooks`` (``custom_hooks = [dict(type='CompileNormsHook')]``, inherited from
 ``configs/_base_/compile_norms.py``). Not through ``configs/_base_/plugin.py``: a list in a base
 config is replaced, not extended, by a child's ``custom_hooks``, so hooks there would vanish
@@ -62,9 +63,8 @@ def _eager_first(model: torch.nn.Module) -> int:
 def use_compile_norms_hook(cfg) -> None:
     """Add :class:`CompileNormsHook` to ``cfg.custom_hooks`` unless it is listed.
 
-    Added whether or not ``cfg`` sets ``compile``: the hook reads the option when the run
-    starts, so a ``--cfg-options compile=True`` merged after this finds it in place, and a run
-    without ``compile`` is untouched.
+    The hook reads ``compile`` when the run starts, so a config that has it without setting
+    ``compile`` trains as without it.
     """
     hooks = list(cfg.get('custom_hooks') or [])
     if not any(isinstance(h, CompileNormsHook) or (

@@ -108,7 +108,7 @@ def test_norm_without_running_stats_is_refused():
 def test_convert_config_is_plain_mmdet(method):
     from mmnorm_plugin.engine.compile_norms import use_compile_norms_hook
     cfg = Config.fromfile(DEMO.format(method))
-    use_compile_norms_hook(cfg)  # as in every config our tools/train.py dumps
+    use_compile_norms_hook(cfg)  # as in the config our tools/train.py dumps for a compiled run
     cfg = convert_config(cfg)
     text = cfg.pretty_text
     for word in ('mmnorm_plugin', 'CBN', 'MABN', 'BGN', 'BKN', 'CenConv2d', 'burnin',

@@ -37,7 +37,6 @@ import mmnorm_plugin
 from mmnorm_plugin.engine import CompileNormsHook
 from mmnorm_plugin.engine.compile_norms import compile_requested
 from mmnorm_plugin.norms.base import NormBase
-from mmnorm_plugin.norms.bkn import BKN
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 PLUGIN_LAYERS = tuple(osp.join(osp.dirname(mmnorm_plugin.__file__), d) + osp.sep
@@ -57,7 +56,8 @@ class _BreakLog(logging.Handler):
         text = record.getMessage()
         if 'graph break' not in text.lower():
             return
-        files = re.findall(r'File "([^"]+)"', text) + re.findall(r'in user code at (\S+?):\d+', text)
+        files = (re.findall(r'File "([^"]+)"', text)
+                 + re.findall(r'in user code at (\S+?):\d+', text))
         self.records.append((text.splitlines()[0], files))
 
     def in_plugin_layers(self):
@@ -164,26 +164,40 @@ class _Net(BaseModel):
         return dict(loss=out.square().mean()) if mode == 'loss' else out
 
 
-NETS = {
-    'CBN': lambda: _Net(dict(type='CBN', buffer_num=2, burnin_iters=1)),
-    'MABN': lambda: _Net(dict(type='MABN', buffer_size=2, warmup_iters=1),
-                         dict(type='CenConv2d')),
-    'BKN': lambda: _Net(dict(type='BKN')),
-}
+class _Mixed(BaseModel):
+    """The three layers that need the hook's preparation, as ``norm_cfg`` drop-ins in one small
+    CNN (one trace for all): MABN after a ``CenConv2d``, CBN with its window from the second
+    iteration, and two BKNs, the second chained to the first through a ReLU."""
+
+    def __init__(self):
+        from mmcv.cnn import build_conv_layer, build_norm_layer
+        super().__init__()
+        self.conv1 = build_conv_layer(dict(type='CenConv2d'), 3, 8, 3, padding=1, bias=False)
+        self.conv2, self.conv3, self.conv4 = (nn.Conv2d(8, 8, 3, padding=1, bias=False)
+                                              for _ in range(3))
+        self.mabn = build_norm_layer(dict(type='MABN', buffer_size=2, warmup_iters=1), 8)[1]
+        self.cbn = build_norm_layer(dict(type='CBN', buffer_num=2, burnin_iters=1), 8)[1]
+        self.bkn1, self.bkn2 = (build_norm_layer(dict(type='BKN'), 8)[1] for _ in range(2))
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = torch.stack(inputs) if isinstance(inputs, (list, tuple)) else inputs
+        x = self.cbn(self.conv2(self.mabn(self.conv1(x)).relu())).relu()
+        y = self.bkn2(self.conv4(self.bkn1(self.conv3(x)).relu()))
+        out = self.head((x + y).relu().mean((2, 3)))
+        return dict(loss=out.square().mean()) if mode == 'loss' else out
 
 
-@pytest.mark.parametrize('name', sorted(NETS))
-def test_norms_compile_without_breaks_and_train_as_uncompiled(name, tmp_path):
+def test_norms_compile_without_breaks_and_train_as_uncompiled(tmp_path):
     torch.manual_seed(0)
-    net = NETS[name]()
+    net = _Mixed()
     reference = copy.deepcopy(net)
     watch, breaks, model = _run(net, _Images(), tmp_path, iters=3, compile=EAGER)
     assert breaks.in_plugin_layers() == []
-    first_eager = name in ('CBN', 'BKN')  # they learn their structure in an eager iteration
-    assert watch.eager_calls.get(0, 0) == (len(watch.norms) if first_eager else 0)
+    # the first iteration eager (CBN and BKN learn their structure), none after it
+    assert watch.eager_calls.get(0, 0) == len(watch.norms) == 4
     assert watch.eager_calls.get(1, 0) == watch.eager_calls.get(2, 0) == 0, watch.eager_calls
-    if name == 'BKN':  # the replayed chains gave the later layers their prior
-        assert any(int(m.prior_status) != 0 for m in model.modules() if isinstance(m, BKN))
+    assert int(model.bkn2.prior_status) != 0  # the replayed chain gave bkn2 its prior
     # the same training without compiling: the hook consumed no batch, took no step
     watch_ref, _, ref_model = _run(reference, _Images(), tmp_path, iters=3, compile=None)
     assert watch_ref.eager_calls.get(2) == len(watch_ref.norms)
@@ -192,20 +206,22 @@ def test_norms_compile_without_breaks_and_train_as_uncompiled(name, tmp_path):
     _assert_same_weights(model, ref_model)
 
 
-@pytest.mark.parametrize('name', ['CBN', 'BKN'])
-def test_without_the_hook_the_norms_break_the_graph(name, tmp_path, monkeypatch):
+def test_without_the_hook_cbn_and_bkn_break_the_graph(tmp_path, monkeypatch):
     from mmnorm_plugin.norms import cbn as cbn_module
     # as in a fresh process: other tests of this one tapped their models' convs
     monkeypatch.setattr(cbn_module, 'convolutions_tapped', lambda: False)
     torch.manual_seed(0)
-    _, breaks, _ = _run(NETS[name](), _Images(), tmp_path, iters=1, compile=EAGER, hook=False)
-    assert len(breaks.in_plugin_layers()) > 0
+    _, breaks, _ = _run(_Mixed(), _Images(), tmp_path, iters=1, compile=EAGER, hook=False)
+    files = {osp.basename(f) for _, fs in breaks.records for f in fs
+             if f.startswith(PLUGIN_LAYERS)}
+    assert 'cbn.py' in files and any(f.startswith('bkn') for f in files), files
 
 
 @pytest.mark.parametrize('setting', [None, False])
 def test_without_compile_the_hook_does_nothing(setting, tmp_path):
     torch.manual_seed(0)
-    watch, _, model = _run(NETS['BKN'](), _Images(), tmp_path, iters=1, compile=setting)
+    watch, _, model = _run(_Net(dict(type='BKN')), _Images(), tmp_path, iters=1,
+                           compile=setting)
     assert not any(getattr(m, '_mmnorm_tapped', False) for m in model.modules())
     assert 'train_step' not in vars(model)
     assert watch.eager_calls[0] == len(watch.norms)
@@ -213,19 +229,18 @@ def test_without_compile_the_hook_does_nothing(setting, tmp_path):
     assert compile_requested(dict(compile=True)) and compile_requested(dict(compile=dict()))
 
 
-def test_our_train_tool_adds_the_hook_to_every_config():
-    """``tools/train.py``'s config (``run_mmdet_tool``): the hook once, next to a config's own
-    hooks, whether or not the file sets ``compile`` (``--cfg-options`` are merged later)."""
-    from mmnorm_plugin.apis.mmdet_tools import _PluginConfig
+def test_the_hook_is_added_once_next_to_a_configs_own_hooks():
+    """``use_compile_norms_hook``, what our train tool calls for a run that compiles
+    (tests/test_apis/test_tool_compile_norms.py)."""
+    from mmengine.config import Config
     from mmnorm_plugin.engine.compile_norms import use_compile_norms_hook
-    for name in ('demo/faster-rcnn_r18-w16_fpn_bkn_tiny-coco.py',
-                 'cbn/faster-rcnn_r50_fpn_cbn-neck-head_8xb2-1x_coco.py'):
-        cfg = _PluginConfig(False, False).fromfile(osp.join(ROOT, 'configs', name))
-        types = [h['type'] for h in cfg.custom_hooks]
-        assert types.count('CompileNormsHook') == 1, types
-        use_compile_norms_hook(cfg)
-        assert [h['type'] for h in cfg.custom_hooks] == types
-    assert 'CBNBurnInHook' in types  # the config's own hook is kept
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'cbn',
+                                   'faster-rcnn_r50_fpn_cbn-neck-head_8xb2-1x_coco.py'))
+    own = [h['type'] for h in cfg.custom_hooks]
+    use_compile_norms_hook(cfg)
+    use_compile_norms_hook(cfg)
+    assert [h['type'] for h in cfg.custom_hooks] == own + ['CompileNormsHook']
+    assert 'CBNBurnInHook' in own
 
 
 def test_the_eager_iteration_is_one_call_then_the_compiled_step_is_back():
@@ -279,24 +294,31 @@ class _DetBatches(Dataset):
         return copy.deepcopy(self.samples[i % 2])
 
 
-def _detector(method):
+def _detector():
+    """The demo Faster R-CNN with the three layers in one model (one trace): MABN + CenConv2d
+    in the backbone, CBN in the FPN (its window from the second iteration), BKN in the box head."""
     from mmengine.config import Config
     from mmengine.registry import init_default_scope
     from mmdet.registry import MODELS
     init_default_scope('mmdet')
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'demo',
-                                   f'faster-rcnn_r18-w16_fpn_{method}_tiny-coco.py'))
+                                   'faster-rcnn_r18-w16_fpn_bn_tiny-coco.py'))
+    cfg.model.backbone.update(norm_cfg=dict(type='MABN', warmup_iters=1),
+                              conv_cfg=dict(type='CenConv2d'))
+    cfg.model.neck.norm_cfg = dict(type='CBN', buffer_num=2, burnin_iters=1)
+    cfg.model.roi_head.bbox_head.norm_cfg = dict(type='BKN')
     torch.manual_seed(0)
     return MODELS.build(cfg.model)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('method', ['cbn', 'mabn', 'bkn'])
-def test_demo_detector_norms_compile_without_breaks(method, tmp_path):
-    """The tiny Faster R-CNN with the norm in backbone, FPN and box head, mmengine's
-    ``compile=dict(backend='eager')``: mmdet's RPN/RoI code breaks the graph, the norms don't,
-    and the run trains as the uncompiled one."""
-    detector = _detector(method)
+def test_detector_norms_compile_without_breaks(tmp_path):
+    """mmengine's ``compile=dict(backend='eager')`` on a detector with MABN, CBN and BKN:
+    mmdet's RPN/RoI code breaks the graph, the norms don't, and the run trains as the
+    uncompiled one."""
+    detector = _detector()
+    names = {type(m).__name__ for m in detector.modules() if isinstance(m, NormBase)}
+    assert names == {'MABN', 'CBN', 'BKN'}, names
     reference = copy.deepcopy(detector)
     watch, breaks, model = _run(detector, _DetBatches(), tmp_path, iters=2, compile=EAGER)
     assert breaks.records, 'the detector compiled without any break: the log is not read'
@@ -316,7 +338,7 @@ def test_inductor_trains_bkn_compiled_without_breaks(tmp_path):
     """The default backend (what ``compile=True`` uses): code generation, needs a C++
     compiler. BKN, the layer that needs both taps and the eager iteration."""
     torch.manual_seed(0)
-    net = NETS['BKN']()
+    net = _Net(dict(type='BKN'))
     reference = copy.deepcopy(net)
     watch, breaks, model = _run(net, _Images(), tmp_path, iters=2, compile=True)
     assert breaks.in_plugin_layers() == []
@@ -327,10 +349,10 @@ def test_inductor_trains_bkn_compiled_without_breaks(tmp_path):
                                rtol=1e-4, atol=1e-5)
 
 
-# ----------------------------------------------------------- mmpretrain and mmseg configs
+# ------------------------------------------------------------------ an mmpretrain config
 def _run_from_base_config(model, data, scope, tmp_path, iters=3):
-    """Train with the hooks of ``configs/_base_/compile_norms.py`` (what mmpretrain's and mmseg's
-    configs inherit), built by mmengine from their config entry in ``scope``."""
+    """Train with the hooks of ``configs/_base_/compile_norms.py`` (what configs for mmpretrain's
+    and mmseg's own tools inherit), built by mmengine from their config entry in ``scope``."""
     from mmengine.config import Config
     hooks = Config.fromfile(osp.join(ROOT, 'configs', '_base_', 'compile_norms.py')).custom_hooks
     watch = _Watch()
@@ -352,7 +374,7 @@ def _run_from_base_config(model, data, scope, tmp_path, iters=3):
 
 
 class _Labelled(Dataset):
-    """uint8 images with a class label (mmpretrain) or a segmentation map (mmseg)."""
+    """uint8 images with a class label."""
 
     def __init__(self, sample, n=8):
         g = torch.Generator().manual_seed(2)
@@ -388,34 +410,4 @@ def test_mmpretrain_classifier_cbn_compiles_without_breaks(tmp_path):
         head=dict(type='LinearClsHead', num_classes=2, in_channels=16,
                   loss=dict(type='CrossEntropyLoss'))))
     data = _Labelled(lambda image, i: DataSample().set_gt_label(i % 2))
-    _run_from_base_config(model, data, 'mmpretrain', tmp_path)
-
-
-def test_mmseg_segmentor_bkn_compiles_without_breaks(tmp_path):
-    """mmseg's EncoderDecoder: ResNetV1c and an FCN head, BKN in both."""
-    pytest.importorskip('mmseg.models')
-    from mmengine.registry import init_default_scope
-    from mmengine.structures import PixelData
-    from mmseg.registry import MODELS
-    from mmseg.structures import SegDataSample
-    init_default_scope('mmseg')
-    torch.manual_seed(0)
-    norm_cfg = dict(type='BKN')
-    model = MODELS.build(dict(
-        type='EncoderDecoder',
-        data_preprocessor=dict(type='SegDataPreProcessor', mean=[128.] * 3, std=[64.] * 3,
-                               size=(24, 24), pad_val=0, seg_pad_val=255),
-        backbone=dict(type='ResNetV1c', depth=18, num_stages=2, strides=(1, 2),
-                      dilations=(1, 1), out_indices=(1,), stem_channels=8, base_channels=8,
-                      norm_cfg=norm_cfg, norm_eval=False),
-        decode_head=dict(type='FCNHead', in_channels=16, in_index=0, channels=16, num_convs=1,
-                         concat_input=False, dropout_ratio=0, num_classes=2,
-                         norm_cfg=norm_cfg, align_corners=False,
-                         loss_decode=dict(type='CrossEntropyLoss', loss_weight=1.0)),
-        train_cfg=dict(), test_cfg=dict(mode='whole')))
-
-    def segmentation(image, i):
-        labels = (image[:1].long() > 127 + i).long()  # a map that depends on the image
-        return SegDataSample(gt_sem_seg=PixelData(data=labels),
-                             metainfo=dict(img_shape=(24, 24), ori_shape=(24, 24)))
-    _run_from_base_config(model, _Labelled(segmentation), 'mmseg', tmp_path, iters=2)
+    _run_from_base_config(model, data, 'mmpretrain', tmp_path, iters=2)
