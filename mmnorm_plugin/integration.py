@@ -41,6 +41,16 @@ no extension point does the job.
        names in memory, ``SafeCheckpointHook``         loader of a Runner's loads, nor to write a
        subclasses ``CheckpointHook``                   checkpoint through a temporary file. Added
        (:mod:`.engine`)                                to the config by our tools, nothing global.
+ 7     in runs that set ``compile`` (our tools add it  the norms find their producing conv
+       then; configs may list it), a hook that         through forward hooks, and CBN/BKN learn
+       changes how the Runner's first step runs:       their call sites and layer chains in an
+       ``CompileNormsHook`` taps the model's convs     eager forward; mmengine compiles
+       (forward hooks) and, for one iteration,         ``train_step`` after the hooks'
+       replaces the compiled ``model.train_step``      ``before_run`` and offers no way to run
+       mmengine set by an eager call under             one step eager. The eager call puts
+       ``torch.compiler.set_stance('force_eager')``    mmengine's step back before it runs, and
+       (:mod:`.engine.compile_norms`)                  the stance is restored on exit: nothing
+                                                       global stays changed.
 =====  ==============================================  ==========================================
 
 Registered, not patched: the norm and conv layers in mmengine's root ``MODELS``, the XBN

@@ -43,8 +43,11 @@ the other loads of the run.
 mmdet's ``main`` then reads the config itself. It is handed a ``Config`` whose ``fromfile``
 adds ``custom_imports=dict(imports=['mmnorm_plugin'], allow_failed_imports=False)`` to configs
 that lack it, :class:`~mmnorm_plugin.engine.WeightsOnlyCheckpointHook` (checkpoints that load
-with torch's weights-only default, in mmdet's APIs too) and, for a CPU ``--launcher pytorch``
-run, the CPU-capable DDP wrapper. This is
+with torch's weights-only default, in mmdet's APIs too), for a training run that sets
+``compile`` (in the file or ``--cfg-options``) :class:`~mmnorm_plugin.engine.CompileNormsHook`
+(the norms compile instead of breaking the graph, in configs of every scope: mmdet's,
+mmpretrain's, mmseg's) and, for a CPU ``--launcher pytorch`` run, the CPU-capable DDP wrapper.
+This is
 the one place every later consumer reads from: the Runner dumps ``cfg`` into the work dir and
 ``cfg.pretty_text`` into ``checkpoint['meta']['cfg']``, so the saved config and checkpoint load
 in ``init_detector``, ``DetInferencer`` and every mmdet tool without the user importing the
@@ -146,16 +149,20 @@ def add_weights_only_checkpoints(cfg: Config) -> Config:
 class _PluginConfig:
     """What mmdet's ``main`` sees as ``Config``: ``fromfile`` with the plugin's additions."""
 
-    def __init__(self, distributed: bool, cpu_dist: bool):
+    def __init__(self, distributed: bool, cpu_dist: bool, compile_norms: bool = False):
         self.distributed = distributed
         self.cpu_dist = cpu_dist
+        self.compile_norms = compile_norms
 
     def fromfile(self, *args, **kwargs) -> Config:
+        from ..engine.compile_norms import use_compile_norms_hook
         from ..engine.safe_checkpoint import use_safe_checkpoint_hook
         from .dist import set_default_dist_timeout, use_cpu_ddp
         cfg = add_guarded_loading(add_weights_only_checkpoints(
             add_plugin_import(Config.fromfile(*args, **kwargs))))
         use_safe_checkpoint_hook(cfg)
+        if self.compile_norms:
+            use_compile_norms_hook(cfg)
         if self.distributed:
             set_default_dist_timeout(cfg)
         if self.cpu_dist:
@@ -338,6 +345,7 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     """Check the config named on the command line, then run the tool ``name`` of its codebase
     (mmdet's; mmpretrain's or mmseg's for their ``default_scope``, see :data:`TOOL_PACKAGES`)."""
     import mmnorm_plugin  # noqa: F401  (registrations)
+    from ..engine.compile_norms import compile_requested
     from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
@@ -374,7 +382,9 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     if cpu_dist:
         # before anything else talks to torch.distributed; mmengine then finds the group
         init_cpu_process_group(cfg)
-    tool['main'].__globals__['Config'] = _PluginConfig(distributed, cpu_dist)
+    # decided on the config with --cfg-options merged, which the tool's main merges only later
+    compile_norms = name == 'train' and compile_requested(cfg)
+    tool['main'].__globals__['Config'] = _PluginConfig(distributed, cpu_dist, compile_norms)
     lost_peers = (_lost_peers_end_the_run(dist_timeout_s(cfg)) if distributed
                   else contextlib.nullcontext())
     try:

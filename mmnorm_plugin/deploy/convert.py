@@ -55,7 +55,7 @@ PLUGIN_BACKBONES = ('XBNResNet', 'XBNResNeXt')
 #: variants included) and the centred conv
 PLUGIN_CLASSES = (NormBase, CenConv2d)
 #: training-only hooks of this package, dropped from the converted config
-PLUGIN_HOOKS = ('CBNBurnInHook',)
+PLUGIN_HOOKS = ('CBNBurnInHook', 'CompileNormsHook')
 _PLUGIN_MODULE = 'mmnorm_plugin'
 # norm_cfg keys that mean the same for BN; method-specific ones (buffer_num, num_groups, ...)
 # describe training only and are dropped

@@ -106,9 +106,13 @@ def test_norm_without_running_stats_is_refused():
 
 @pytest.mark.parametrize('method', ['cbn', 'mabn', 'bgn', 'bkn'])
 def test_convert_config_is_plain_mmdet(method):
-    cfg = convert_config(Config.fromfile(DEMO.format(method)))
+    from mmnorm_plugin.engine.compile_norms import use_compile_norms_hook
+    cfg = Config.fromfile(DEMO.format(method))
+    use_compile_norms_hook(cfg)  # as in the config our tools/train.py dumps for a compiled run
+    cfg = convert_config(cfg)
     text = cfg.pretty_text
-    for word in ('mmnorm_plugin', 'CBN', 'MABN', 'BGN', 'BKN', 'CenConv2d', 'burnin'):
+    for word in ('mmnorm_plugin', 'CBN', 'MABN', 'BGN', 'BKN', 'CenConv2d', 'burnin',
+                 'CompileNormsHook'):
         assert word not in text, word
     assert cfg.model.backbone.type == 'ResNet'
     assert cfg.model.neck.norm_cfg == dict(type='BN', requires_grad=True)
