@@ -21,6 +21,7 @@ if [ $# -eq 0 ] && ! "$PY" -c 'import mmpretrain.models' 2>/dev/null; then
   if bash tools/setup_pretrain_env.sh; then
     MMNORM_REQUIRE_MMPRETRAIN=1 "${MMNORM_PRETRAIN_VENV:-.venv-pretrain}/bin/python" -m pytest -q \
       -p no:cacheprovider tests/test_configs_pretrain.py tests/test_tools/test_pretrain_e2e.py \
+      tests/test_apis tests/test_engine/test_compile_norms.py -k 'pretrain or mmpretrain' \
       || status=$?
   else
     status=1

@@ -390,9 +390,8 @@ class _Labelled(Dataset):
         return copy.deepcopy(self.items[i])
 
 
-def test_mmpretrain_classifier_cbn_compiles_without_breaks(tmp_path):
+def test_mmpretrain_classifier_cbn_compiles_without_breaks(tmp_path, mmpretrain):
     """mmpretrain's ImageClassifier with its ResNet, CBN in the backbone."""
-    pytest.importorskip('mmpretrain.models')  # (mmpretrain 1.2 needs torchvision to import)
     from mmengine.registry import init_default_scope
     from mmpretrain.registry import MODELS
     from mmpretrain.structures import DataSample
