@@ -151,7 +151,7 @@ def test_resnet_v1c_bn_checkpoint_converts_for_the_mabn_configs():
     """The MABN configs load ``resnet_to_mabn.py``'s conversion of the BN ResNetV1c: every key
     of mmseg's ResNetV1c (deep stem included) maps; at most MABN's ring buffers start empty."""
     from mmseg.registry import MODELS
-    from mmnorm_plugin.converters.mabn import convert_resnet_to_mabn
+    from mmnorm_plugin.model_converters.mabn import convert_resnet_to_mabn
     init_default_scope('mmseg')
     small = dict(type='ResNetV1c', depth=18, stem_channels=16, base_channels=16,
                  dilations=(1, 1, 2, 4), strides=(1, 2, 1, 1), contract_dilation=True)
