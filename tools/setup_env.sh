@@ -97,7 +97,8 @@ fi
 # torch: for cpu/cuXXX the exact local version from pip's sources or $MMNORM_WHEELS, else
 # PyTorch's index; for pypi the plain release from the configured index. Where none has it,
 # mmpretrain is installed without it (its configs load, its modules do not import, and the
-# tests that need them skip, saying so): never a torchvision of another build.
+# tests that need them skip here, saying so; tools/run_tests.sh then runs them in the second
+# environment of tools/setup_pretrain_env.sh): never a torchvision of another build.
 tv_ok() { "$PY" -c 'import sys, torchvision; sys.exit(torchvision.__version__.split("+")[0] != "0.28.0")' 2>/dev/null; }
 case ",$extras," in *,pretrain,*)
   if tv_ok; then
@@ -119,7 +120,8 @@ case ",$extras," in *,pretrain,*)
        ! { log "not in pip's configured sources: using $index";
            pip_install "torchvision==0.28.0+$variant" --extra-index-url "$index" 2>/dev/null; }; then
       log "WARNING: torchvision==0.28.0+$variant is in none of pip's sources, $wheels or" \
-        "$index: mmpretrain will not import and its tests skip (add that wheel to $wheels)"
+        "$index: mmpretrain will not import here (add that wheel to $wheels); make test runs" \
+        "its tests in .venv-pretrain (tools/setup_pretrain_env.sh)"
     fi
   fi ;;
 esac

@@ -24,6 +24,7 @@ import os.path as osp
 import re
 import uuid
 
+import numpy as np
 import pytest
 import torch
 from mmengine.dataset import pseudo_collate
@@ -285,6 +286,14 @@ class _DetBatches(Dataset):
                                 num_items=[3, 3], num_classes=3)
         self.samples = [dict(inputs=i, data_samples=d)
                         for i, d in zip(packed['inputs'], packed['data_samples'])]
+        # demo_mm_inputs makes scale_factor a numpy array (mmdet's Resize makes it a tuple):
+        # mmengine deep-copies metainfo inside the compiled step, and Dynamo (torch 2.13)
+        # can raise on an array's __deepcopy__ there instead of breaking the graph (seen in
+        # some processes, not others): mmdet's data code, not a norm, so the test keeps it out
+        for sample in self.samples:
+            sample['data_samples'].set_metainfo(
+                {k: tuple(v.tolist()) for k, v in sample['data_samples'].metainfo.items()
+                 if isinstance(v, np.ndarray)})
         self.n = n
 
     def __len__(self):
