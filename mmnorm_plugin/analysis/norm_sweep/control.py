@@ -98,17 +98,24 @@ def positive_control(records: Sequence[Dict], small: Sequence[int] = (1, 2), lar
         seeds = sorted(set(big) & set(lo) & set(ind_big) & set(ind_lo))
         inter = paired_difference({s: big[s] - lo[s] for s in seeds},
                                   {s: ind_big[s] - ind_lo[s] for s in seeds})
-        passed = all(d['n'] >= min_seeds and d['ci'] is not None and d['ci'][0] > 0
-                     for d in (loss, inter))
+        # too few pairs decide nothing either way: 'pending', not 'fails'
+        decided = all(d['n'] >= min_seeds and d['ci'] is not None for d in (loss, inter))
+        passed = decided and all(d['ci'][0] > 0 for d in (loss, inter))
         out['batches'][b] = dict(loss=loss, independent_loss=ind_loss, interaction=inter,
-                                 passed=passed)
+                                 passed=passed,
+                                 status='passes' if passed else 'fails' if decided else 'pending')
     out['passed'] = bool(out['batches']) and all(v['passed'] for v in out['batches'].values())
+    statuses = {v['status'] for v in out['batches'].values()}
+    out['status'] = ('passes' if out['passed'] else 'fails' if 'fails' in statuses else
+                     'pending')
     return out
 
 
 def _interval(diff: Dict) -> str:
+    """``+3.1 [+1.2, +5.0] (n=5)``, or ``+3.1 (n=1)`` where there is no interval."""
     from ..paired_stats import format_interval
-    return format_interval(diff, mark='')
+    text = format_interval(diff, mark='')
+    return text if diff['ci'] is None or diff['mean'] is None else f"{text} (n={diff['n']})"
 
 
 def format_control(control: Dict, plateau_: Optional[Dict] = None, title: str = '') -> str:
@@ -136,10 +143,10 @@ def format_control(control: Dict, plateau_: Optional[Dict] = None, title: str = 
               f'| interaction ({n} loss − {ind} loss) [95 % CI] | control |',
               '|---|---|---|---|---|']
     for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
-        lines.append(f"| b = {b} | {_interval(v['loss'])} (n={v['loss']['n']}) | "
-                     f"{_interval(v['independent_loss'])} (n={v['independent_loss']['n']}) | "
-                     f"{_interval(v['interaction'])} (n={v['interaction']['n']}) | "
-                     f"{'passes' if v['passed'] else 'fails'} |")
+        status = v['status'] if v['status'] != 'pending' else (
+            f"not decided: fewer than {control['min_seeds']} pairs")
+        lines.append(f"| b = {b} | {_interval(v['loss'])} | {_interval(v['independent_loss'])} | "
+                     f"{_interval(v['interaction'])} | {status} |")
     lines += ['', f"Δ in mAP points, paired over seeds; the control passes where {n}@{big} − "
               f"{n}@b and the interaction both have at least {control['min_seeds']} pairs "
               'and a 95 % interval above 0.', '', control_sentence(control, plateau_)]
@@ -155,9 +162,12 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
     parts = []
     for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
         parts.append(f"at {b} image{'s' if int(b) > 1 else ''} per batch {n} loses "
-                     f"{_interval(v['loss'])} points against {big} (n={v['loss']['n']}), "
+                     f"{_interval(v['loss'])} points against {big} images, "
                      f"{_interval(v['interaction'])} more than {ind}")
-    verdict = 'passes' if control['passed'] else 'fails'
+    status = control.get('status', 'passes' if control['passed'] else 'fails')
+    verdict = {'passes': 'passes', 'fails': 'fails',
+               'pending': f"not passed yet (fewer than {control['min_seeds']} paired seeds "
+                          'decide nothing; a pilot so far)'}[status]
     trained = '' if plateau_ is None else (
         ' (references plateaued)' if plateau_['all_plateaued'] else
         ' (but the references have NOT plateaued)')
