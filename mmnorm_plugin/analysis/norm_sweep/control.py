@@ -165,13 +165,13 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
                      f"{_interval(v['loss'])} points against {big} images, "
                      f"{_interval(v['interaction'])} more than {ind}")
     status = control.get('status', 'passes' if control['passed'] else 'fails')
-    verdict = {'passes': 'passes', 'fails': 'fails',
-               'pending': f"not passed yet (fewer than {control['min_seeds']} paired seeds "
-                          'decide nothing; a pilot so far)'}[status]
+    verdict = {'passes': 'passes', 'fails': 'fails', 'pending': 'not passed yet'}[status]
     trained = '' if plateau_ is None else (
         ' (references plateaued)' if plateau_['all_plateaued'] else
         ' (but the references have NOT plateaued)')
-    return f"Positive control {verdict}{trained}: " + '; '.join(parts) + '.'
+    pilot = (f"fewer than {control['min_seeds']} paired seeds decide nothing; the pilot so far: "
+             if status == 'pending' else '')
+    return f"Positive control {verdict}{trained}: {pilot}" + '; '.join(parts) + '.'
 
 
 def plot_curves(records: Sequence[Dict], arms: Sequence[str], path: str, title: str = '',
