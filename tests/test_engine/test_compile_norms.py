@@ -320,6 +320,21 @@ def _detector():
     return MODELS.build(cfg.model)
 
 
+def _compiled_as_uncompiled(model, data, tmp_path, compile, rtol):
+    """Two iterations compiled, then the same uncompiled from a copy: no break inside the
+    norms, no eager norm call after the first iteration, the same finite losses. Returns the
+    break log and both trained models."""
+    reference = copy.deepcopy(model)
+    watch, breaks, trained = _run(model, data(), tmp_path, iters=2, compile=compile)
+    assert breaks.in_plugin_layers() == []
+    assert watch.eager_calls.get(1, 0) == 0, watch.eager_calls
+    assert all(math.isfinite(loss) for loss in watch.losses)
+    watch_ref, _, ref_trained = _run(reference, data(), tmp_path, iters=2, compile=None)
+    torch.testing.assert_close(torch.tensor(watch.losses), torch.tensor(watch_ref.losses),
+                               rtol=rtol, atol=1e-5)
+    return breaks, trained, ref_trained
+
+
 @pytest.mark.slow
 def test_detector_norms_compile_without_breaks(tmp_path):
     """mmengine's ``compile=dict(backend='eager')`` on a detector with MABN, CBN and BKN:
@@ -328,15 +343,9 @@ def test_detector_norms_compile_without_breaks(tmp_path):
     detector = _detector()
     names = {type(m).__name__ for m in detector.modules() if isinstance(m, NormBase)}
     assert names == {'MABN', 'CBN', 'BKN'}, names
-    reference = copy.deepcopy(detector)
-    watch, breaks, model = _run(detector, _DetBatches(), tmp_path, iters=2, compile=EAGER)
+    breaks, model, ref_model = _compiled_as_uncompiled(detector, _DetBatches, tmp_path, EAGER,
+                                                       rtol=1e-5)
     assert breaks.records, 'the detector compiled without any break: the log is not read'
-    assert breaks.in_plugin_layers() == []
-    assert watch.eager_calls.get(1, 0) == 0, watch.eager_calls
-    assert all(math.isfinite(loss) for loss in watch.losses)
-    watch_ref, _, ref_model = _run(reference, _DetBatches(), tmp_path, iters=2, compile=None)
-    torch.testing.assert_close(torch.tensor(watch.losses), torch.tensor(watch_ref.losses),
-                               rtol=1e-5, atol=1e-5)
     # compiling moves a few weights by float rounding (MABN: 1.6e-6 in backbone.conv1 after two
     # steps, bit-identical with and without the hook, which only taps convs there)
     _assert_same_weights(model, ref_model, atol=1e-5)
@@ -347,15 +356,7 @@ def test_inductor_trains_bkn_compiled_without_breaks(tmp_path):
     """The default backend (what ``compile=True`` uses): code generation, needs a C++
     compiler. BKN, the layer that needs both taps and the eager iteration."""
     torch.manual_seed(0)
-    net = _Net(dict(type='BKN'))
-    reference = copy.deepcopy(net)
-    watch, breaks, model = _run(net, _Images(), tmp_path, iters=2, compile=True)
-    assert breaks.in_plugin_layers() == []
-    assert watch.eager_calls.get(1, 0) == 0, watch.eager_calls
-    assert all(math.isfinite(loss) for loss in watch.losses)
-    watch_ref, _, ref_model = _run(reference, _Images(), tmp_path, iters=2, compile=None)
-    torch.testing.assert_close(torch.tensor(watch.losses), torch.tensor(watch_ref.losses),
-                               rtol=1e-4, atol=1e-5)
+    _compiled_as_uncompiled(_Net(dict(type='BKN')), _Images, tmp_path, True, rtol=1e-4)
 
 
 # ------------------------------------------------------------------ an mmpretrain config
