@@ -4,7 +4,10 @@
 # SGD as mmseg's (momentum 0.9, weight decay 5e-4, poly LR) at lr 0.02 over 600 iterations,
 # mIoU through mmseg's IoUMetric. A smoke run of the pipeline, not a study (one seed, far from
 # converged).
-_base_ = ['./_base_/photo_digits_seg.py', 'mmseg::_base_/default_runtime.py']
+_base_ = [
+    'mmseg::_base_/models/pspnet_r50-d8.py', './_base_/photo_digits_seg.py',
+    'mmseg::_base_/default_runtime.py'
+]
 custom_imports = dict(imports=['mmnorm_plugin'], allow_failed_imports=False)
 # window of 3 past iterations after 200 of plain BN (a third of the run)
 norm_cfg = dict(type='CBN', requires_grad=True, buffer_num=3, burnin_iters=200)
@@ -14,56 +17,13 @@ crop_size = (64, 64)
 # (255) pixels; this set has none (images are the crop size, no two masks overlap)
 class_weight = [0.2, 1.0, 1.0, 1.0, 1.0]
 model = dict(
-    type='EncoderDecoder',
-    data_preprocessor=dict(
-        type='SegDataPreProcessor',
-        mean=[123.675, 116.28, 103.53],
-        std=[58.395, 57.12, 57.375],
-        bgr_to_rgb=True,
-        size=crop_size,
-        pad_val=0,
-        seg_pad_val=255),
-    backbone=dict(
-        type='ResNetV1c',
-        depth=18,
-        stem_channels=16,
-        base_channels=16,
-        out_indices=(0, 1, 2, 3),
-        dilations=(1, 1, 2, 4),
-        strides=(1, 2, 1, 1),
-        norm_cfg=norm_cfg,
-        norm_eval=False,
-        style='pytorch',
-        contract_dilation=True),
-    decode_head=dict(
-        type='PSPHead',
-        in_channels=128,
-        in_index=3,
-        channels=32,
-        pool_scales=(1, 2, 3, 6),
-        dropout_ratio=0.1,
-        num_classes=5,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(
-            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
-            class_weight=class_weight)),
-    auxiliary_head=dict(
-        type='FCNHead',
-        in_channels=64,
-        in_index=2,
-        channels=16,
-        num_convs=1,
-        concat_input=False,
-        dropout_ratio=0.1,
-        num_classes=5,
-        norm_cfg=norm_cfg,
-        align_corners=False,
-        loss_decode=dict(
-            type='CrossEntropyLoss', use_sigmoid=False, loss_weight=0.4,
-            class_weight=class_weight)),
-    train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    data_preprocessor=dict(size=crop_size),
+    pretrained=None,  # from scratch
+    backbone=dict(depth=18, stem_channels=16, base_channels=16, norm_cfg=norm_cfg),
+    decode_head=dict(in_channels=128, channels=32, num_classes=5, norm_cfg=norm_cfg,
+                     loss_decode=dict(class_weight=class_weight)),
+    auxiliary_head=dict(in_channels=64, channels=16, num_classes=5, norm_cfg=norm_cfg,
+                        loss_decode=dict(class_weight=class_weight)))
 optim_wrapper = dict(
     type='OptimWrapper',
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0005),
