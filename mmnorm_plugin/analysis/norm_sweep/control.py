@@ -82,8 +82,10 @@ def positive_control(records: Sequence[Dict], small: Sequence[int] = (1, 2), lar
     """For each ``small`` batch with records: ``loss`` = ``norm@large - norm@small`` and
     ``independent_loss`` likewise, per seed; ``interaction`` = their per-seed difference over
     the seeds all four arms share; ``passed`` when ``loss`` and ``interaction`` both have at
-    least ``min_seeds`` pairs and intervals above 0. ``passed`` at the top: every compared
-    small batch passed."""
+    least ``min_seeds`` pairs and intervals above 0; ``status`` 'passes', 'fails' (enough
+    pairs, an interval not above 0) or 'pending' (fewer pairs: nothing decided). At the top:
+    ``passed`` when every compared small batch passed, ``status`` likewise ('fails' wins over
+    'pending')."""
     from ..paired_stats import paired_difference
     by_arm = _by_arm(records, metric)
     big, ind_big = by_arm.get(f'{norm}@{large}', {}), by_arm.get(f'{independent}@{large}', {})
@@ -164,7 +166,7 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
         parts.append(f"at {b} image{'s' if int(b) > 1 else ''} per batch {n} loses "
                      f"{_interval(v['loss'])} points against {big} images, "
                      f"{_interval(v['interaction'])} more than {ind}")
-    status = control.get('status', 'passes' if control['passed'] else 'fails')
+    status = control['status']
     verdict = {'passes': 'passes', 'fails': 'fails', 'pending': 'not passed yet'}[status]
     trained = '' if plateau_ is None else (
         ' (references plateaued)' if plateau_['all_plateaued'] else
