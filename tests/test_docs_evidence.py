@@ -94,9 +94,24 @@ def test_each_evidence_table_is_one_commit_of_a_clean_tree():
     and that code is a commit (no uncommitted diff), taken when each run started."""
     from mmnorm_plugin.analysis.norm_sweep.records import load_records
     reports = [p for p in glob.glob(osp.join(ROOT, 'docs', 'evidence', '*.json'))
-               if osp.basename(p) not in ('published_coco.json', 'demo.json')]
+               if osp.basename(p) not in ('published_coco.json', 'demo.json')
+               and not p.endswith('_cost.json')]  # costs of a study's runs, not records
     assert reports
     for path in reports:
         records = load_records(path)
         assert {(r['commit'], r['dirty']) for r in records} == {(records[0]['commit'], False)}
         assert all(r.get('started') for r in records), path
+
+
+def test_each_cost_table_belongs_to_its_study_records():
+    """A ``SETTING_cost.json`` is written with ``SETTING.json`` from the same sweep: every run
+    it prices is a record of that study, with the same final test time."""
+    from mmnorm_plugin.analysis.norm_sweep.records import load_records
+    for path in glob.glob(osp.join(ROOT, 'docs', 'evidence', '*_cost.json')):
+        with open(path) as f:
+            costs = json.load(f)['costs']
+        records = {(r['arm'], r['seed']): r
+                   for r in load_records(path[:-len('_cost.json')] + '.json')}
+        assert costs and all((c['arm'], c['seed']) in records for c in costs), path
+        assert all(c['test_seconds'] == records[c['arm'], c['seed']]['test_seconds']
+                   for c in costs), path

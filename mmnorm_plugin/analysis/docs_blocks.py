@@ -17,7 +17,8 @@ Names: ``demo`` (what ``make demo`` prints, ``docs/evidence/demo.json``), ``publ
 (a table of ``published_coco.json``), ``control-SETTING`` and
 ``control-sentence-SETTING`` (the plateau and the positive control of
 ``docs/evidence/SETTING.json``, see :mod:`.norm_sweep.control`), ``ranking-SETTING`` (that
-study's table, :mod:`.norm_sweep.report`).
+study's table, :mod:`.norm_sweep.report`), ``cost-SETTING`` (what its runs cost here,
+``docs/evidence/SETTING_cost.json``, :mod:`.norm_sweep.cost`).
 """
 import json
 import os.path as osp
@@ -84,6 +85,11 @@ def render(name: str, root: str) -> str:
     if kind == 'control' and arg:
         control, plateau_, _ = _control_parts(root, arg)
         return format_control(control, plateau_)
+    if kind == 'cost' and arg:
+        from .norm_sweep.cost import format_costs
+        with open(osp.join(root, 'docs', 'evidence', f'{arg}_cost.json')) as f:
+            saved = json.load(f)
+        return format_costs(saved['costs'], saved.get('jobs', 1), saved.get('machine', ''))
     if kind == 'ranking' and arg:
         report = _report(root, arg)
         saved = report['analysis']
@@ -91,7 +97,7 @@ def render(name: str, root: str) -> str:
                                      saved['metric'], saved.get('versus'),
                                      saved.get('margin', 0.01)), report.get('title', ''))
     raise KeyError(f'no generator for block {name!r} (demo, published-KEY, control-SETTING, '
-                   'control-sentence-SETTING, ranking-SETTING)')
+                   'control-sentence-SETTING, ranking-SETTING, cost-SETTING)')
 
 
 def blocks(text: str) -> List[Tuple[str, str, Tuple[int, int]]]:

@@ -27,6 +27,7 @@ from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, import_records,  # no
 from mmnorm_plugin.analysis.norm_sweep.records import arm_key  # noqa: E402
 from mmnorm_plugin.analysis.norm_sweep.control import (format_control,  # noqa: E402
                                                        plateau, plot_curves, positive_control)
+from mmnorm_plugin.analysis.norm_sweep.cost import write_costs  # noqa: E402
 
 
 def update_readme(path: str, section: str, text: str) -> None:
@@ -113,11 +114,17 @@ def parse_args(argv=None):
                         help='also write PREFIX_control.md and PREFIX_curves.png: the plateau '
                         'of BN and GN at the --reference batch and the positive control (BN '
                         'loses more than GN at every smaller batch recorded)')
+    parser.add_argument('--cost', action='store_true',
+                        help='also write PREFIX_cost.{json,md}: what each run cost, read from '
+                        'the mmengine logs of its training sessions under OUT/runs (resumes '
+                        'and pauses included); --jobs says how many ran at a time')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='applied to every arm before the norm swap (recorded)')
     args = parser.parse_args(argv)
     if not args.from_json and not args.out:
         parser.error('--out is required (or --from-json)')
+    if args.cost and not args.out:
+        parser.error('--cost reads the run logs under --out')
     if not (args.from_json or args.report_only) and not args.config:
         parser.error('a config is required to run arms')
     if args.config and not args.config.startswith('mmdet::') and not osp.isfile(args.config):
@@ -179,6 +186,8 @@ def main(argv=None):
         if not args.reference:
             raise SystemExit('--control needs --reference (the large-batch BN arm, e.g. BN@8)')
         print('\n' + write_control(records, prefix, args.reference, args.title, args.metric))
+    if args.cost:
+        print('\n' + write_costs(args.out, records, prefix, args.title, args.jobs))
     print(f'\nwritten: {prefix}.md, {prefix}.json' + (
         f', {prefix}.png' if report['analysis']['rows'] else ''))
 
