@@ -39,7 +39,13 @@ def test_bn_losing_more_than_gn_passes_the_control():
     assert control['passed'] and v['passed']
     assert v['loss']['mean'] == pytest.approx(0.03, abs=0.005) and v['loss']['ci'][0] > 0
     assert v['interaction']['n'] == 5 and v['interaction']['ci'][0] > 0
-    assert 'Positive control passes' in control_sentence(control)
+    sentence = control_sentence(control)
+    assert 'Positive control passes' in sentence and 'norms may be ranked on it' in sentence
+    # the protocol needs the plateau too: a pass on unplateaued references ranks nothing
+    records = _records(bn_loss=0.03, gn_loss=0.0, last_step_gain=0.05)
+    unplateaued = control_sentence(control, plateau(records, ['BN@8', 'GN@8']))
+    assert 'NOT plateaued' in unplateaued and 'nothing is ranked on it' in unplateaued
+    assert 'may be ranked' not in unplateaued
 
 
 @pytest.mark.parametrize('bn_loss, gn_loss, seeds', [
@@ -51,7 +57,10 @@ def test_no_effect_or_a_shared_effect_fail_the_control(bn_loss, gn_loss, seeds):
     control = positive_control(_records(bn_loss, gn_loss, seeds), small=[1])
     assert not control['passed'] and not control['batches'][1]['passed']
     assert control['status'] == control['batches'][1]['status'] == 'fails'
-    assert 'Positive control fails' in control_sentence(control)
+    sentence = control_sentence(control)
+    assert 'Positive control fails' in sentence
+    assert "does not reproduce BN's small-batch failure" in sentence
+    assert 'ranks nothing' in sentence
 
 
 @pytest.mark.parametrize('seeds', [range(1), range(4)])
@@ -61,6 +70,7 @@ def test_too_few_seeds_decide_nothing(seeds):
     assert not control['passed'] and control['status'] == 'pending'
     sentence = control_sentence(control)
     assert sentence.startswith('Positive control not passed yet') and 'fails' not in sentence
+    assert 'reproduce' not in sentence  # neither verdict's meaning before 5 pairs
     table = format_control(control)
     assert 'not decided: fewer than 5 pairs' in table and '(n=1) (n=1)' not in table
     if len(seeds) == 1:  # no interval: the mean and n once

@@ -91,8 +91,9 @@ def parse_args(argv=None):
                         'of --baseline, e.g. CBNbatch=CBN: a study of one option')
     parser.add_argument('--with', dest='with_records', nargs='+', action='append', default=[],
                         metavar='ITEM',
-                        help='SOURCE [ARM ...]: add records of another sweep directory or report JSON to the '
-                        'report (only ARMs, e.g. BN@1 BGN@1, if given); repeatable')
+                        help='SOURCE [ARM ...]: add records of another sweep directory or '
+                        'report JSON to the report (only ARMs, e.g. BN@1 BGN@1, if given); '
+                        'repeatable')
     parser.add_argument('--jobs', type=int, default=1, help='arm-seeds run at once')
     parser.add_argument('--threads', type=int, default=None,
                         help='torch threads per job (default: CPUs / jobs)')

@@ -173,7 +173,16 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
         ' (but the references have NOT plateaued)')
     pilot = (f"fewer than {control['min_seeds']} paired seeds decide nothing; the pilot so far: "
              if status == 'pending' else '')
-    return f"Positive control {verdict}{trained}: {pilot}" + '; '.join(parts) + '.'
+    # what the verdict means for the tables drawn from this proxy, said plainly
+    meaning = {'passes': ' This proxy reproduces BN\'s small-batch failure: norms may be '
+                         'ranked on it.',
+               'fails': ' This proxy does not reproduce BN\'s small-batch failure at this '
+                        'budget: it shows only that each method trains and evaluates, and '
+                        'ranks nothing.',
+               'pending': ''}[status]
+    if status == 'passes' and plateau_ is not None and not plateau_['all_plateaued']:
+        meaning = ' Until its references plateau, nothing is ranked on it.'
+    return f"Positive control {verdict}{trained}: {pilot}" + '; '.join(parts) + '.' + meaning
 
 
 def plot_curves(records: Sequence[Dict], arms: Sequence[str], path: str, title: str = '',
