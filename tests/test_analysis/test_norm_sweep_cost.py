@@ -108,3 +108,37 @@ def test_cost_needs_the_run_directory(tmp_path):
         [sys.executable, osp.join(ROOT, 'tools', 'analysis', 'norm_sweep.py'), '--from-json',
          str(path), '--cost'], capture_output=True, text=True)
     assert done.returncode == 2 and '--cost reads the run logs under --out' in done.stderr
+
+
+def test_a_record_keeps_the_cost_of_every_session_and_imported_records_are_priced(
+        tmp_path, monkeypatch):
+    """The runner stores the logs' cost in the record: a resumed run's record prices both
+    sessions, and its cost survives where the run directory does not (records imported from
+    a committed report JSON on another machine)."""
+    from mmnorm_plugin.analysis.norm_sweep import runner
+    from mmnorm_plugin.analysis.norm_sweep.arms import Arm, parse_norm
+    config = osp.join(ROOT, 'configs', 'norm_sweep',
+                      'faster-rcnn_r18-w16_fpn_bn_scratch_photo-digits.py')
+
+    def fake_run(cmd, log_path, env, nice):
+        open(log_path, 'a').close()  # the real one appends the process's output there
+        work_dir = cmd[cmd.index('--work-dir') + 1]
+        if cmd[1].endswith('train.py'):  # a killed session and the resume that finished
+            _resumed_run(tmp_path / work_dir)
+            (tmp_path / work_dir / 'epoch_2.pth').write_bytes(b'x')
+            (tmp_path / work_dir / 'last_checkpoint').write_text(
+                str(tmp_path / work_dir / 'epoch_2.pth'))
+            return 0, 300.0, 1.0  # the last process's wall time only
+        (tmp_path / work_dir / 'stamp').mkdir(parents=True)
+        (tmp_path / work_dir / 'stamp' / 'stamp.json').write_text(
+            json.dumps({'coco/bbox_mAP': 0.4}) + '\n')
+        return 0, 20.0, 1.0
+
+    monkeypatch.setattr(runner, '_run', fake_run)
+    monkeypatch.setattr(runner, 'ensure_dataset', lambda cfg: None)
+    monkeypatch.chdir(tmp_path)
+    record = runner.run_arm(config, Arm('BN', parse_norm('BN')[1], 1), 0, 'sweep')
+    assert record['train_seconds'] == 300.0
+    assert record['cost']['sessions'] == 2 and record['cost']['session_seconds'] == 700.0
+    assert record['cost']['iteration_seconds'] == 300.0
+    assert sweep_costs(str(tmp_path / 'elsewhere'), [record])[0]['spent_seconds'] == 720.0

@@ -96,11 +96,14 @@ def run_cost(train_dir: str) -> Optional[Dict]:
 
 
 def sweep_costs(out_dir: str, records: Sequence[Dict]) -> List[Dict]:
-    """Per record with a run directory under ``out_dir/runs``: arm, seed, threads, the
-    :func:`run_cost` fields, ``test_seconds``, ``run_seconds`` and ``spent_seconds``."""
+    """Per record with a run directory under ``out_dir/runs`` (or, without one, the ``cost``
+    the runner stored in the record when it finished): arm, seed, threads, the :func:`run_cost`
+    fields, ``test_seconds``, ``run_seconds`` and ``spent_seconds``."""
     out = []
     for rec in sorted(records, key=lambda r: (arm_key(r['arm']), r['seed'])):
         cost = run_cost(osp.join(out_dir, 'runs', f"{rec['arm']}_seed{rec['seed']}", 'train'))
+        if cost is None:  # no logs here (e.g. imported records): what the record kept
+            cost = rec.get('cost')
         if cost is None:
             continue
         test = float(rec.get('test_seconds') or 0.0)

@@ -14,6 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..provenance import ROOT, provenance
 from .arms import PARTS, Arm, arm_config
+from .cost import run_cost
 from .records import _read_json, check_record, load_records, record_path
 
 __all__ = ['ensure_dataset', 'run_arm', 'run_sweep']
@@ -122,6 +123,9 @@ def run_arm(config: str, arm: Arm, seed: int, out_dir: str, parts: Sequence[str]
     extra = {}
     if val_interval:
         extra['curve'] = _val_curve(train_dir)
+    cost = run_cost(train_dir)
+    if cost is not None:  # every session's work: train_seconds times only the last process
+        extra['cost'] = cost
     if not metrics:
         with open(log) as f:
             f.seek(test_log_start)
