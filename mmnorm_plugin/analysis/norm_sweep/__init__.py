@@ -19,7 +19,7 @@ One concern a module:
 * :mod:`.control`: whether a proxy can see BN's small-batch failure at all (the positive
   control) and whether its references have plateaued (learning curves), before any ranking.
 * :mod:`.cost`: what each run cost on the machine that ran it, from the mmengine logs of all
-  its training sessions (a resumed run's record times only its last one).
+  its training sessions (a record's ``train_seconds`` times only the last one).
 """
 from ..provenance import provenance  # noqa: F401 (records' provenance, importable here)
 from .arms import NORM_PRESETS, PARTS, Arm, arm_config, norm_sites, parse_norm
