@@ -180,6 +180,14 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
                         'budget: it shows only that each method trains and evaluates, and '
                         'ranks nothing.',
                'pending': ''}[status]
+    if status == 'fails':  # which half of the control was not shown, per batch
+        unmet = []
+        for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
+            if not (v['loss']['ci'] and v['loss']['ci'][0] > 0):
+                unmet.append(f'that {n} at {b} loses against {big} images')
+            if not (v['interaction']['ci'] and v['interaction']['ci'][0] > 0):
+                unmet.append(f'that {n} at {b} loses more than {ind}')
+        meaning = f" Not shown (interval reaching 0): {'; '.join(unmet)}." + meaning
     if status == 'passes' and plateau_ is not None and not plateau_['all_plateaued']:
         meaning = ' Until its references plateau, nothing is ranked on it.'
     return f"Positive control {verdict}{trained}: {pilot}" + '; '.join(parts) + '.' + meaning
