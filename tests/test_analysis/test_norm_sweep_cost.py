@@ -52,6 +52,13 @@ def test_each_iteration_counts_once_from_the_session_that_kept_it(tmp_path):
     assert cost['sessions'] == 2
 
 
+def test_a_half_written_line_of_a_killed_session_is_skipped(tmp_path):
+    _resumed_run(tmp_path)
+    with open(tmp_path / '20261207_070000' / 'vis_data' / 'scalars.json', 'a') as f:
+        f.write('{"lr": 0.01, "time": 9.0, "iter": 1')  # killed while writing
+    assert run_cost(str(tmp_path))['iteration_seconds'] == 300.0
+
+
 def test_no_session_is_no_cost(tmp_path):
     assert run_cost(str(tmp_path)) is None
 

@@ -42,8 +42,14 @@ def _sessions(train_dir: str) -> List[str]:
 
 
 def _entries(session: str) -> List[Dict]:
+    entries = []
     with open(osp.join(session, 'vis_data', 'scalars.json')) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                entries.append(json.loads(line))
+            except ValueError:  # a killed session's half-written last line: not a window
+                continue
+    return entries
 
 
 def _log_text(session: str) -> str:
