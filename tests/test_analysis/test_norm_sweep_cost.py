@@ -4,6 +4,8 @@ import os.path as osp
 import subprocess
 import sys
 
+import pytest
+
 from mmnorm_plugin.analysis import docs_blocks
 from mmnorm_plugin.analysis.norm_sweep.cost import format_costs, run_cost, sweep_costs
 
@@ -149,3 +151,16 @@ def test_a_record_keeps_the_cost_of_every_session_and_imported_records_are_price
     assert record['cost']['sessions'] == 2 and record['cost']['session_seconds'] == 700.0
     assert record['cost']['iteration_seconds'] == 300.0
     assert sweep_costs(str(tmp_path / 'elsewhere'), [record])[0]['spent_seconds'] == 720.0
+
+
+def test_a_record_with_a_malformed_cost_is_refused():
+    from mmnorm_plugin.analysis.norm_sweep.records import RecordError, check_record
+    good = dict(sessions=1, iterations=10, iteration_seconds=1.5, evaluations=0,
+                evaluation_seconds=None, session_seconds=2.0)
+    record = dict(arm='BN@1', seed=0, metrics={'coco/bbox_mAP': 0.4}, cost=good)
+    assert check_record(record) is record
+    for bad in ('x', dict(good, iterations=-1), dict(good, session_seconds=float('nan')),
+                dict(good, sessions=None), {k: v for k, v in good.items() if k != 'iterations'},
+                dict(good, extra=1)):
+        with pytest.raises(RecordError, match='cost is not'):
+            check_record(dict(record, cost=bad))

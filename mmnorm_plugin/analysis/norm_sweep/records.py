@@ -85,6 +85,16 @@ def check_record(record, where: str = 'record') -> Dict:
     commit = record.get('commit')
     if commit is not None and not (isinstance(commit, str) and _COMMIT.fullmatch(commit)):
         raise RecordError(f'{where}: commit {commit!r} is not a 40-digit git hash')
+    cost = record.get('cost')  # what the runner read from the logs (.cost.run_cost)
+    if cost is not None:
+        fields = ('sessions', 'iterations', 'iteration_seconds', 'evaluations',
+                  'evaluation_seconds', 'session_seconds')
+        if not isinstance(cost, dict) or set(cost) != set(fields) or not all(
+                cost[k] is None and k == 'evaluation_seconds'
+                or isinstance(cost[k], (int, float)) and not isinstance(cost[k], bool)
+                and math.isfinite(cost[k]) and cost[k] >= 0 for k in fields):
+            raise RecordError(f'{where}: cost is not {{{", ".join(fields)}}} of finite '
+                              'non-negative numbers')
     curve = record.get('curve')
     if curve is not None:
         if not isinstance(curve, list):
