@@ -82,7 +82,8 @@ def positive_control(records: Sequence[Dict], small: Sequence[int] = (1, 2), lar
     """For each ``small`` batch with records: ``loss`` = ``norm@large - norm@small`` and
     ``independent_loss`` likewise, per seed; ``interaction`` = their per-seed difference over
     the seeds all four arms share; ``passed`` when ``loss`` and ``interaction`` both have at
-    least ``min_seeds`` pairs and intervals above 0; ``status`` 'passes', 'fails' (enough
+    least ``min_seeds`` pairs and intervals above 0 (``shown``: each of the two on its own);
+    ``status`` 'passes', 'fails' (enough
     pairs, an interval not above 0) or 'pending' (fewer pairs: nothing decided). At the top:
     ``passed`` when every compared small batch passed, ``status`` likewise ('fails' wins over
     'pending')."""
@@ -102,9 +103,12 @@ def positive_control(records: Sequence[Dict], small: Sequence[int] = (1, 2), lar
                                   {s: ind_big[s] - ind_lo[s] for s in seeds})
         # too few pairs decide nothing either way: 'pending', not 'fails'
         decided = all(d['n'] >= min_seeds and d['ci'] is not None for d in (loss, inter))
-        passed = decided and all(d['ci'][0] > 0 for d in (loss, inter))
+        # each half of the control on its own: its interval lies above 0
+        shown = {k: d['ci'] is not None and d['ci'][0] > 0
+                 for k, d in (('loss', loss), ('interaction', inter))}
+        passed = decided and all(shown.values())
         out['batches'][b] = dict(loss=loss, independent_loss=ind_loss, interaction=inter,
-                                 passed=passed,
+                                 shown=shown, passed=passed,
                                  status='passes' if passed else 'fails' if decided else 'pending')
     out['passed'] = bool(out['batches']) and all(v['passed'] for v in out['batches'].values())
     statuses = {v['status'] for v in out['batches'].values()}
@@ -174,22 +178,19 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
     pilot = (f"fewer than {control['min_seeds']} paired seeds decide nothing; the pilot so far: "
              if status == 'pending' else '')
     # what the verdict means for the tables drawn from this proxy, said plainly
-    meaning = {'passes': ' This proxy reproduces BN\'s small-batch failure: norms may be '
-                         'ranked on it.',
-               'fails': ' This proxy does not reproduce BN\'s small-batch failure at this '
-                        'budget: it shows only that each method trains and evaluates, and '
-                        'ranks nothing.',
-               'pending': ''}[status]
-    if status == 'fails':  # which half of the control was not shown, per batch
-        unmet = []
-        for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
-            if not (v['loss']['ci'] and v['loss']['ci'][0] > 0):
-                unmet.append(f'that {n} at {b} loses against {big} images')
-            if not (v['interaction']['ci'] and v['interaction']['ci'][0] > 0):
-                unmet.append(f'that {n} at {b} loses more than {ind}')
-        meaning = f" Not shown (interval reaching 0): {'; '.join(unmet)}." + meaning
-    if status == 'passes' and plateau_ is not None and not plateau_['all_plateaued']:
-        meaning = ' Until its references plateau, nothing is ranked on it.'
+    meaning = ''
+    if status == 'passes':
+        meaning = (' Until its references plateau, nothing is ranked on it.'
+                   if plateau_ is not None and not plateau_['all_plateaued'] else
+                   " This proxy reproduces BN's small-batch failure: norms may be ranked on it.")
+    elif status == 'fails':  # name the half of the control not shown, per batch
+        claims = dict(loss=f'loses against {big} images', interaction=f'loses more than {ind}')
+        unmet = [f'that {n} at {b} {claims[half]}'
+                 for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0]))
+                 for half in ('loss', 'interaction') if not v['shown'][half]]
+        meaning = (f" Not shown (interval reaching 0): {'; '.join(unmet)}. This proxy does not "
+                   "reproduce BN's small-batch failure at this budget: it shows only that each "
+                   'method trains and evaluates, and ranks nothing.')
     return f"Positive control {verdict}{trained}: {pilot}" + '; '.join(parts) + '.' + meaning
 
 

@@ -94,6 +94,7 @@ def run_cost(train_dir: str) -> Optional[Dict]:
         previous = step
     evaluation = None if evals and eval_iters is None else \
         sum(evals.values()) * (eval_iters or 0)
+    # the fields records.COST_FIELDS names (check_record validates them in a record)
     return dict(sessions=len(sessions), iterations=previous,
                 iteration_seconds=round(iteration_seconds, 1),
                 evaluations=len(evals),
@@ -124,7 +125,7 @@ def _minutes(seconds: float) -> str:
     return f'{seconds / 60:.0f}'
 
 
-def format_costs(costs: Sequence[Dict], jobs: int = 2, machine: str = '') -> str:
+def format_costs(costs: Sequence[Dict], jobs: int = 1, machine: str = '') -> str:
     """Markdown: per arm, the per-run cost (median and range over its seeds, in minutes) and
     what was spent; then the core-hours spent in all."""
     arms: Dict[str, List[Dict]] = {}

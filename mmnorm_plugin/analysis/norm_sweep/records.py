@@ -25,6 +25,9 @@ _ARM = re.compile(r'([A-Za-z][A-Za-z0-9_+-]{0,63})@([1-9][0-9]{0,4})')
 _METRIC = re.compile(r'[A-Za-z][A-Za-z0-9_]{0,63}(/[A-Za-z0-9_]{1,64}){0,3}')
 _COMMIT = re.compile(r'[0-9a-f]{40}')
 _MAX_SEED = 2 ** 31 - 1
+#: a record's ``cost``, as :func:`.cost.run_cost` reads it from the training logs
+COST_FIELDS = ('sessions', 'iterations', 'iteration_seconds', 'evaluations',
+               'evaluation_seconds', 'session_seconds')
 
 
 class RecordError(ValueError):
@@ -57,6 +60,11 @@ def _check_metrics(metrics, what: str) -> None:
                               'metrics are fractions; -1 means no object of that size)')
 
 
+def _is_amount(value) -> bool:
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value) and value >= 0)
+
+
 def check_record(record, where: str = 'record') -> Dict:
     """Return ``record`` if it is a valid sweep record, else raise :class:`RecordError` naming
     ``where`` (e.g. ``'docs/x.json: record 3'``) and the first problem found."""
@@ -85,16 +93,13 @@ def check_record(record, where: str = 'record') -> Dict:
     commit = record.get('commit')
     if commit is not None and not (isinstance(commit, str) and _COMMIT.fullmatch(commit)):
         raise RecordError(f'{where}: commit {commit!r} is not a 40-digit git hash')
-    cost = record.get('cost')  # what the runner read from the logs (.cost.run_cost)
-    if cost is not None:
-        fields = ('sessions', 'iterations', 'iteration_seconds', 'evaluations',
-                  'evaluation_seconds', 'session_seconds')
-        if not isinstance(cost, dict) or set(cost) != set(fields) or not all(
-                cost[k] is None and k == 'evaluation_seconds'
-                or isinstance(cost[k], (int, float)) and not isinstance(cost[k], bool)
-                and math.isfinite(cost[k]) and cost[k] >= 0 for k in fields):
-            raise RecordError(f'{where}: cost is not {{{", ".join(fields)}}} of finite '
-                              'non-negative numbers')
+    cost = record.get('cost')
+    if cost is not None and not (
+            isinstance(cost, dict) and set(cost) == set(COST_FIELDS)
+            and all(_is_amount(v) or (k == 'evaluation_seconds' and v is None)
+                    for k, v in cost.items())):
+        raise RecordError(f'{where}: cost is not {{{", ".join(COST_FIELDS)}}} of finite '
+                          'non-negative numbers')
     curve = record.get('curve')
     if curve is not None:
         if not isinstance(curve, list):
