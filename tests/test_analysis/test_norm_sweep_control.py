@@ -124,4 +124,6 @@ def test_cli_writes_the_control_beside_the_report(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     text = (tmp_path / 'rep_control.md').read_text()
     assert 'Positive control passes (references plateaued)' in text
+    # the table drawn from the proxy carries the verdict beside it
+    assert (tmp_path / 'rep.md').read_text().rstrip().endswith('norms may be ranked on it.')
     assert (tmp_path / 'rep_curves.png').stat().st_size > 0

@@ -25,8 +25,9 @@ from mmnorm_plugin.analysis.norm_sweep import (PARTS, Arm, import_records,  # no
                                                load_records, merge_records, parse_norm,
                                                parse_versus, run_sweep, write_report)
 from mmnorm_plugin.analysis.norm_sweep.records import arm_key  # noqa: E402
-from mmnorm_plugin.analysis.norm_sweep.control import (format_control,  # noqa: E402
-                                                       plateau, plot_curves, positive_control)
+from mmnorm_plugin.analysis.norm_sweep.control import (control_sentence,  # noqa: E402
+                                                       format_control, plateau, plot_curves,
+                                                       positive_control)
 from mmnorm_plugin.analysis.norm_sweep.cost import write_costs  # noqa: E402
 
 
@@ -48,15 +49,20 @@ def update_readme(path: str, section: str, text: str) -> None:
 
 def write_control(records, prefix: str, reference: str, title: str = '', metric: str = '') -> str:
     """``<prefix>_control.md`` (plateau of the large-batch BN and GN arms, and the positive
-    control at every smaller batch recorded) and ``<prefix>_curves.png``; returns the text."""
+    control at every smaller batch recorded) and ``<prefix>_curves.png``; the control's
+    sentence is appended to the report table ``<prefix>.md``; returns the text."""
     large = arm_key(reference)[1]
     kwargs = dict(metric=metric) if metric else {}
     refs = [f'BN@{large}', f'GN@{large}']
     batches = sorted({arm_key(r['arm'])[1] for r in records} - {large})
-    text = format_control(positive_control(records, small=batches, large=large, **kwargs),
-                          plateau(records, refs, **kwargs), title)
+    control = positive_control(records, small=batches, large=large, **kwargs)
+    plateau_ = plateau(records, refs, **kwargs)
+    text = format_control(control, plateau_, title)
     with open(prefix + '_control.md', 'w') as f:
         f.write(text + '\n')
+    # the protocol: a table drawn from a proxy states the proxy's control beside it
+    with open(prefix + '.md', 'a') as f:
+        f.write('\n' + control_sentence(control, plateau_) + '\n')
     arms = refs + [f'{n}@{b}' for b in batches for n in ('BN', 'GN')]
     plot_curves(records, arms, prefix + '_curves.png', title, **kwargs)
     return text
