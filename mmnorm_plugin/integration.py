@@ -39,8 +39,11 @@ no extension point does the job.
        ``GuardedCheckpointLoadHook`` rewrites          are written atomically with a checksum;
        ``runner._load_from`` and ``Pretrained``        mmengine has no public way to choose the
        names in memory, ``SafeCheckpointHook``         loader of a Runner's loads, nor to write a
-       subclasses ``CheckpointHook``                   checkpoint through a temporary file. Added
-       (:mod:`.engine`)                                to the config by our tools, nothing global.
+       subclasses ``CheckpointHook``; in               checkpoint through a temporary file; its
+       distributed runs ``RankZeroLoggerHook``         ``LoggerHook`` writes the test metrics
+       subclasses ``LoggerHook``                       file from every rank at once, which can
+       (:mod:`.engine`)                                leave it unreadable. Added to the config
+                                                       by our tools, nothing global.
  7     in runs that set ``compile`` (our tools add it  the norms find their producing conv
        then; configs may list it), a hook that         through forward hooks, and CBN/BKN learn
        changes how the Runner's first step runs:       their call sites and layer chains in an

@@ -46,7 +46,9 @@ that lack it, :class:`~mmnorm_plugin.engine.WeightsOnlyCheckpointHook` (checkpoi
 with torch's weights-only default, in mmdet's APIs too), for a training run that sets
 ``compile`` (in the file or ``--cfg-options``) :class:`~mmnorm_plugin.engine.CompileNormsHook`
 (the norms compile instead of breaking the graph, in configs of every scope: mmdet's,
-mmpretrain's, mmseg's) and, for a CPU ``--launcher pytorch`` run, the CPU-capable DDP wrapper.
+mmpretrain's, mmseg's), for a distributed run
+:class:`~mmnorm_plugin.engine.RankZeroLoggerHook` (one process writes the test metrics file)
+and, for a CPU ``--launcher pytorch`` run, the CPU-capable DDP wrapper.
 This is
 the one place every later consumer reads from: the Runner dumps ``cfg`` into the work dir and
 ``cfg.pretty_text`` into ``checkpoint['meta']['cfg']``, so the saved config and checkpoint load
@@ -156,6 +158,7 @@ class _PluginConfig:
 
     def fromfile(self, *args, **kwargs) -> Config:
         from ..engine.compile_norms import use_compile_norms_hook
+        from ..engine.rank_zero_logger import use_rank_zero_logger
         from ..engine.safe_checkpoint import use_safe_checkpoint_hook
         from .dist import set_default_dist_timeout, use_cpu_ddp
         cfg = add_guarded_loading(add_weights_only_checkpoints(
@@ -165,6 +168,7 @@ class _PluginConfig:
             use_compile_norms_hook(cfg)
         if self.distributed:
             set_default_dist_timeout(cfg)
+            use_rank_zero_logger(cfg)
         if self.cpu_dist:
             use_cpu_ddp(cfg)
         return cfg

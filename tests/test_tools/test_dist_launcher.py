@@ -158,6 +158,7 @@ def _train_and_test(workdir, norm, synced):
     assert len(_metric_lines(train_dir)) == 1
     dumped = (train_dir / f'{tag}.py').read_text()
     assert "'mmnorm_plugin'" in dumped and "'rank_dump_hook'" in dumped
+    assert "type='RankZeroLoggerHook'" in dumped  # dist_test's metrics file: one writer
 
     if synced:  # the checkpoint (plain CBN/BGN/BKN keys) evaluates in one process
         single_dir = workdir / f'single_{tag}'
