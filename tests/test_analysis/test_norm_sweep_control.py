@@ -94,6 +94,30 @@ def test_plateau_is_the_last_two_evaluations_within_the_margin():
     assert not rising['all_plateaued'] and rising['arms']['GN@8']['plateaued'] is False
     none = plateau([dict(arm='BN@8', seed=0, metrics={'coco/bbox_mAP': 0.1})], ['BN@8'])
     assert none['arms']['BN@8']['plateaued'] is None and not none['all_plateaued']
+    assert flat['status'] == 'yes' and rising['status'] == 'no' and none['status'] == 'pending'
+
+
+@pytest.mark.parametrize('seeds', [range(1), range(2)])
+def test_a_flat_tail_on_fewer_than_3_seeds_is_a_pilot_not_a_plateau(seeds):
+    records = _records(0.03, 0.0, seeds)
+    p = plateau(records, ['BN@8', 'GN@8'])
+    assert p['arms']['BN@8']['plateaued'] and not p['arms']['BN@8']['decided']
+    assert p['status'] == 'pending' and not p['all_plateaued']
+    text = format_control(positive_control(records, small=[1]), p)
+    assert '| yes (pilot: fewer than 3 seeds) |' in text
+    assert 'Plateau: not decided yet: a reference has fewer than 3 seeds' in text
+    assert "(the references' plateau is not decided yet)" in text
+    # too few seeds decide nothing either way; three seeds decide
+    rising = plateau(_records(0.03, 0.0, seeds, last_step_gain=0.03), ['BN@8', 'GN@8'])
+    assert rising['status'] == 'pending' and rising['arms']['GN@8']['plateaued'] is False
+    assert plateau(_records(0.03, 0.0, range(3)), ['BN@8', 'GN@8'])['status'] == 'yes'
+
+
+def test_a_reference_without_a_curve_leaves_the_plateau_undecided():
+    records = [r for r in _records(0.03, 0.0) if r['arm'] != 'GN@8' or r.pop('curve', 0) or 1]
+    p = plateau(records, ['BN@8', 'GN@8'])
+    assert p['arms']['BN@8']['plateaued'] and p['arms']['GN@8']['plateaued'] is None
+    assert p['status'] == 'pending' and not p['all_plateaued']
 
 
 def test_curves_keep_the_steps_every_seed_evaluated():

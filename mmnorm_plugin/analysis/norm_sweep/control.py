@@ -7,7 +7,8 @@ wins). Two checks, both on paired seeds (:mod:`mmnorm_plugin.analysis.paired_sta
 
 * :func:`plateau`: the large-batch references' learning curves (the evaluations a sweep run
   with ``--val-interval`` records): the mean over seeds of the last two points must differ by
-  at most ``margin`` (default 1 mAP point).
+  at most ``margin`` (default 1 mAP point), on at least :data:`MIN_CURVE_SEEDS` seeds of every
+  reference (one seed's flat tail is a pilot, not a plateau).
 * :func:`positive_control`: BN at ``large`` images per batch beats BN at ``small`` (paired,
   n >= 5, 95 % interval above 0) *and* BN loses more from the small batch than a
   batch-independent norm does: the interaction ``(BN@large - BN@small) - (GN@large -
@@ -22,11 +23,14 @@ from typing import Dict, Optional, Sequence
 
 from .report import MARGIN
 
-__all__ = ['MIN_SEEDS', 'curves', 'plateau', 'positive_control', 'format_control', 'plot_curves',
-           'control_sentence']
+__all__ = ['MIN_SEEDS', 'MIN_CURVE_SEEDS', 'curves', 'plateau', 'positive_control',
+           'format_control', 'plot_curves', 'control_sentence']
 
 #: the protocol's least number of paired seeds for a claim
 MIN_SEEDS = 5
+#: the least number of seeds whose learning curves decide a reference's plateau (issue 29:
+#: "learning curves of BN and GN at 8 images, >= 3 seeds")
+MIN_CURVE_SEEDS = 3
 
 
 def _by_arm(records: Sequence[Dict], metric: str) -> Dict[str, Dict[int, float]]:
@@ -53,16 +57,20 @@ def curves(records: Sequence[Dict], arm: str, metric: str = 'coco/bbox_mAP') -> 
 
 
 def plateau(records: Sequence[Dict], arms: Sequence[str], metric: str = 'coco/bbox_mAP',
-            margin: float = MARGIN) -> Dict:
+            margin: float = MARGIN, min_seeds: int = MIN_CURVE_SEEDS) -> Dict:
     """Per arm: the last two evaluation steps, the mean over seeds at each, their paired
-    difference (last - previous, with its interval) and ``plateaued``: whether the two means
-    differ by at most ``margin``. ``all_plateaued`` holds when every arm with a curve does."""
+    difference (last - previous, with its interval), ``plateaued``: whether the two means
+    differ by at most ``margin`` (``None`` without two steps), and ``decided``: whether at least
+    ``min_seeds`` seeds have the curve. ``status`` is 'no' when a decided arm has not
+    plateaued, 'yes' when every arm is decided and has, else 'pending' (an arm without a
+    curve, or with fewer seeds, decides nothing); ``all_plateaued`` is ``status == 'yes'``."""
     from ..paired_stats import paired_difference
-    out = dict(metric=metric, margin=margin, arms={})
+    out = dict(metric=metric, margin=margin, min_seeds=min_seeds, arms={})
     for arm in arms:
         c = curves(records, arm, metric)
         if len(c['steps']) < 2:
-            out['arms'][arm] = dict(n=len(c['seeds']), steps=c['steps'], plateaued=None)
+            out['arms'][arm] = dict(n=len(c['seeds']), steps=c['steps'], plateaued=None,
+                                    decided=False)
             continue
         prev = {s: v[-2] for s, v in c['values'].items()}
         last = {s: v[-1] for s, v in c['values'].items()}
@@ -70,9 +78,13 @@ def plateau(records: Sequence[Dict], arms: Sequence[str], metric: str = 'coco/bb
         out['arms'][arm] = dict(n=len(c['seeds']), steps=c['steps'][-2:],
                                 means=[sum(prev.values()) / len(prev),
                                        sum(last.values()) / len(last)],
-                                difference=diff, plateaued=abs(diff['mean']) <= margin)
-    judged = [a['plateaued'] for a in out['arms'].values() if a['plateaued'] is not None]
-    out['all_plateaued'] = bool(judged) and all(judged)
+                                difference=diff, plateaued=abs(diff['mean']) <= margin,
+                                decided=len(c['seeds']) >= min_seeds)
+    judged = out['arms'].values()
+    out['status'] = ('no' if any(a['decided'] and not a['plateaued'] for a in judged) else
+                     'yes' if judged and all(a['decided'] and a['plateaued'] for a in judged)
+                     else 'pending')
+    out['all_plateaued'] = out['status'] == 'yes'
     return out
 
 
@@ -137,13 +149,17 @@ def format_control(control: Dict, plateau_: Optional[Dict] = None, title: str = 
             if a['plateaued'] is None:
                 lines.append(f"| {arm} | {a['n']} | – | – | – | no curve |")
                 continue
+            verdict = 'yes' if a['plateaued'] else 'no'
+            if not a['decided']:
+                verdict += f" (pilot: fewer than {plateau_['min_seeds']} seeds)"
             lines.append(f"| {arm} | {a['n']} | {a['steps'][0]}, {a['steps'][1]} | "
                          f"{a['means'][0] * 100:.1f}, {a['means'][1] * 100:.1f} | "
-                         f"{_interval(a['difference'])} | "
-                         f"{'yes' if a['plateaued'] else 'no'} |")
-        lines += ['', 'Plateau: ' + ('every reference has plateaued.' if
-                                     plateau_['all_plateaued'] else
-                                     'NOT every reference has plateaued.'), '']
+                         f"{_interval(a['difference'])} | {verdict} |")
+        summary = {'yes': 'every reference has plateaued.',
+                   'no': 'NOT every reference has plateaued.',
+                   'pending': f"not decided yet: a reference has fewer than "
+                              f"{plateau_['min_seeds']} seeds with a learning curve."}
+        lines += ['', 'Plateau: ' + summary[plateau_['status']], '']
     n, ind, big = control['norm'], control['independent'], control['large']
     lines += [f'| small batch | {n}@{big} − {n}@b [95 % CI] | {ind}@{big} − {ind}@b [95 % CI] '
               f'| interaction ({n} loss − {ind} loss) [95 % CI] | control |',
@@ -172,9 +188,10 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
                      f"{_interval(v['interaction'])} more than {ind}")
     status = control['status']
     verdict = {'passes': 'passes', 'fails': 'fails', 'pending': 'not passed yet'}[status]
-    trained = '' if plateau_ is None else (
-        ' (references plateaued)' if plateau_['all_plateaued'] else
-        ' (but the references have NOT plateaued)')
+    trained = '' if plateau_ is None else {
+        'yes': ' (references plateaued)',
+        'no': ' (but the references have NOT plateaued)',
+        'pending': " (the references' plateau is not decided yet)"}[plateau_['status']]
     pilot = (f"fewer than {control['min_seeds']} paired seeds decide nothing; the pilot so far: "
              if status == 'pending' else '')
     # what the verdict means for the tables drawn from this proxy, said plainly
