@@ -65,6 +65,8 @@ def test_no_effect_or_a_shared_effect_fail_the_control(bn_loss, gn_loss, seeds):
     assert 'Not shown (interval reaching 0): that BN at 1 loses against 8 images' in sentence \
         or bn_loss > 0
     assert ('that BN at 1 loses more than GN' in sentence) == (bn_loss <= gn_loss)
+    if bn_loss < 0:  # a gain reads as a negative difference, never as "loses -3.0"
+        assert 'BN@8 − BN@1 is -3.0 [' in sentence and 'loses -' not in sentence
 
 
 @pytest.mark.parametrize('seeds', [range(1), range(4)])

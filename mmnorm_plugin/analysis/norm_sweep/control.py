@@ -183,9 +183,10 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
                 'runs in progress).')
     parts = []
     for b, v in sorted(control['batches'].items(), key=lambda kv: int(kv[0])):
-        parts.append(f"at {b} image{'s' if int(b) > 1 else ''} per batch {n} loses "
-                     f"{_interval(v['loss'])} points against {big} images, "
-                     f"{_interval(v['interaction'])} more than {ind}")
+        # differences, not "loses": a negative mean (a gain) then reads as what it is
+        parts.append(f"at {b} image{'s' if int(b) > 1 else ''} per batch {n}@{big} − {n}@{b} "
+                     f"is {_interval(v['loss'])} mAP points and the interaction "
+                     f"({n}'s loss − {ind}'s) {_interval(v['interaction'])}")
     status = control['status']
     verdict = {'passes': 'passes', 'fails': 'fails', 'pending': 'not passed yet'}[status]
     trained = '' if plateau_ is None else {
