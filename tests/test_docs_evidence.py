@@ -82,6 +82,31 @@ def test_a_hand_edited_block_or_an_unknown_block_fails(tmp_path):
     assert not _quoted('published: no norm 36.8, CBN 37.6')
 
 
+def test_every_kept_setting_is_reported_and_the_readme_says_the_outcome():
+    """Issue 29's "done when": per kept proxy setting, docs/evidence.md holds its plateau and
+    control, its learning curves and its cost; the guide states its control sentence; and the
+    README states the control's outcome over all of them in one sentence near the top."""
+    settings = docs_blocks.kept_settings(ROOT)['settings']
+    assert len(settings) >= 2  # the protocol reports the fine-tune and the scratch setting
+    with open(osp.join(ROOT, 'docs', 'evidence.md')) as f:
+        evidence = f.read()
+    with open(osp.join(ROOT, 'docs', 'which_norm.md')) as f:
+        guide = f.read()
+    names = lambda text: {name for name, _, _ in docs_blocks.blocks(text)}  # noqa: E731
+    for s in settings:
+        key = s['key']
+        assert {f'control-{key}', f'cost-{key}'} <= names(evidence), key
+        assert f'](evidence/{key}_curves.png)' in evidence, key
+        assert osp.isfile(osp.join(ROOT, 'docs', 'evidence', f'{key}_curves.png')), key
+        assert f'control-sentence-{key}' in names(guide), key
+    with open(osp.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    top = readme[:readme.index('\n## ')]  # before the first section
+    assert 'control-summary' in names(top) and 'control-summary' in names(guide)
+    assert all(f"{s['label']}: " in docs_blocks.render('control-summary', ROOT)
+               for s in settings)
+
+
 def test_published_numbers_have_a_source():
     with open(osp.join(ROOT, 'docs', 'evidence', 'published_coco.json')) as f:
         tables = json.load(f)['tables']
@@ -94,7 +119,8 @@ def test_each_evidence_table_is_one_commit_of_a_clean_tree():
     and that code is a commit (no uncommitted diff), taken when each run started."""
     from mmnorm_plugin.analysis.norm_sweep.records import load_records
     reports = [p for p in glob.glob(osp.join(ROOT, 'docs', 'evidence', '*.json'))
-               if osp.basename(p) not in ('published_coco.json', 'demo.json')
+               if osp.basename(p) not in ('published_coco.json', 'demo.json',
+                                          'kept_settings.json')
                and not p.endswith('_cost.json')]  # costs of a study's runs, not records
     assert reports
     for path in reports:

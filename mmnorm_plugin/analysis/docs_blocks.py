@@ -16,7 +16,8 @@ block whose name no generator knows is an error. ``tools/analysis/docs_blocks.py
 Names: ``demo`` (what ``make demo`` prints, ``docs/evidence/demo.json``), ``published-KEY``
 (a table of ``published_coco.json``), ``control-SETTING`` and
 ``control-sentence-SETTING`` (the plateau and the positive control of
-``docs/evidence/SETTING.json``, see :mod:`.norm_sweep.control`), ``ranking-SETTING`` (that
+``docs/evidence/SETTING.json``, see :mod:`.norm_sweep.control`), ``control-summary`` (one
+sentence over the settings ``docs/evidence/kept_settings.json`` keeps), ``ranking-SETTING`` (that
 study's table, :mod:`.norm_sweep.report`), ``cost-SETTING`` (what its runs cost here,
 ``docs/evidence/SETTING_cost.json``, :mod:`.norm_sweep.cost`).
 """
@@ -25,13 +26,21 @@ import os.path as osp
 import re
 from typing import Dict, List, Tuple
 
-__all__ = ['BLOCK', 'render', 'blocks', 'update_file', 'check_file', 'evidence_path']
+__all__ = ['BLOCK', 'render', 'blocks', 'update_file', 'check_file', 'evidence_path',
+           'kept_settings']
 
 BLOCK = re.compile(r'<!-- evidence:([\w.-]+) -->\n(.*?)<!-- /evidence:\1 -->', re.S)
 
 
 def evidence_path(root: str, setting: str) -> str:
     return osp.join(root, 'docs', 'evidence', f'{setting}.json')
+
+
+def kept_settings(root: str) -> Dict:
+    """``docs/evidence/kept_settings.json``: the proxy settings whose plateau and control the
+    docs report (``settings``: the key of each one's records and a short label)."""
+    with open(osp.join(root, 'docs', 'evidence', 'kept_settings.json')) as f:
+        return json.load(f)
 
 
 def _report(root: str, setting: str) -> Dict:
@@ -79,6 +88,10 @@ def render(name: str, root: str) -> str:
             return summary(json.load(f))
     if kind == 'published' and arg:
         return _published(root, arg)
+    if name == 'control-summary':
+        from .norm_sweep.control import control_summary
+        return control_summary([(s['label'], *_control_parts(root, s['key'])[:2])
+                                for s in kept_settings(root)['settings']])
     if kind == 'control' and arg.startswith('sentence-'):
         control, plateau_, _ = _control_parts(root, arg[len('sentence-'):])
         return control_sentence(control, plateau_)
@@ -97,7 +110,7 @@ def render(name: str, root: str) -> str:
                                      saved['metric'], saved.get('versus'),
                                      saved.get('margin', 0.01)), report.get('title', ''))
     raise KeyError(f'no generator for block {name!r} (demo, published-KEY, control-SETTING, '
-                   'control-sentence-SETTING, ranking-SETTING, cost-SETTING)')
+                   'control-sentence-SETTING, control-summary, ranking-SETTING, cost-SETTING)')
 
 
 def blocks(text: str) -> List[Tuple[str, str, Tuple[int, int]]]:

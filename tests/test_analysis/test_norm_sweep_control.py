@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from mmnorm_plugin.analysis.norm_sweep.control import (control_sentence, curves,
-                                                       format_control, plateau, plot_curves,
-                                                       positive_control)
+from mmnorm_plugin.analysis.norm_sweep.control import (control_sentence, control_summary,
+                                                       curves, format_control, plateau,
+                                                       plot_curves, positive_control)
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 SEED_LEVEL = [0.50, 0.46, 0.53, 0.48, 0.51]  # seed-to-seed spread far above the paired one
@@ -81,6 +81,29 @@ def test_too_few_seeds_decide_nothing(seeds):
     assert 'not decided: fewer than 5 pairs' in table and '(n=1) (n=1)' not in table
     if len(seeds) == 1:  # no interval: the mean and n once
         assert re.search(r'\| b = 1 \| \+\d\.\d \(n=1\) \| ', table), table
+
+
+def _setting(label, bn_loss, seeds=range(5), last_step_gain=0.002):
+    records = _records(bn_loss, 0.0, seeds, last_step_gain)
+    return label, positive_control(records, small=[1]), plateau(records, ['BN@8', 'GN@8'])
+
+
+def test_the_summary_ranks_only_where_a_plateaued_control_passed():
+    failed, passed = _setting('scratch', 0.0), _setting('fine-tuned', 0.03)
+    text = control_summary([failed, _setting('fine-tuned', 0.03, range(3))])
+    assert 'scratch: fails; fine-tuned: not decided yet. None has passed yet' in text
+    assert "rank no norm: the advice rests on the papers' published COCO results." in text
+    text = control_summary([failed, _setting('fine-tuned', 0.0)])
+    assert 'fine-tuned: fails. No setting reproduces' in text and 'rank no norm' in text
+    # a pass whose references are still climbing counts for nothing yet
+    early = _setting('fine-tuned', 0.03, last_step_gain=0.05)
+    assert early[1]['status'] == 'passes'
+    assert 'fine-tuned: not decided yet' in control_summary([failed, early])
+    text = control_summary([failed, passed])
+    assert 'fine-tuned: passes' in text and 'rank no norm' not in text
+    assert 'only where the control passed (fine-tuned)' in text
+    with pytest.raises(ValueError):
+        control_summary([])
 
 
 def test_a_missing_small_batch_is_not_judged_and_nothing_passes_without_one():

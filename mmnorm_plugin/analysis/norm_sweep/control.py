@@ -15,16 +15,18 @@ wins). Two checks, both on paired seeds (:mod:`mmnorm_plugin.analysis.paired_sta
   GN@small)``, per seed, has its interval above 0. Both must hold, so no multiplicity
   adjustment is needed between them (an intersection of two tests at 0.05 each).
 
-:func:`format_control` writes both as Markdown, :func:`plot_curves` draws the curves.
+:func:`format_control` writes both as Markdown, :func:`control_sentence` says one setting's
+verdict in a sentence and :func:`control_summary` every kept setting's, :func:`plot_curves`
+draws the curves.
 """
 import math
 import textwrap
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 from .report import MARGIN
 
 __all__ = ['MIN_SEEDS', 'MIN_CURVE_SEEDS', 'curves', 'plateau', 'positive_control',
-           'format_control', 'plot_curves', 'control_sentence']
+           'format_control', 'plot_curves', 'control_sentence', 'control_summary']
 
 #: the protocol's least number of paired seeds for a claim
 MIN_SEEDS = 5
@@ -210,6 +212,36 @@ def control_sentence(control: Dict, plateau_: Optional[Dict] = None) -> str:
                    "reproduce BN's small-batch failure at this budget: it shows only that each "
                    'method trains and evaluates, and ranks nothing.')
     return f"Positive control {verdict}{trained}: {pilot}" + '; '.join(parts) + '.' + meaning
+
+
+def control_summary(settings: Sequence[Tuple[str, Dict, Dict]]) -> str:
+    """One sentence over every kept setting of a proxy: ``(label, control, plateau)`` each.
+
+    A setting counts as passed only with its references plateaued too (a pass below the
+    plateau ranks how fast arms start); one that failed or is not decided yet ranks nothing,
+    so the advice then rests on the papers' published numbers."""
+    if not settings:
+        raise ValueError('no kept setting to summarize')
+    words, usable, pending = [], [], False
+    for label, control, plateau_ in settings:
+        status = control['status']
+        if status == 'passes' and plateau_['status'] != 'yes':
+            status = 'pending'  # passed too early to count: decided once the plateau is
+        words.append(f"{label}: " + {'passes': 'passes', 'fails': 'fails',
+                                     'pending': 'not decided yet'}[status])
+        usable += [label] if status == 'passes' else []
+        pending |= status == 'pending'
+    if usable:
+        meaning = (f"Norms are ranked by this project's runs only where the control passed "
+                   f"({'; '.join(usable)}); elsewhere the advice rests on the papers' published "
+                   'COCO results.')
+    else:
+        meaning = ((' None has passed yet, so' if pending else
+                    " No setting reproduces BN's small-batch failure, so")
+                   + " this project's runs rank no norm: the advice rests on the papers' "
+                   'published COCO results.').lstrip()
+    return ('Positive control of the CPU proxy (BN at 8 images beats BN at 1 and loses more than '
+            f"GN, paired seeds, references plateaued): {'; '.join(words)}. {meaning}")
 
 
 def plot_curves(records: Sequence[Dict], arms: Sequence[str], path: str, title: str = '',
