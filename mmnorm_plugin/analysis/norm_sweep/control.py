@@ -240,8 +240,9 @@ def control_summary(settings: Sequence[Tuple[str, Dict, Dict]]) -> str:
                     " No setting reproduces BN's small-batch failure, so")
                    + " this project's runs rank no norm: the advice rests on the papers' "
                    'published COCO results.').lstrip()
-    return ('Positive control of the CPU proxy (BN at 8 images beats BN at 1 and loses more than '
-            f"GN, paired seeds, references plateaued): {'; '.join(words)}. {meaning}")
+    return ('Positive control of the CPU proxy (it passes where BN at 1 image per batch scores '
+            'below BN at 8 and loses more than GN does, on paired seeds, with the references '
+            f"plateaued): {'; '.join(words)}. {meaning}")
 
 
 def plot_curves(records: Sequence[Dict], arms: Sequence[str], path: str, title: str = '',
