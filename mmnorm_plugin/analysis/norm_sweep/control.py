@@ -222,27 +222,24 @@ def control_summary(settings: Sequence[Tuple[str, Dict, Dict]]) -> str:
     so the advice then rests on the papers' published numbers."""
     if not settings:
         raise ValueError('no kept setting to summarize')
-    words, usable, pending = [], [], False
-    for label, control, plateau_ in settings:
-        status = control['status']
-        if status == 'passes' and plateau_['status'] != 'yes':
-            status = 'pending'  # passed too early to count: decided once the plateau is
-        words.append(f"{label}: " + {'passes': 'passes', 'fails': 'fails',
-                                     'pending': 'not decided yet'}[status])
-        usable += [label] if status == 'passes' else []
-        pending |= status == 'pending'
+    # a pass on references still climbing is decided only once they plateau
+    verdicts = [(label, 'pending' if c['status'] == 'passes' and p['status'] != 'yes'
+                 else c['status']) for label, c, p in settings]
+    words = {'passes': 'passes', 'fails': 'fails', 'pending': 'not decided yet'}
+    usable = [label for label, status in verdicts if status == 'passes']
     if usable:
         meaning = (f"Norms are ranked by this project's runs only where the control passed "
                    f"({'; '.join(usable)}); elsewhere the advice rests on the papers' published "
                    'COCO results.')
     else:
-        meaning = ((' None has passed yet, so' if pending else
-                    " No setting reproduces BN's small-batch failure, so")
-                   + " this project's runs rank no norm: the advice rests on the papers' "
-                   'published COCO results.').lstrip()
+        why = ('None has passed yet' if any(s == 'pending' for _, s in verdicts) else
+               "No setting reproduces BN's small-batch failure")
+        meaning = (f"{why}, so this project's runs rank no norm: the advice rests on the "
+                   "papers' published COCO results.")
+    summary = '; '.join(f'{label}: {words[status]}' for label, status in verdicts)
     return ('Positive control of the CPU proxy (it passes where BN at 1 image per batch scores '
             'below BN at 8 and loses more than GN does, on paired seeds, with the references '
-            f"plateaued): {'; '.join(words)}. {meaning}")
+            f'plateaued): {summary}. {meaning}')
 
 
 def plot_curves(records: Sequence[Dict], arms: Sequence[str], path: str, title: str = '',
