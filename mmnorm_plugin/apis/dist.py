@@ -13,6 +13,9 @@ mmengine 0.10.7 cannot run ``--launcher pytorch`` on a CPU-only machine, for two
    ``MMDistributedDataParallel`` that drops ``device_ids`` when the module's parameters live
    on the CPU, and :func:`use_cpu_ddp` puts it into the config.
 
+At the end of a run, :func:`close_cpu_process_group` tears that group down while Python still
+runs (why: its docstring).
+
 On CUDA machines nothing of the above is used: mmengine's own path (nccl) runs unchanged.
 
 For every distributed launch of our tools: collectives wait at most ``env_cfg.dist_cfg.timeout``
@@ -20,6 +23,7 @@ seconds (:data:`DEFAULT_TIMEOUT_S` when unset, :func:`set_default_dist_timeout`)
 ranks, and a rank that then finds another one dead or silent stops with one line
 (:func:`lost_peer_message`) instead of a traceback.
 """
+import gc
 import os
 import re
 from datetime import timedelta
@@ -30,7 +34,8 @@ import torch.distributed as torch_dist
 from mmengine.model import MMDistributedDataParallel
 from mmengine.registry import MODEL_WRAPPERS
 
-__all__ = ['AnyDeviceDDP', 'init_cpu_process_group', 'needs_cpu_dist', 'use_cpu_ddp',
+__all__ = ['AnyDeviceDDP', 'init_cpu_process_group', 'close_cpu_process_group',
+           'needs_cpu_dist', 'use_cpu_ddp',
            'DEFAULT_TIMEOUT_S', 'dist_timeout_s', 'set_default_dist_timeout',
            'lost_peer_message']
 
@@ -75,6 +80,29 @@ def init_cpu_process_group(cfg) -> None:
                            f"({', '.join(missing)} unset): start it with tools/dist_train.sh "
                            "or torchrun.")
     torch_dist.init_process_group(backend='gloo', timeout=timedelta(seconds=dist_timeout_s(cfg)))
+
+
+def close_cpu_process_group(run_succeeded: bool) -> None:
+    """Tear down the gloo group of :func:`init_cpu_process_group` while Python still runs.
+
+    Left to interpreter exit, the group outlives ``destroy_process_group`` (the Runner's DDP
+    wrapper, in a reference cycle, still holds it) and its worker threads are stopped during
+    finalization. A worker that was still releasing the tensors of the run's last collective
+    (mmengine's broadcast of the metrics, issued a millisecond before exit) then waits for the
+    GIL of an interpreter that is shutting down, and the process aborts ('terminate called
+    without an active exception') after a run that succeeded.
+
+    So, after a successful run, the ranks first meet in a barrier (its wait releases the GIL,
+    and the workers finish what they hold); then the group is destroyed and collected, which
+    joins its threads. After a failed run there is no barrier: a dead peer would make it wait
+    the whole timeout.
+    """
+    if not torch_dist.is_initialized():
+        return
+    if run_succeeded:
+        torch_dist.barrier()
+    torch_dist.destroy_process_group()
+    gc.collect()  # the last references to the group sit in cycles (Runner -> DDP -> group)
 
 
 def dist_timeout_s(cfg) -> float:

@@ -350,7 +350,8 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     (mmdet's; mmpretrain's or mmseg's for their ``default_scope``, see :data:`TOOL_PACKAGES`)."""
     import mmnorm_plugin  # noqa: F401  (registrations)
     from ..engine.compile_norms import compile_requested
-    from .dist import dist_timeout_s, init_cpu_process_group, needs_cpu_dist
+    from .dist import (close_cpu_process_group, dist_timeout_s, init_cpu_process_group,
+                       needs_cpu_dist)
     if argv is not None:
         sys.argv = [f'{name}.py', *argv]
     allow_mismatch = _pop_flag(sys.argv, ALLOW_MISMATCH) if name == 'test' else False
@@ -391,6 +392,7 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     tool['main'].__globals__['Config'] = _PluginConfig(distributed, cpu_dist, compile_norms)
     lost_peers = (_lost_peers_end_the_run(dist_timeout_s(cfg)) if distributed
                   else contextlib.nullcontext())
+    succeeded = False
     try:
         with lost_peers, _checkpoint_loading(trusted):
             if name == 'test' and 'model' in cfg:
@@ -403,11 +405,7 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
             # after the config's own errors, which a user fixes first and which need no data
             _check_data_exists(name, cfg)
             tool['main']()
+        succeeded = True
     finally:
-        if cpu_dist:
-            # The gloo group we created is ours to close: left to interpreter exit, its
-            # threads can be torn down while joinable, and the process aborts ('terminate
-            # called without an active exception') after the run has succeeded.
-            import torch.distributed as dist
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        if cpu_dist:  # the gloo group we created is ours to close (why: the docstring)
+            close_cpu_process_group(run_succeeded=succeeded)
