@@ -15,6 +15,8 @@ import sys
 import torch
 import torch.distributed as dist
 
+from mmnorm_plugin.apis.dist import close_cpu_process_group
+
 
 def main(rank: str, world: str, port: str, test_file: str, function: str, out: str) -> None:
     torch.set_num_threads(1)
@@ -30,6 +32,7 @@ def main(rank: str, world: str, port: str, test_file: str, function: str, out: s
         return reduce(tensor, *args, **kwargs)
 
     dist.all_reduce = counting_all_reduce
+    succeeded = False
     try:
         spec = importlib.util.spec_from_file_location('ranked_test_module', test_file)
         module = importlib.util.module_from_spec(spec)
@@ -38,9 +41,11 @@ def main(rank: str, world: str, port: str, test_file: str, function: str, out: s
         result = getattr(module, function)(int(rank), int(world))
         result = dict(result or {}, _all_reduce_calls=calls[0], _all_reduce_sizes=sizes)
         torch.save(result, out)
+        succeeded = True
     finally:
         dist.all_reduce = reduce
-        dist.destroy_process_group()
+        # as our tools do: a group left to interpreter exit can abort a rank that succeeded
+        close_cpu_process_group(run_succeeded=succeeded)
 
 
 if __name__ == '__main__':

@@ -95,14 +95,17 @@ def close_cpu_process_group(run_succeeded: bool) -> None:
     So, after a successful run, the ranks first meet in a barrier (its wait releases the GIL,
     and the workers finish what they hold); then the group is destroyed and collected, which
     joins its threads. After a failed run there is no barrier: a dead peer would make it wait
-    the whole timeout.
+    the whole timeout. The group is destroyed even when the barrier fails (its error is
+    raised), and a second call does nothing.
     """
     if not torch_dist.is_initialized():
         return
-    if run_succeeded:
-        torch_dist.barrier()
-    torch_dist.destroy_process_group()
-    gc.collect()  # the last references to the group sit in cycles (Runner -> DDP -> group)
+    try:
+        if run_succeeded:
+            torch_dist.barrier()
+    finally:
+        torch_dist.destroy_process_group()
+        gc.collect()  # the last references to the group sit in cycles (Runner -> DDP -> group)
 
 
 def dist_timeout_s(cfg) -> float:

@@ -392,7 +392,6 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
     tool['main'].__globals__['Config'] = _PluginConfig(distributed, cpu_dist, compile_norms)
     lost_peers = (_lost_peers_end_the_run(dist_timeout_s(cfg)) if distributed
                   else contextlib.nullcontext())
-    succeeded = False
     try:
         with lost_peers, _checkpoint_loading(trusted):
             if name == 'test' and 'model' in cfg:
@@ -405,7 +404,9 @@ def run_mmdet_tool(name: str, argv: Optional[Sequence[str]] = None) -> None:
             # after the config's own errors, which a user fixes first and which need no data
             _check_data_exists(name, cfg)
             tool['main']()
-        succeeded = True
+            if cpu_dist:  # the gloo group we created is ours to close (why: the docstring);
+                # here, so that a rank lost at the closing barrier ends the run in one line
+                close_cpu_process_group(run_succeeded=True)
     finally:
-        if cpu_dist:  # the gloo group we created is ours to close (why: the docstring)
-            close_cpu_process_group(run_succeeded=succeeded)
+        if cpu_dist:  # a failed run: no barrier (nothing left to do after a closed group)
+            close_cpu_process_group(run_succeeded=False)

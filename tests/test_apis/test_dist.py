@@ -1,6 +1,6 @@
 """close_cpu_process_group: the gloo group our tools create is gone, threads joined, before
-Python exits; after a successful run the ranks meet first; after a failed run it closes
-without waiting for peers that may be dead.
+Python exits; after a successful run the ranks meet first (a peer lost there is said in one line);
+after a failed run it closes without waiting for peers that may be dead.
 
 Each case runs 2 real ranks (torchrun's environment variables, as tools/dist_*.sh set them).
 """
@@ -20,7 +20,7 @@ RANK = textwrap.dedent('''
     import torch
     from mmengine.config import Config
     from mmnorm_plugin.apis.dist import (AnyDeviceDDP, close_cpu_process_group,
-                                         init_cpu_process_group)
+                                         init_cpu_process_group, lost_peer_message)
 
     def threads():
         return len(os.listdir('/proc/self/task'))
@@ -37,15 +37,20 @@ RANK = textwrap.dedent('''
     during = threads()
     rank = int(os.environ['RANK'])
     marker = sys.argv[2]
+    mode = sys.argv[1]
     if rank == 1:
-        if sys.argv[1] == 'peer_died':
-            os._exit(0)  # gone without closing: rank 0 must not wait for it
+        if mode in ('peer_died', 'peer_died_before_barrier'):
+            os._exit(0)  # gone without closing
         time.sleep(1)  # the last rank to finish its run
         open(marker, 'w').close()
-    close_cpu_process_group(run_succeeded=sys.argv[1] == 'success')
+    error = None
+    try:
+        close_cpu_process_group(run_succeeded=mode in ('success', 'peer_died_before_barrier'))
+    except RuntimeError as err:
+        error = lost_peer_message(err, 60) or repr(err)
     print(json.dumps(dict(before=before, during=during, after=threads(),
                           initialized=torch.distributed.is_initialized(),
-                          peer_reached_close=os.path.exists(marker))))
+                          peer_reached_close=os.path.exists(marker), error=error)))
 ''')
 
 
@@ -87,6 +92,7 @@ def _run_ranks(tmp_path, mode):
 @pytest.mark.parametrize('mode', ['success', 'failure'])
 def test_the_group_is_destroyed_and_its_threads_joined_before_exit(run_ranks, mode):
     for threads in run_ranks(mode):
+        assert threads['error'] is None
         assert threads['during'] > threads['before']  # gloo's workers and transport loop
         # back to the threads before the group: none is left for interpreter exit to stop
         assert threads['after'] == threads['before'], threads
@@ -104,4 +110,13 @@ def test_after_a_failed_run_rank_0_closes_without_its_dead_peer(run_ranks):
     # a barrier here would fail (connection closed by peer) or wait the whole timeout
     rank0, rank1 = run_ranks('peer_died')
     assert rank1 is None
+    assert rank0['error'] is None
+    assert rank0['after'] == rank0['before'] and not rank0['initialized']
+
+
+def test_a_peer_lost_at_the_closing_barrier_is_said_in_one_line_and_the_group_still_closes(
+        run_ranks):
+    rank0, rank1 = run_ranks('peer_died_before_barrier')
+    assert rank1 is None
+    assert 'lost contact with another rank' in rank0['error'], rank0['error']
     assert rank0['after'] == rank0['before'] and not rank0['initialized']
