@@ -15,10 +15,9 @@ import sys
 import torch
 import torch.distributed as dist
 
-from mmnorm_plugin.apis.dist import close_cpu_process_group
-
 
 def main(rank: str, world: str, port: str, test_file: str, function: str, out: str) -> None:
+    from mmnorm_plugin.apis.dist import close_cpu_process_group
     torch.set_num_threads(1)
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=int(rank),
                             world_size=int(world))

@@ -88,9 +88,9 @@ def close_cpu_process_group(run_succeeded: bool) -> None:
     Left to interpreter exit, the group outlives ``destroy_process_group`` (the Runner's DDP
     wrapper, in a reference cycle, still holds it) and its worker threads are stopped during
     finalization. A worker that was still releasing the tensors of the run's last collective
-    (mmengine's broadcast of the metrics, issued a millisecond before exit) then waits for the
-    GIL of an interpreter that is shutting down, and the process aborts ('terminate called
-    without an active exception') after a run that succeeded.
+    (in a test run, mmengine's broadcast of the metrics, a millisecond before exit) then waits
+    for the GIL of an interpreter that is shutting down, and the process aborts ('terminate
+    called without an active exception') after a run that succeeded.
 
     So, after a successful run, the ranks first meet in a barrier (its wait releases the GIL,
     and the workers finish what they hold); then the group is destroyed and collected, which
